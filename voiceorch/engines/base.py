@@ -1,0 +1,73 @@
+"""The engine interfaces: what the session needs from speech-to-text, the LLM and text-to-speech.
+
+Engines know nothing of sessions, turns or servers. Each call is a Trio checkpoint and may be
+cancelled: an in-process engine runs its blocking model call in a worker thread under its own
+``trio.CapacityLimiter`` (the thread is abandoned on cancel and keeps its limiter slot until it
+really ends), a remote engine closes its request. Failures are raised as :class:`EngineError`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol, Sequence
+
+import attrs
+import trio
+
+#: Audio crossing the engine interfaces: PCM signed 16-bit little-endian, mono, 16 kHz.
+SAMPLE_RATE = 16_000
+SAMPLE_WIDTH = 2
+
+Role = Literal["system", "user", "assistant"]
+
+
+@attrs.frozen(kw_only=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+class EngineError(Exception):
+    """An engine could not do its job.
+
+    ``code`` is a short machine-readable reason that reaches the client in an ``error`` event
+    (for instance ``llm_unavailable``, ``llm_error``, ``stt_failed``, ``tts_failed``).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class SpeechToText(Protocol):
+    async def transcribe(self, pcm: bytes) -> str:
+        """Transcribe one utterance of 16 kHz mono s16le PCM; returns the text, stripped."""
+        ...
+
+
+class LanguageModel(Protocol):
+    async def stream_reply(
+        self, messages: Sequence[ChatMessage], deltas: trio.MemorySendChannel[str]
+    ) -> None:
+        """Stream the assistant's reply to ``messages`` as text deltas into ``deltas``.
+
+        The engine owns ``deltas`` and closes it when it returns or raises, so the consumer's
+        ``async for`` ends. Cancelling the call closes the upstream request (the LLM server
+        sees the connection drop and stops generating).
+        """
+        ...
+
+
+class TextToSpeech(Protocol):
+    async def synthesize(self, text: str) -> bytes:
+        """Speak ``text`` (one sentence or clause); returns 16 kHz mono s16le PCM."""
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class Engines:
+    """The engines one process shares among all its sessions (models are loaded once)."""
+
+    stt: SpeechToText
+    llm: LanguageModel
+    tts: TextToSpeech
