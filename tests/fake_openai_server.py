@@ -1,0 +1,158 @@
+"""A small fake OpenAI-compatible chat-completions server for tests (h11 over Trio TCP).
+
+Start it with ``base_url = await nursery.start(server.serve)``; it listens on 127.0.0.1 with a
+port chosen by the OS and serves until the nursery is cancelled. ``server.mode`` selects how
+``POST /v1/chat/completions`` answers (it is read per request, so a test may change it):
+
+- ``"stream"``: the ``deltas`` as SSE chunks, a chunk with ``finish_reason``, then ``[DONE]``;
+- ``"error500"``: a 500 with a JSON error body that echoes the request's Authorization header;
+- ``"malformed"``: one delta, then an SSE event whose data is not JSON;
+- ``"drop"``: one delta, then the connection is closed mid-body;
+- ``"stall"``: one delta, then nothing until the client goes away.
+
+``GET /v1/models`` answers a model list. Every chat request's JSON body and headers are
+recorded; ``client_disconnected`` is set when a client leaves while a stream is still going.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import attrs
+import h11
+import trio
+
+Mode = Literal["stream", "error500", "malformed", "drop", "stall"]
+
+_MAX_RECEIVE = 65536
+
+
+@attrs.define(kw_only=True)
+class FakeOpenAIServer:
+    mode: Mode = "stream"
+    deltas: list[str] = attrs.field(factory=lambda: ["Hello", ",", " world", "!"])
+    #: Pause before each SSE event of a stream (gives a client time to cancel).
+    delay: float = 0.0
+    requests: list[dict[str, Any]] = attrs.field(factory=list)
+    request_headers: list[dict[str, str]] = attrs.field(factory=list)
+    #: Set when a client disconnected while one of its streams was still going.
+    client_disconnected: trio.Event = attrs.field(factory=trio.Event)
+    base_url: str = ""
+
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, report the base URL (``http://127.0.0.1:PORT/v1``), serve until cancelled."""
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, self._handle_connection, listeners)
+            task_status.started(self.base_url)
+
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                request, body = await _receive_request(conn, stream)
+                if request is None:
+                    return
+                keep_open = await self._respond(conn, stream, request, body)
+                if not keep_open or conn.our_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+            return
+        finally:
+            await stream.aclose()
+
+    async def _respond(
+        self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request, body: bytes
+    ) -> bool:
+        """Answer one request; False if the connection must now be closed."""
+        target = request.target.decode()
+        if request.method == b"GET" and target == "/v1/models":
+            models = {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
+            await _send_json(conn, stream, 200, models)
+            return True
+        if request.method != b"POST" or target != "/v1/chat/completions":
+            await _send_json(conn, stream, 404, {"error": {"message": "not found"}})
+            return True
+
+        headers = {name.decode().lower(): value.decode() for name, value in request.headers}
+        self.request_headers.append(headers)
+        self.requests.append(json.loads(body))
+        if self.mode == "error500":
+            echo = f"internal failure handling request with {headers.get('authorization')}"
+            await _send_json(conn, stream, 500, {"error": {"message": echo, "type": "server"}})
+            return True
+        return await self._stream_reply(conn, stream)
+
+    async def _stream_reply(self, conn: h11.Connection, stream: trio.SocketStream) -> bool:
+        sse_headers = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=sse_headers)))
+        deltas = self.deltas if self.mode == "stream" else self.deltas[:1]
+        try:
+            for delta in deltas:
+                await self._send_event(conn, stream, json.dumps(_chunk(delta, None)))
+            if self.mode == "malformed":
+                await self._send_event(conn, stream, '{"choices": [{"delta": {"content": "x"')
+            elif self.mode == "drop":
+                return False  # close with the chunked body unfinished
+            elif self.mode == "stall":
+                # Nothing more to send: wait until the client closes its side.
+                while await stream.receive_some(_MAX_RECEIVE):
+                    pass
+                self.client_disconnected.set()
+                return False
+            await self._send_event(conn, stream, json.dumps(_chunk(None, "stop")))
+            await self._send_event(conn, stream, "[DONE]")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.client_disconnected.set()
+            return False
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+        return True
+
+    async def _send_event(self, conn: h11.Connection, stream: trio.SocketStream, data: str) -> None:
+        if self.delay:
+            await trio.sleep(self.delay)
+        await stream.send_all(conn.send(h11.Data(data=f"data: {data}\n\n".encode())))
+
+
+def _chunk(content: str | None, finish_reason: str | None) -> dict[str, Any]:
+    delta = {} if content is None else {"content": content}
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "model": "fake-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+
+
+async def _receive_request(
+    conn: h11.Connection, stream: trio.SocketStream
+) -> tuple[h11.Request | None, bytes]:
+    """The next request and its body, or ``(None, b"")`` when the client closed."""
+    request: h11.Request | None = None
+    body = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(_MAX_RECEIVE))
+        elif isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return request, bytes(body)
+        elif isinstance(event, h11.ConnectionClosed):
+            return None, b""
+
+
+async def _send_json(
+    conn: h11.Connection, stream: trio.SocketStream, status: int, payload: dict[str, Any]
+) -> None:
+    data = json.dumps(payload).encode()
+    headers = [("content-type", "application/json"), ("content-length", str(len(data)))]
+    await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
+    await stream.send_all(conn.send(h11.Data(data=data)))
+    await stream.send_all(conn.send(h11.EndOfMessage()))

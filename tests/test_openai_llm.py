@@ -1,0 +1,181 @@
+"""OpenAICompatibleLLM against a fake OpenAI-compatible server.
+
+Loopback only, port 0; every test is bounded by ``trio.fail_after``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from fake_openai_server import FakeOpenAIServer
+from voiceorch.engines.base import ChatMessage, EngineError
+from voiceorch.engines.openai_llm import OpenAICompatibleLLM
+
+API_KEY = "sk-test-0123456789-secret"
+MESSAGES = [
+    ChatMessage(role="system", content="You are brief."),
+    ChatMessage(role="user", content="Say hello."),
+]
+TIMEOUT = 10
+
+
+@pytest.fixture
+async def fake(nursery: trio.Nursery) -> FakeOpenAIServer:
+    server = FakeOpenAIServer()
+    await nursery.start(server.serve)
+    return server
+
+
+@pytest.fixture
+async def llm(fake: FakeOpenAIServer) -> AsyncIterator[OpenAICompatibleLLM]:
+    engine = OpenAICompatibleLLM(base_url=fake.base_url, api_key=API_KEY, read_timeout=5.0)
+    try:
+        yield engine
+    finally:
+        await engine.aclose()
+
+
+async def collect(llm: OpenAICompatibleLLM) -> list[str]:
+    """Run stream_reply with a concurrent consumer; returns the deltas received."""
+    send, receive = trio.open_memory_channel[str](0)
+    got: list[str] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(llm.stream_reply, MESSAGES, send)
+        async with receive:
+            async for delta in receive:
+                got.append(delta)
+    return got
+
+
+async def expect_error(llm: OpenAICompatibleLLM, code: str) -> EngineError:
+    """Run stream_reply expecting EngineError ``code``; checks the channel is closed after."""
+    send, receive = trio.open_memory_channel[str](16)
+    with pytest.raises(EngineError) as info:
+        await llm.stream_reply(MESSAGES, send)
+    assert info.value.code == code, info.value.message
+    while True:  # drain what arrived before the error; then the channel must be closed
+        try:
+            receive.receive_nowait()
+        except trio.EndOfChannel:
+            break
+    assert API_KEY not in str(info.value)
+    assert API_KEY not in repr(info.value)
+    return info.value
+
+
+async def test_deltas_arrive_in_order_and_channel_closes(
+    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        assert await collect(llm) == ["Hello", ",", " world", "!"]
+
+
+async def test_request_carries_messages_and_bearer_key(
+    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        await collect(llm)
+    (body,) = fake.requests
+    assert body["messages"] == [
+        {"role": "system", "content": "You are brief."},
+        {"role": "user", "content": "Say hello."},
+    ]
+    assert body["stream"] is True
+    assert body["max_tokens"] == llm.max_tokens
+    assert fake.request_headers[0]["authorization"] == f"Bearer {API_KEY}"
+    assert API_KEY not in repr(llm)
+
+
+async def test_connection_is_reused(fake: FakeOpenAIServer, llm: OpenAICompatibleLLM) -> None:
+    with trio.fail_after(TIMEOUT):
+        assert await collect(llm) == await collect(llm)
+    assert len(fake.requests) == 2
+
+
+async def test_server_error_is_llm_error_without_key(
+    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
+) -> None:
+    fake.mode = "error500"  # its body echoes the Authorization header
+    with trio.fail_after(TIMEOUT):
+        error = await expect_error(llm, "llm_error")
+    assert error.message.startswith("LLM server answered 500: ")
+    assert "internal failure" in error.message
+
+
+async def test_connection_refused_is_llm_unavailable() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    await listeners[0].aclose()  # nothing listens on that port now
+    llm = OpenAICompatibleLLM(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY)
+    try:
+        with trio.fail_after(TIMEOUT):
+            await expect_error(llm, "llm_unavailable")
+            assert await llm.check_ready() is not None
+    finally:
+        await llm.aclose()
+
+
+async def test_malformed_sse_is_llm_bad_response(
+    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
+) -> None:
+    fake.mode = "malformed"
+    with trio.fail_after(TIMEOUT):
+        await expect_error(llm, "llm_bad_response")
+
+
+async def test_early_drop_is_llm_bad_response(
+    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
+) -> None:
+    fake.mode = "drop"
+    with trio.fail_after(TIMEOUT):
+        await expect_error(llm, "llm_bad_response")
+
+
+async def test_read_timeout_is_llm_unavailable(fake: FakeOpenAIServer) -> None:
+    fake.mode = "stall"
+    llm = OpenAICompatibleLLM(base_url=fake.base_url, api_key=API_KEY, read_timeout=0.3)
+    try:
+        with trio.fail_after(TIMEOUT):
+            await expect_error(llm, "llm_unavailable")
+            await fake.client_disconnected.wait()
+    finally:
+        await llm.aclose()
+
+
+async def test_cancelling_closes_the_stream(
+    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
+) -> None:
+    fake.mode = "stall"
+    send, receive = trio.open_memory_channel[str](0)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(llm.stream_reply, MESSAGES, send)
+            assert await receive.receive() == "Hello"
+            nursery.cancel_scope.cancel()
+        with pytest.raises(trio.EndOfChannel):
+            await receive.receive()  # the engine closed its channel on the way out
+        await fake.client_disconnected.wait()
+
+
+async def test_consumer_leaving_drops_the_request(
+    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
+) -> None:
+    fake.delay = 0.05
+    fake.deltas = [f"word{i} " for i in range(100)]
+    send, receive = trio.open_memory_channel[str](0)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(llm.stream_reply, MESSAGES, send)
+            assert await receive.receive() == "word0 "
+            await receive.aclose()  # stream_reply returns quietly
+        await fake.client_disconnected.wait()
+
+
+async def test_check_ready_and_warm_up(fake: FakeOpenAIServer, llm: OpenAICompatibleLLM) -> None:
+    with trio.fail_after(TIMEOUT):
+        assert await llm.check_ready() is None
+        await llm.warm_up()
+    assert fake.requests[0]["max_tokens"] <= 4

@@ -1,0 +1,35 @@
+"""STT, LLM and TTS engines behind small interfaces; they know nothing of sessions.
+
+This package re-exports only the interfaces (:mod:`voiceorch.engines.base`), so importing it
+stays light. Import the implementations from their modules, which pull in heavy libraries:
+
+- :mod:`voiceorch.engines.whisper_stt`: ``WhisperSTT`` (faster-whisper)
+- :mod:`voiceorch.engines.piper_tts`: ``PiperTTS`` (Piper, onnxruntime)
+- :mod:`voiceorch.engines.openai_llm`: ``OpenAICompatibleLLM`` (httpx, SSE)
+- :mod:`voiceorch.engines.llama_server`: ``run_llama_server``, ``LlamaServerConfig``
+- :mod:`voiceorch.engines.embedded`: paths of the embedded default models
+"""
+
+from .base import (
+    SAMPLE_RATE as SAMPLE_RATE,
+    SAMPLE_WIDTH as SAMPLE_WIDTH,
+    ChatMessage as ChatMessage,
+    EngineError as EngineError,
+    Engines as Engines,
+    LanguageModel as LanguageModel,
+    Role as Role,
+    SpeechToText as SpeechToText,
+    TextToSpeech as TextToSpeech,
+)
+
+__all__ = [
+    "SAMPLE_RATE",
+    "SAMPLE_WIDTH",
+    "ChatMessage",
+    "EngineError",
+    "Engines",
+    "LanguageModel",
+    "Role",
+    "SpeechToText",
+    "TextToSpeech",
+]

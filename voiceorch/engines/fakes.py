@@ -1,0 +1,94 @@
+"""Fake engines: deterministic stand-ins for tests of the machinery and for load tests.
+
+They sleep with ``trio.sleep`` (so Trio's MockClock drives them in tests) and record what they
+were asked, so a test can check what the session sent and whether it closed a stream early.
+They are never used unless a test, the bench or ``voiceorch serve --fake-engines`` asks.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import attrs
+import trio
+
+from .base import ChatMessage, EngineError, SAMPLE_RATE
+
+
+@attrs.define
+class FakeSTT:
+    """Returns ``text`` (or ``texts`` in turn) after ``delay`` seconds."""
+
+    text: str = "hello there"
+    texts: list[str] = attrs.field(factory=list)
+    delay: float = 0.2
+    error: EngineError | None = None
+    calls: list[int] = attrs.field(factory=list)  # audio bytes per call
+
+    async def transcribe(self, pcm: bytes) -> str:
+        self.calls.append(len(pcm))
+        await trio.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        return self.texts.pop(0) if self.texts else self.text
+
+
+@attrs.define
+class FakeLLM:
+    """Streams ``reply`` word by word: first after ``first_delay``, then every ``delta_delay``.
+
+    ``requests`` keeps every request's messages; ``closed_early`` counts streams that were
+    cancelled before their end (as an HTTP stream closed by the client); ``error`` raised
+    after ``fail_after_deltas`` deltas, if set.
+    """
+
+    reply: str = "Sure thing. Here is a short answer. Anything else?"
+    first_delay: float = 0.1
+    delta_delay: float = 0.02
+    error: EngineError | None = None
+    fail_after_deltas: int = 0
+    requests: list[list[ChatMessage]] = attrs.field(factory=list)
+    finished: int = 0
+    closed_early: int = 0
+
+    async def stream_reply(self, messages: Sequence[ChatMessage], deltas: trio.MemorySendChannel[str]) -> None:
+        self.requests.append(list(messages))
+        words = self.reply.split(" ")
+        with deltas:
+            try:
+                await trio.sleep(self.first_delay)
+                for index, word in enumerate(words):
+                    if self.error is not None and index == self.fail_after_deltas:
+                        raise self.error
+                    if index:
+                        await trio.sleep(self.delta_delay)
+                    await deltas.send(word if index == 0 else " " + word)
+            except trio.Cancelled:
+                self.closed_early += 1
+                raise
+        self.finished += 1
+
+
+def fake_pcm(text: str, ms_per_char: float) -> bytes:
+    """Non-silent 16 kHz PCM lasting ``ms_per_char`` per character of ``text``."""
+    samples = int(len(text) * ms_per_char * SAMPLE_RATE / 1000)
+    return (1000).to_bytes(2, "little", signed=True) * samples
+
+
+@attrs.define
+class FakeTTS:
+    """Returns ``ms_per_char`` of audio per character after ``delay`` seconds."""
+
+    delay: float = 0.05
+    ms_per_char: float = 60.0
+    error: EngineError | None = None
+    texts: list[str] = attrs.field(factory=list)
+    finished: int = 0
+
+    async def synthesize(self, text: str) -> bytes:
+        self.texts.append(text)
+        await trio.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        self.finished += 1
+        return fake_pcm(text, self.ms_per_char)

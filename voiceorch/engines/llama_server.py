@@ -1,0 +1,139 @@
+"""Supervision of llama-cpp-python's OpenAI-compatible server (``python -m llama_cpp.server``).
+
+The server runs as a child process of ours; :func:`run_llama_server` starts it, waits until it
+answers, reports its ``/v1`` base URL, and terminates and reaps it when cancelled.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import IO
+
+import attrs
+import httpx
+import trio
+
+_LOG_TAIL_BYTES = 2000
+_POLL_INTERVAL = 0.25
+
+
+@attrs.frozen(kw_only=True)
+class LlamaServerConfig:
+    """How to run the server. ``port=0`` picks a free loopback port just before starting.
+
+    The child's stdout and stderr go to ``log_path`` (appended) if given, else to an anonymous
+    temporary file; either way the tail of it is quoted when the server fails.
+    """
+
+    model_path: Path = attrs.field(converter=Path)
+    host: str = "127.0.0.1"
+    port: int = 0
+    n_ctx: int = 2048
+    n_threads: int = 2
+    python: str = sys.executable
+    log_path: Path | None = attrs.field(
+        default=None, converter=attrs.converters.optional(Path)
+    )
+    start_timeout: float = 120.0
+
+
+def llama_server_command(config: LlamaServerConfig, port: int) -> list[str]:
+    """The command line that starts the server on ``port``."""
+    return [
+        config.python, "-m", "llama_cpp.server",
+        "--model", str(config.model_path),
+        "--host", config.host,
+        "--port", str(port),
+        "--n_ctx", str(config.n_ctx),
+        "--n_threads", str(config.n_threads),
+    ]  # fmt: skip
+
+
+async def run_llama_server(
+    config: LlamaServerConfig, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the server until cancelled; ``task_status.started(base_url)`` once it answers.
+
+    ``base_url`` is ``http://{host}:{port}/v1``. Raises ``RuntimeError`` (with the exit code and
+    the tail of the child's log) if the server exits, before or after it came up, or does not
+    answer within ``config.start_timeout``. On cancellation the child gets SIGTERM, then SIGKILL
+    a few seconds later if it is still there, and is reaped before this returns.
+    """
+    if not config.model_path.is_file():
+        raise RuntimeError(f"llama server model file not found: {config.model_path}")
+    port = config.port or _pick_free_port(config.host)
+    command = llama_server_command(config, port)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    base_url = f"http://{host}:{port}/v1"
+
+    with _open_log(config.log_path) as log:
+        log_start = os.fstat(log.fileno()).st_size
+        failure: str
+        async with trio.open_nursery() as nursery:
+            try:
+                process: trio.Process = await nursery.start(
+                    partial(
+                        trio.run_process,
+                        command,
+                        check=False,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+            except OSError as exc:
+                failure = f"cannot start llama server: {exc}"
+            else:
+                failure = await _wait_until_ready(process, base_url, config.start_timeout)
+                if not failure:
+                    task_status.started(base_url)
+                    await process.wait()
+                    failure = f"llama server exited unexpectedly with code {process.returncode}"
+            # On a start-up time-out the child still runs: run_process terminates and reaps it.
+            nursery.cancel_scope.cancel()
+        tail = _read_tail(log, log_start)
+    raise RuntimeError(f"{failure}; command {command!r}; last output:\n{tail}")
+
+
+async def _wait_until_ready(process: trio.Process, base_url: str, timeout: float) -> str:
+    """Poll ``GET {base_url}/models`` until 200: ``""`` when ready, else why not."""
+    async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+        with trio.move_on_after(timeout):
+            while True:
+                if process.poll() is not None:
+                    return f"llama server exited during start-up with code {process.returncode}"
+                try:
+                    response = await client.get(f"{base_url}/models")
+                    if response.status_code == 200:
+                        return ""
+                except httpx.HTTPError:
+                    pass
+                await trio.sleep(_POLL_INTERVAL)
+    return f"llama server did not answer at {base_url} within {timeout:g} s"
+
+
+def _pick_free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _open_log(log_path: Path | None) -> IO[bytes]:
+    if log_path is None:
+        return tempfile.TemporaryFile(prefix="llama-server-", suffix=".log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    return open(log_path, "a+b")  # noqa: SIM115 (closed by the caller's `with`)
+
+
+def _read_tail(log: IO[bytes], start: int) -> str:
+    end = os.fstat(log.fileno()).st_size
+    offset = max(start, end - _LOG_TAIL_BYTES)
+    data = os.pread(log.fileno(), end - offset, offset)
+    return data.decode("utf-8", errors="replace").strip() or "(no output)"

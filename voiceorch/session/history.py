@@ -1,0 +1,55 @@
+"""The conversation one session remembers, bounded, as the LLM sees it."""
+
+from __future__ import annotations
+
+import attrs
+
+from ..engines.base import ChatMessage
+
+DEFAULT_INSTRUCTIONS = (
+    "You are a friendly voice assistant. Your replies are spoken aloud, so answer in one to "
+    "three short sentences of plain conversational English. Never use markdown, lists, "
+    "emojis or code."
+)
+
+
+@attrs.define
+class Conversation:
+    """System instructions plus the latest exchanges, within ``max_messages`` and ``max_chars``.
+
+    Oldest exchanges are dropped first, a whole user+assistant pair at a time, so the history
+    always starts with a user message.
+    """
+
+    instructions: str = DEFAULT_INSTRUCTIONS
+    max_messages: int = 20
+    max_chars: int = 6000
+    _messages: list[ChatMessage] = attrs.field(factory=list)
+
+    @property
+    def messages(self) -> tuple[ChatMessage, ...]:
+        return tuple(self._messages)
+
+    def request(self, user_text: str) -> list[ChatMessage]:
+        """The messages of an LLM request answering ``user_text`` (history is not changed)."""
+        return [
+            ChatMessage(role="system", content=self.instructions),
+            *self._messages,
+            ChatMessage(role="user", content=user_text),
+        ]
+
+    def add_exchange(self, user_text: str, assistant_text: str) -> None:
+        """Remember one turn: what the user said and what the assistant said of its reply."""
+        self._messages.append(ChatMessage(role="user", content=user_text))
+        if assistant_text:
+            self._messages.append(ChatMessage(role="assistant", content=assistant_text))
+        self._trim()
+
+    def _trim(self) -> None:
+        def size() -> int:
+            return sum(len(m.content) for m in self._messages)
+
+        while self._messages and (len(self._messages) > self.max_messages or size() > self.max_chars):
+            del self._messages[0]
+            while self._messages and self._messages[0].role != "user":
+                del self._messages[0]

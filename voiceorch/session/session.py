@@ -1,0 +1,213 @@
+"""One client connection's session: a nursery of a reader, a responder and a writer.
+
+- The **reader** drains the client promptly (it never waits on a model): audio frames go into
+  the bounded input buffer, control events are handled at once. When the user's turn ends it
+  makes a :class:`~voiceorch.session.turn.Turn` and queues it for the responder, cancelling the
+  response in progress (the newer turn supersedes it).
+- The **responder** answers queued turns one at a time with :func:`run_turn`, each inside the
+  turn's own cancel scope (there live the STT, LLM, TTS and audio-sender tasks).
+- The **writer** owns the sending side of the transport: every event and audio frame passes
+  through one rendezvous channel, so their order on the wire is the order they were produced,
+  and a client that stops reading is cut off after ``send_timeout_s``.
+
+The session ends when the client goes; cancelling :meth:`Session.run` ends it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import trio
+
+from .. import protocol as p
+from ..engines.base import Engines
+from ..logs import log_event, session_id_var, turn_id_var
+from .history import Conversation
+from .settings import SessionSettings
+from .transport import MessageTransport
+from .turn import Turn, run_turn
+
+log = logging.getLogger(__name__)
+
+#: Close codes (RFC 6455) a session uses.
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+
+
+class Session:
+    def __init__(
+        self,
+        transport: MessageTransport,
+        engines: Engines,
+        settings: SessionSettings = SessionSettings(),
+        *,
+        session_id: str | None = None,
+    ) -> None:
+        self.session_id = session_id or f"sess_{uuid.uuid4().hex[:16]}"
+        self.transport = transport
+        self.engines = engines
+        self.settings = settings
+        self.config = p.SessionConfig(instructions=settings.instructions)
+        self.conversation = Conversation(
+            instructions=settings.instructions,
+            max_messages=settings.history_max_messages,
+            max_chars=settings.history_max_chars,
+        )
+        self._input = bytearray()
+        self._input_overflowed = False
+        self._turn_count = 0
+        self._unfinished: list[Turn] = []  # queued or in progress, oldest first
+        self._turns_send, self._turns_recv = trio.open_memory_channel[Turn](settings.max_pending_turns)
+        self._outbox_send, self._outbox_recv = trio.open_memory_channel[p.ServerEvent | bytes](0)
+        self._close = (CLOSE_NORMAL, "")
+
+    async def run(self) -> None:
+        """Serve the client until it goes away, then close the transport.
+
+        Client mistakes and engine failures are answered with ``error`` events and never end
+        the session. Cancellation ends it at once (the transport is still closed, shielded and
+        bounded).
+        """
+        token = session_id_var.set(self.session_id)
+        log_event(log, "session.start")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._write)
+                await self._emit(
+                    p.SessionCreated(session_id=self.session_id, audio=p.AUDIO_FORMAT, session=self.config)
+                )
+                nursery.start_soon(self._respond)
+                await self._read()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await self.transport.close(*self._close)
+            log_event(log, "session.end", turns=self._turn_count)
+            session_id_var.reset(token)
+
+    # --- the three tasks ------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                message = await self.transport.receive()
+            except trio.EndOfChannel:
+                return
+            if isinstance(message, bytes):
+                await self._on_audio(message)
+            else:
+                await self._on_control(message)
+
+    async def _respond(self) -> None:
+        async for turn in self._turns_recv:
+            token = turn_id_var.set(turn.turn_id)
+            try:
+                await run_turn(
+                    turn,
+                    engines=self.engines,
+                    conversation=self.conversation,
+                    outbox=self._outbox_send,
+                    settings=self.settings,
+                )
+            finally:
+                self._unfinished.remove(turn)
+                turn_id_var.reset(token)
+
+    async def _write(self) -> None:
+        async for item in self._outbox_recv:
+            data = item if isinstance(item, bytes) else p.encode(item)
+            try:
+                with trio.fail_after(self.settings.send_timeout_s):
+                    await self.transport.send(data)
+            except trio.BrokenResourceError:
+                log_event(log, "session.client_gone")
+                self._nursery.cancel_scope.cancel()
+                return
+            except trio.TooSlowError:
+                log_event(log, "session.send_timeout", logging.WARNING, timeout_s=self.settings.send_timeout_s)
+                self._close = (CLOSE_POLICY, "send timeout: the client stopped reading")
+                self._nursery.cancel_scope.cancel()
+                return
+
+    # --- what the reader does ---------------------------------------------------------------
+
+    async def _emit(self, event: p.ServerEvent) -> None:
+        await self._outbox_send.send(event)
+
+    async def _error(self, code: str, message: str) -> None:
+        log_event(log, "client.error", logging.INFO, code=code, message=message)
+        await self._emit(p.Error(code=code, message=message))
+
+    async def _on_audio(self, data: bytes) -> None:
+        try:
+            p.check_audio_frame(data)
+        except p.ProtocolError as exc:
+            await self._error(exc.code, exc.message)
+            return
+        limit = self.settings.max_input_audio_ms * p.BYTES_PER_MS
+        if len(self._input) + len(data) > limit:
+            if not self._input_overflowed:
+                self._input_overflowed = True
+                await self._error(
+                    "input_audio_buffer_full",
+                    f"a turn holds at most {self.settings.max_input_audio_ms} ms of audio; "
+                    "further audio is dropped until input_audio.commit or input_audio.clear",
+                )
+            return
+        self._input += data
+
+    async def _on_control(self, text: str) -> None:
+        try:
+            event = p.parse_client_event(text)
+        except p.ProtocolError as exc:
+            await self._error(exc.code, exc.message)
+            return
+        match event:
+            case p.SessionUpdate(session=patch):
+                self.config = patch.apply(self.config)
+                self.conversation.instructions = self.config.instructions
+                await self._emit(p.SessionUpdated(session=self.config))
+            case p.InputAudioCommit():
+                if not self._input:
+                    await self._error("input_audio_buffer_empty", "there is no audio to commit")
+                    return
+                turn = self._new_turn(audio=bytes(self._input))
+                committed_ms = p.audio_ms(len(self._input))
+                self._clear_input()
+                await self._emit(p.InputAudioCommitted(turn_id=turn.turn_id, audio_ms=committed_ms))
+                await self._start(turn)
+            case p.InputAudioClear():
+                cleared_ms = p.audio_ms(len(self._input))
+                self._clear_input()
+                await self._emit(p.InputAudioCleared(audio_ms=cleared_ms))
+            case p.InputText(text=text):
+                if not text.strip():
+                    await self._error("invalid_event", "input_text needs some text")
+                    return
+                await self._start(self._new_turn(text=text.strip()))
+            case p.ResponseCancel():
+                if not self._unfinished:
+                    await self._error("no_active_response", "there is no response to cancel")
+                for turn in self._unfinished:
+                    turn.scope.cancel()
+
+    def _clear_input(self) -> None:
+        self._input.clear()
+        self._input_overflowed = False
+
+    def _new_turn(self, *, audio: bytes | None = None, text: str | None = None) -> Turn:
+        self._turn_count += 1
+        return Turn(turn_id=f"turn_{self._turn_count}", ended_at=trio.current_time(), audio=audio, text=text)
+
+    async def _start(self, turn: Turn) -> None:
+        """Queue ``turn``; the response in progress and any queued turn are cancelled first."""
+        try:
+            self._turns_send.send_nowait(turn)
+        except trio.WouldBlock:
+            await self._error("busy", "too many turns are waiting; this one was dropped")
+            return
+        for earlier in self._unfinished:
+            earlier.scope.cancel()
+        self._unfinished.append(turn)

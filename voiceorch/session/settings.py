@@ -1,0 +1,24 @@
+"""Per-session behaviour and limits, shared by every session of a server."""
+
+from __future__ import annotations
+
+import attrs
+
+from .history import DEFAULT_INSTRUCTIONS
+
+
+@attrs.frozen(kw_only=True)
+class SessionSettings:
+    #: System prompt of a new session (a client may replace it with ``session.update``).
+    instructions: str = DEFAULT_INSTRUCTIONS
+    #: Audio buffered for one user turn; past it, audio is dropped with an ``error`` event.
+    max_input_audio_ms: int = 60_000
+    #: Conversation memory sent with each LLM request.
+    history_max_messages: int = 20
+    history_max_chars: int = 6_000
+    #: Reply audio is sent in binary frames of this length.
+    audio_frame_ms: int = 40
+    #: A client that does not take a message within this many seconds is disconnected.
+    send_timeout_s: float = 10.0
+    #: User turns waiting to be answered (each new turn cancels the response in progress).
+    max_pending_turns: int = 4

@@ -1,0 +1,212 @@
+"""The life of one turn: the user's words in, the assistant's spoken reply out.
+
+A :class:`Turn` is made by the session when the user's turn ends (``input_audio.commit`` or
+``input_text``). :func:`run_turn` answers it with four stages linked by small channels, all
+inside the turn's own ``trio.CancelScope``::
+
+    STT --text--> LLM --deltas--> splitter --sentences--> TTS --speech--> audio sender --> outbox
+
+Cancelling ``turn.scope`` (``response.cancel``, or a newer user turn) unwinds every stage at
+once: the LLM's HTTP stream is closed, pending synthesis is abandoned, and no audio frame of
+the turn is handed to the outbox afterwards. ``response.done`` is sent after the scope has
+closed, so nothing of a response ever follows its ``response.done``. Only the sentences whose
+audio was handed out in full reach the conversation history.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+import trio
+
+from .. import protocol as p
+from ..engines.base import EngineError, Engines
+from ..logs import log_event
+from .history import Conversation
+from .sentences import SentenceSplitter
+from .settings import SessionSettings
+
+log = logging.getLogger(__name__)
+
+Outbox = trio.MemorySendChannel  # of protocol events and reply audio (bytes), to the writer
+
+
+@attrs.define(eq=False)
+class Turn:
+    """One user turn: committed speech (``audio``) or typed ``text``, and its response's scope."""
+
+    turn_id: str
+    ended_at: float  # trio.current_time() when the user's turn ended
+    audio: bytes | None = None
+    text: str | None = None
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+
+@attrs.define
+class _Progress:
+    """What one response has done so far: the basis of its status, history and metrics."""
+
+    user_text: str | None = None
+    spoken: list[str] = attrs.field(factory=list)
+    audio_bytes: int = 0
+    stt_ms: float | None = None
+    llm_started: float | None = None
+    llm_ttft_ms: float | None = None
+    tts_first_audio_ms: float | None = None
+    first_audio_at: float | None = None
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+async def run_turn(
+    turn: Turn,
+    *,
+    engines: Engines,
+    conversation: Conversation,
+    outbox: Outbox,
+    settings: SessionSettings,
+) -> p.ResponseDone:
+    """Answer ``turn``: events and audio go to ``outbox``, the exchange goes to ``conversation``.
+
+    Engine failures become an ``error`` event and a ``failed`` response; they never escape.
+    Cancelling ``turn.scope`` ends the response as ``cancelled``. Cancellation from outside
+    (the session closing) propagates as usual, and then no ``response.done`` is sent.
+    """
+    progress = _Progress()
+    error: EngineError | None = None
+    await outbox.send(p.ResponseCreated(turn_id=turn.turn_id))
+    try:
+        with turn.scope:
+            await _respond(turn, engines, conversation, outbox, settings, progress)
+    except* EngineError as group:
+        error = _first(group)
+    except* Exception as group:
+        log.error("turn.crashed", exc_info=group)
+        error = EngineError("internal_error", "the server failed to answer this turn")
+
+    if error is not None:
+        status = "failed"
+        await outbox.send(p.Error(code=error.code, message=error.message, turn_id=turn.turn_id))
+    elif turn.scope.cancelled_caught:
+        status = "cancelled"
+    else:
+        status = "completed"
+    heard = " ".join(progress.spoken)
+    if progress.user_text and (status != "failed" or heard):
+        conversation.add_exchange(progress.user_text, heard)
+
+    now = trio.current_time()
+    metrics = p.ResponseMetrics(
+        stt_ms=progress.stt_ms,
+        llm_ttft_ms=progress.llm_ttft_ms,
+        tts_first_audio_ms=progress.tts_first_audio_ms,
+        ttfb_ms=None if progress.first_audio_at is None else _ms(progress.first_audio_at - turn.ended_at),
+        total_ms=_ms(now - turn.ended_at),
+        audio_ms=p.audio_ms(progress.audio_bytes),
+    )
+    done = p.ResponseDone(turn_id=turn.turn_id, status=status, text=heard, metrics=metrics)
+    log_event(log, "turn.done", status=status, error=error and error.code, **attrs.asdict(metrics))
+    await outbox.send(done)
+    return done
+
+
+def _first(group: BaseExceptionGroup) -> EngineError:
+    leaves = list(_leaves(group))
+    return leaves[0]
+
+
+def _leaves(exc: BaseException):
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+async def _respond(
+    turn: Turn,
+    engines: Engines,
+    conversation: Conversation,
+    outbox: Outbox,
+    settings: SessionSettings,
+    progress: _Progress,
+) -> None:
+    if turn.audio is not None:
+        started = trio.current_time()
+        progress.user_text = await engines.stt.transcribe(turn.audio)
+        progress.stt_ms = _ms(trio.current_time() - started)
+    else:
+        progress.user_text = turn.text or ""
+    await outbox.send(p.TranscriptFinal(turn_id=turn.turn_id, text=progress.user_text))
+    if not progress.user_text:
+        raise EngineError("no_speech", "no words were recognized in the committed audio")
+
+    messages = conversation.request(progress.user_text)
+    log_event(log, "llm.request", messages=len(messages))
+    log_event(log, "llm.request.messages", logging.DEBUG, messages=[attrs.asdict(m) for m in messages])
+    deltas_send, deltas_recv = trio.open_memory_channel[str](8)
+    sentences_send, sentences_recv = trio.open_memory_channel[str](4)
+    speech_send, speech_recv = trio.open_memory_channel[tuple[str, bytes]](1)
+    progress.llm_started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engines.llm.stream_reply, messages, deltas_send)
+        nursery.start_soon(_split_reply, turn.turn_id, deltas_recv, sentences_send, outbox, progress)
+        nursery.start_soon(_synthesize, engines, sentences_recv, speech_send, progress)
+        nursery.start_soon(_send_audio, speech_recv, outbox, settings, progress)
+
+
+async def _split_reply(
+    turn_id: str,
+    deltas: trio.MemoryReceiveChannel[str],
+    sentences: trio.MemorySendChannel[str],
+    outbox: Outbox,
+    progress: _Progress,
+) -> None:
+    """Forward the LLM's text to the client and cut it into sentences for synthesis."""
+    splitter = SentenceSplitter()
+    with sentences:
+        async for delta in deltas:
+            if progress.llm_ttft_ms is None and progress.llm_started is not None:
+                progress.llm_ttft_ms = _ms(trio.current_time() - progress.llm_started)
+            await outbox.send(p.ResponseTextDelta(turn_id=turn_id, delta=delta))
+            for sentence in splitter.feed(delta):
+                await sentences.send(sentence)
+        for sentence in splitter.flush():
+            await sentences.send(sentence)
+
+
+async def _synthesize(
+    engines: Engines,
+    sentences: trio.MemoryReceiveChannel[str],
+    speech: trio.MemorySendChannel[tuple[str, bytes]],
+    progress: _Progress,
+) -> None:
+    """Speak each sentence as soon as it is complete, one at a time."""
+    with speech:
+        async for sentence in sentences:
+            started = trio.current_time()
+            pcm = await engines.tts.synthesize(sentence)
+            if progress.tts_first_audio_ms is None:
+                progress.tts_first_audio_ms = _ms(trio.current_time() - started)
+            await speech.send((sentence, pcm))
+
+
+async def _send_audio(
+    speech: trio.MemoryReceiveChannel[tuple[str, bytes]],
+    outbox: Outbox,
+    settings: SessionSettings,
+    progress: _Progress,
+) -> None:
+    """Hand each sentence's audio to the outbox in frames; a sentence counts once all is out."""
+    frame_bytes = settings.audio_frame_ms * p.BYTES_PER_MS
+    async for sentence, pcm in speech:
+        for offset in range(0, len(pcm), frame_bytes):
+            frame = pcm[offset : offset + frame_bytes]
+            await outbox.send(frame)
+            if progress.first_audio_at is None:
+                progress.first_audio_at = trio.current_time()
+            progress.audio_bytes += len(frame)
+        progress.spoken.append(sentence)
