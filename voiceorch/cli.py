@@ -1,0 +1,142 @@
+"""The ``voiceorch`` command: ``serve`` runs the server, ``talk`` is a test client."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from . import __version__, logs
+from .session import SessionSettings
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "serve",
+        help="run the voice server with the embedded models",
+        description=(
+            "Serve the voice WebSocket (ws://HOST:PORT/v1/voice). By default speech-to-text "
+            "(faster-whisper tiny.en), text-to-speech (Piper en_US-joe-medium) and the LLM "
+            "(SmolLM2-135M served by llama-cpp-python as a child process) come from PyPI packages "
+            "installed with voiceorch: nothing is downloaded at run time. Logs are JSON lines on "
+            "stderr; progress and the address to connect to are printed on stdout."
+        ),
+    )
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    s.add_argument("--port", type=int, default=8765, help="voice WebSocket port; 0 picks a free one (default: %(default)s)")
+    llm = s.add_argument_group("LLM")
+    llm.add_argument(
+        "--llm-url",
+        help="use this OpenAI-compatible server instead of the embedded one: the base URL ending "
+        "in /v1, e.g. http://127.0.0.1:8000/v1 (llama.cpp, vLLM, Ollama, OpenAI)",
+    )
+    llm.add_argument(
+        "--llm-api-key",
+        default=os.environ.get("VOICEORCH_LLM_API_KEY"),
+        help="API key for --llm-url (default: $VOICEORCH_LLM_API_KEY); never logged",
+    )
+    llm.add_argument("--llm-model", default="default", help="model name sent to the LLM server (default: %(default)s)")
+    llm.add_argument("--llm-max-tokens", type=int, default=120, help="reply length limit in tokens (default: %(default)s)")
+    llm.add_argument("--llm-gguf", type=Path, help="GGUF file for the embedded LLM server (default: SmolLM2-135M-Instruct)")
+    llm.add_argument("--llm-log", type=Path, help="file for the embedded LLM server's output (default: a temporary file)")
+    models = s.add_argument_group("speech models")
+    models.add_argument("--stt-model", type=Path, help="faster-whisper (CTranslate2) model folder (default: embedded tiny.en)")
+    models.add_argument("--tts-voice", type=Path, help="Piper voice .onnx file, with its .onnx.json beside it (default: embedded en_US-joe-medium)")
+    models.add_argument("--no-warm-up", dest="warm_up", action="store_false", help="skip running each model once at start-up")
+    models.add_argument(
+        "--fake-engines",
+        action="store_true",
+        help="use zero-cost FAKE engines instead of models (for load tests of the orchestration only)",
+    )
+    sess = s.add_argument_group("sessions")
+    defaults = SessionSettings()
+    sess.add_argument("--instructions", default=defaults.instructions, help="system prompt of new sessions")
+    sess.add_argument(
+        "--max-input-audio-ms", type=int, default=defaults.max_input_audio_ms,
+        help="audio one user turn may hold; more is dropped with an error (default: %(default)s)",
+    )
+    sess.add_argument(
+        "--send-timeout", type=float, default=defaults.send_timeout_s,
+        help="seconds a client may take to read one message before it is disconnected (default: %(default)s)",
+    )
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _talk_parser(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser(
+        "talk",
+        help="test client: send WAV files or text as turns, print the replies",
+        description=(
+            "Hold one conversation with a running server. Each WAV (any format; converted to 16 kHz "
+            "mono s16le) is one spoken turn, sent in 20 ms frames and committed; each --text is a "
+            "typed turn. WAV turns come first, then text turns, in the order given."
+        ),
+    )
+    t.add_argument("wav", nargs="*", type=Path, help="audio files, one turn each")
+    t.add_argument("--text", action="append", default=[], help="a typed turn (repeatable)")
+    t.add_argument("--url", default="ws://127.0.0.1:8765/v1/voice", help="server URL (default: %(default)s)")
+    t.add_argument("--out", type=Path, help="write the reply audio here (NAME_2.wav etc. for further turns)")
+    t.add_argument("--instructions", help="system prompt for this session")
+    t.add_argument("--realtime", action="store_true", help="send audio at real-time pace instead of at once")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="voiceorch", description="Real-time voice orchestrator on Trio.")
+    parser.add_argument("--version", action="version", version=f"voiceorch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    _talk_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _talk(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server.app import ServerConfig, run_server
+
+    logs.configure(args.log_level)
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        llm_url=args.llm_url,
+        llm_api_key=args.llm_api_key,
+        llm_model=args.llm_model,
+        llm_max_tokens=args.llm_max_tokens,
+        llm_gguf=args.llm_gguf,
+        llm_log=args.llm_log,
+        stt_model=args.stt_model,
+        tts_voice=args.tts_voice,
+        warm_up=args.warm_up,
+        fake_engines=args.fake_engines,
+        session=SessionSettings(
+            instructions=args.instructions,
+            max_input_audio_ms=args.max_input_audio_ms,
+            send_timeout_s=args.send_timeout,
+        ),
+    )
+    try:
+        trio.run(run_server, config)
+    except KeyboardInterrupt:
+        print("[voiceorch] stopped", flush=True)
+    return 0
+
+
+def _talk(args: argparse.Namespace) -> int:
+    from .talk import TurnInput, talk
+
+    turns = [TurnInput(wav=w) for w in args.wav] + [TurnInput(text=t) for t in args.text]
+    if not turns:
+        print("voiceorch talk: give at least one WAV file or --text", file=sys.stderr)
+        return 2
+    reports = trio.run(
+        lambda: talk(args.url, turns, instructions=args.instructions, out_wav=args.out, realtime=args.realtime)
+    )
+    return 0 if all(r.done is not None and r.done.status == "completed" for r in reports) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""``voiceorch serve``: load the engines once, start the embedded LLM server, serve sessions.
+
+Everything runs in one nursery: the supervised llama.cpp child process (unless an external
+``llm_url`` is given) and the voice WebSocket server. Cancelling :func:`run_server` closes
+every session, stops the server and terminates the child.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import attrs
+import trio
+
+from ..engines import embedded
+from ..engines.base import Engines
+from ..logs import log_event
+from ..session import SessionSettings
+from .voice_ws import VOICE_PATH, serve_voice
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    #: An OpenAI-compatible base URL ending in /v1; None starts the embedded llama.cpp server.
+    llm_url: str | None = None
+    llm_api_key: str | None = attrs.field(default=None, repr=False)
+    llm_model: str = "default"
+    llm_max_tokens: int = 120
+    llm_gguf: Path | None = None
+    llm_log: Path | None = None
+    stt_model: Path | None = None
+    tts_voice: Path | None = None
+    warm_up: bool = True
+    fake_engines: bool = False
+    session: SessionSettings = SessionSettings()
+
+
+def _say(line: str) -> None:
+    print(f"[voiceorch] {line}", file=sys.stdout, flush=True)
+
+
+async def _timed(what: str, fn: Callable, *args) -> object:
+    started = time.monotonic()
+    _say(f"{what} ...")
+    result = await fn(*args)
+    _say(f"{what}: done in {time.monotonic() - started:.1f} s")
+    return result
+
+
+async def _load_in_thread(load: Callable, *args) -> object:
+    return await trio.to_thread.run_sync(load, *args)
+
+
+async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[Engines, Callable]:
+    """Load STT and TTS in threads while the LLM server starts; returns engines and a closer."""
+    from ..engines.llama_server import LlamaServerConfig, run_llama_server
+    from ..engines.openai_llm import OpenAICompatibleLLM
+    from ..engines.piper_tts import PiperTTS
+    from ..engines.whisper_stt import WhisperSTT
+
+    loaded: dict[str, object] = {}
+    stt_dir = config.stt_model or embedded.whisper_model_dir()
+    voice = config.tts_voice or embedded.piper_voice_path()
+
+    async def load(key: str, what: str, fn: Callable, *args) -> None:
+        loaded[key] = await _timed(what, _load_in_thread, fn, *args)
+
+    llm_url = config.llm_url
+    async with trio.open_nursery() as loading:
+        loading.start_soon(load, "stt", f"loading speech-to-text (faster-whisper, {stt_dir})", WhisperSTT.load, stt_dir)
+        loading.start_soon(load, "tts", f"loading text-to-speech (Piper, {voice})", PiperTTS.load, voice)
+        if llm_url is None:
+            gguf = config.llm_gguf or embedded.smollm2_gguf_path()
+            llama = LlamaServerConfig(model_path=gguf, log_path=config.llm_log)
+            llm_url = await _timed(
+                f"starting the embedded LLM server (llama.cpp, {gguf.name})", nursery.start, run_llama_server, llama
+            )
+    llm = OpenAICompatibleLLM(
+        base_url=llm_url, api_key=config.llm_api_key, model=config.llm_model, max_tokens=config.llm_max_tokens
+    )
+    engines = Engines(stt=loaded["stt"], llm=llm, tts=loaded["tts"])
+    if config.warm_up:
+        await _timed("warming up the models", _warm_up, engines)
+    return engines, llm.aclose
+
+
+async def _warm_up(engines: Engines) -> None:
+    for engine in (engines.stt, engines.tts, engines.llm):
+        await engine.warm_up()
+
+
+def _fake_engines() -> Engines:
+    from ..engines.fakes import FakeLLM, FakeSTT, FakeTTS
+
+    return Engines(stt=FakeSTT(delay=0), llm=FakeLLM(first_delay=0, delta_delay=0), tts=FakeTTS(delay=0))
+
+
+async def run_server(config: ServerConfig, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run until cancelled; ``task_status.started`` gets the voice port once sessions are served."""
+    async with trio.open_nursery() as nursery:
+        close = None
+        try:
+            if config.fake_engines:
+                _say("using FAKE engines (no models: canned transcript, reply and tone)")
+                engines = _fake_engines()
+            else:
+                engines, close = await _real_engines(config, nursery)
+            server = await nursery.start(
+                lambda task_status: serve_voice(
+                    engines, config.session, host=config.host, port=config.port, task_status=task_status
+                )
+            )
+            port = server.port
+            log_event(log, "server.ready", port=port)
+            _say(f"ready: ws://{config.host}:{port}{VOICE_PATH}")
+            task_status.started(port)
+            await trio.sleep_forever()
+        finally:
+            if close is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await close()

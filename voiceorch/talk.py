@@ -1,0 +1,117 @@
+"""``voiceorch talk``: a command-line client that speaks protocol v1 over trio-websocket.
+
+Each turn is a WAV file (sent in 20 ms frames, then committed) or a typed text. For each turn
+it prints the transcript, the streamed reply text and the server's metrics, and keeps the
+reply audio for a WAV file.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+import attrs
+import trio
+import trio_websocket
+
+from . import protocol as p
+from .audio_files import read_as_wire_pcm, write_wire_pcm
+
+FRAME_BYTES = 20 * p.BYTES_PER_MS
+
+
+@attrs.frozen(kw_only=True)
+class TurnInput:
+    wav: Path | None = None
+    text: str | None = None
+
+
+@attrs.define
+class TurnReport:
+    turn_id: str = ""
+    transcript: str = ""
+    reply_text: str = ""
+    audio: bytearray = attrs.field(factory=bytearray)
+    done: p.ResponseDone | None = None
+    errors: list[p.Error] = attrs.field(factory=list)
+    client_ttfb_ms: float | None = None
+
+
+async def _receive_event(ws: trio_websocket.WebSocketConnection, report: TurnReport | None, started: float):
+    message = await ws.get_message()
+    if isinstance(message, bytes):
+        if report is not None:
+            if report.client_ttfb_ms is None:
+                report.client_ttfb_ms = (time.monotonic() - started) * 1000
+            report.audio += message
+        return None
+    return p.parse_server_event(message)
+
+
+async def run_turn(
+    ws: trio_websocket.WebSocketConnection, turn: TurnInput, *, realtime: bool = False, out: TextIO = sys.stdout
+) -> TurnReport:
+    """Send one turn and collect its response until ``response.done``."""
+    report = TurnReport()
+    if turn.wav is not None:
+        pcm = read_as_wire_pcm(turn.wav)
+        for offset in range(0, len(pcm), FRAME_BYTES):
+            await ws.send_message(pcm[offset : offset + FRAME_BYTES])
+            if realtime:
+                await trio.sleep(0.02)
+        await ws.send_message(p.encode(p.InputAudioCommit()))
+    else:
+        await ws.send_message(p.encode(p.InputText(text=turn.text or "")))
+    started = time.monotonic()
+    while True:
+        event = await _receive_event(ws, report, started)
+        match event:
+            case p.ResponseCreated(turn_id=turn_id):
+                report.turn_id = turn_id
+            case p.TranscriptFinal(text=text):
+                report.transcript = text
+                print(f"you:  {text}", file=out)
+                print("bot:  ", end="", file=out, flush=True)
+            case p.ResponseTextDelta(delta=delta):
+                report.reply_text += delta
+                print(delta, end="", file=out, flush=True)
+            case p.Error() as error:
+                report.errors.append(error)
+                print(f"\nerror: {error.code}: {error.message}", file=out)
+                if error.turn_id is None and not report.turn_id:
+                    return report  # the turn was refused before it began
+            case p.ResponseDone() as done:
+                report.done = done
+                metrics = ", ".join(f"{k}={v}" for k, v in attrs.asdict(done.metrics).items() if v is not None)
+                print(f"\n[{done.status}] {metrics}", file=out)
+                return report
+
+
+async def talk(
+    url: str,
+    turns: list[TurnInput],
+    *,
+    instructions: str | None = None,
+    out_wav: Path | None = None,
+    realtime: bool = False,
+    out: TextIO = sys.stdout,
+) -> list[TurnReport]:
+    """Hold one conversation of ``turns`` with the server at ``url``."""
+    reports = []
+    async with trio_websocket.open_websocket_url(url) as ws:
+        created = p.parse_server_event(await ws.get_message())
+        assert isinstance(created, p.SessionCreated), created
+        if instructions is not None:
+            await ws.send_message(p.encode(p.SessionUpdate(session=p.SessionPatch(instructions=instructions))))
+            while not isinstance(await _receive_event(ws, None, 0), p.SessionUpdated):
+                pass
+        for index, turn in enumerate(turns, start=1):
+            report = await run_turn(ws, turn, realtime=realtime, out=out)
+            reports.append(report)
+            if out_wav is not None and report.audio:
+                path = out_wav if len(turns) == 1 else out_wav.with_name(f"{out_wav.stem}_{index}{out_wav.suffix}")
+                write_wire_pcm(path, bytes(report.audio))
+                print(f"reply audio: {path} ({len(report.audio) / p.BYTES_PER_MS / 1000:.2f} s)", file=out)
+    return reports
