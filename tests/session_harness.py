@@ -12,13 +12,20 @@ import trio.lowlevel
 
 from voiceorch import protocol as p
 from voiceorch.engines.base import Engines
-from voiceorch.engines.fakes import FakeLLM, FakeSTT, FakeTTS
+from voiceorch.engines.fakes import FakeLLM, FakeSTT, FakeTTS, FakeVAD
 from voiceorch.session import Session, SessionSettings, memory_transport_pair
+
+
+#: Sessions where the client ends each turn with input_audio.commit (no server VAD).
+PUSH_TO_TALK = SessionSettings(turn_detection=p.TurnDetection(type="none"))
 
 
 def fake_engines(**kwargs) -> Engines:
     return Engines(
-        stt=kwargs.pop("stt", FakeSTT()), llm=kwargs.pop("llm", FakeLLM()), tts=kwargs.pop("tts", FakeTTS())
+        stt=kwargs.pop("stt", FakeSTT()),
+        llm=kwargs.pop("llm", FakeLLM()),
+        tts=kwargs.pop("tts", FakeTTS()),
+        vad=kwargs.pop("vad", FakeVAD()),
     )
 
 
@@ -50,7 +57,7 @@ class Client:
 
 
 @asynccontextmanager
-async def connected(engines: Engines | None = None, settings: SessionSettings = SessionSettings()):
+async def connected(engines: Engines | None = None, settings: SessionSettings = PUSH_TO_TALK):
     """Run a Session over memory channels; yields the Client once ``session.created`` arrived."""
     server_end, client_end = memory_transport_pair()
     session = Session(server_end, engines or fake_engines(), settings, session_id="sess_test")

@@ -92,3 +92,22 @@ class FakeTTS:
             raise self.error
         self.finished += 1
         return fake_pcm(text, self.ms_per_char)
+
+
+@attrs.define
+class FakeVAD:
+    """Speech is any chunk whose mean absolute sample is at least ``level`` (silence is zeros)."""
+
+    level: int = 500
+
+    def new_stream(self) -> FakeVADStream:
+        return FakeVADStream(self.level)
+
+
+@attrs.define
+class FakeVADStream:
+    level: int
+
+    def probability(self, chunk: bytes) -> float:
+        samples = memoryview(chunk).cast("h")
+        return 1.0 if sum(abs(s) for s in samples[::16]) >= self.level * len(samples[::16]) else 0.0

@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn
+from cattrs.v import format_exception
 from cattrs.strategies import configure_tagged_union
 
 from . import events as ev
@@ -44,6 +45,12 @@ def _strict(kind: type) -> typing.Callable[[Any, type], Any]:
         return value
 
     return check
+
+
+def _describe(exc: BaseException, kind: type | None) -> str:
+    if isinstance(exc, ValueError) and str(exc):
+        return f"invalid value ({exc})"
+    return format_exception(exc, kind)
 
 
 def _make_converter() -> cattrs.Converter:
@@ -80,7 +87,8 @@ def encode(event: ev.ClientEvent | ev.ServerEvent) -> str:
 
 
 def _parse(text: str | bytes, union: Any, known: set[str]) -> Any:
-    if len(text) > MAX_TEXT_FRAME_BYTES:
+    size = len(text.encode()) if isinstance(text, str) and len(text) * 4 > MAX_TEXT_FRAME_BYTES else len(text)
+    if size > MAX_TEXT_FRAME_BYTES:
         raise ProtocolError(
             "message_too_large", f"text frames are limited to {MAX_TEXT_FRAME_BYTES} bytes"
         )
@@ -99,7 +107,7 @@ def _parse(text: str | bytes, union: Any, known: set[str]) -> Any:
         return _converter.structure(data, union)
     except Exception as exc:  # cattrs raises exception groups with a path to each bad field
         if isinstance(exc, cattrs.BaseValidationError):
-            details = "; ".join(cattrs.transform_error(exc))
+            details = "; ".join(cattrs.transform_error(exc, format_exception=_describe))
         else:
             details = str(exc)
         raise ProtocolError("invalid_event", f"invalid {kind!r} event: {details}") from None

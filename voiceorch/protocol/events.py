@@ -33,12 +33,58 @@ def audio_ms(num_bytes: int) -> float:
 
 # --- the session ------------------------------------------------------------------------------
 
+_unit = [attrs.validators.ge(0.0), attrs.validators.le(1.0)]
+_ms_range = [attrs.validators.ge(0), attrs.validators.le(60_000)]
+
+
+@attrs.frozen(kw_only=True)
+class TurnDetection:
+    """How the end of the user's turn is found (the shape of the OpenAI Realtime API's).
+
+    ``server_vad``: the server detects speech; a turn ends after ``silence_duration_ms`` of
+    silence, and speech while a response is in progress interrupts it (barge-in). ``none``:
+    push-to-talk, the client ends each turn with ``input_audio.commit``.
+    """
+
+    type: Literal["server_vad", "none"] = "server_vad"
+    #: Speech probability (0-1) from which a 32 ms chunk counts as speech.
+    threshold: float = attrs.field(default=0.5, validator=_unit)
+    #: Audio kept from before the detected start of speech and sent to STT with it.
+    prefix_padding_ms: int = attrs.field(default=300, validator=_ms_range)
+    #: Silence that ends the user's turn.
+    silence_duration_ms: int = attrs.field(default=500, validator=_ms_range)
+    #: Speech needed before speech counts as started (shorter noises are ignored).
+    min_speech_duration_ms: int = attrs.field(default=150, validator=_ms_range)
+    #: Whether speech interrupts a response in progress, and after how much speech.
+    interrupt_response: bool = True
+    interrupt_min_speech_ms: int = attrs.field(default=250, validator=_ms_range)
+
+
+def _optional(validators: list) -> object:
+    return attrs.validators.optional(attrs.validators.and_(*validators))
+
+
+@attrs.frozen(kw_only=True)
+class TurnDetectionPatch:
+    type: Literal["server_vad", "none"] | None = None
+    threshold: float | None = attrs.field(default=None, validator=_optional(_unit))
+    prefix_padding_ms: int | None = attrs.field(default=None, validator=_optional(_ms_range))
+    silence_duration_ms: int | None = attrs.field(default=None, validator=_optional(_ms_range))
+    min_speech_duration_ms: int | None = attrs.field(default=None, validator=_optional(_ms_range))
+    interrupt_response: bool | None = None
+    interrupt_min_speech_ms: int | None = attrs.field(default=None, validator=_optional(_ms_range))
+
 
 @attrs.frozen(kw_only=True)
 class SessionConfig:
     """The effective configuration of one session, echoed whole by ``session.updated``."""
 
     instructions: str
+    turn_detection: TurnDetection = TurnDetection()
+
+
+def _changes(patch: object) -> dict:
+    return {f.name: getattr(patch, f.name) for f in attrs.fields(type(patch)) if getattr(patch, f.name) is not None}
 
 
 @attrs.frozen(kw_only=True)
@@ -46,9 +92,12 @@ class SessionPatch:
     """The fields a ``session.update`` may set; an omitted field keeps its value."""
 
     instructions: str | None = None
+    turn_detection: TurnDetectionPatch | None = None
 
     def apply(self, config: SessionConfig) -> SessionConfig:
-        changes = {k: v for k, v in attrs.asdict(self).items() if v is not None}
+        changes = _changes(self)
+        if self.turn_detection is not None:
+            changes["turn_detection"] = attrs.evolve(config.turn_detection, **_changes(self.turn_detection))
         return attrs.evolve(config, **changes)
 
 
@@ -86,7 +135,16 @@ class ResponseCancel:
     TYPE: ClassVar[str] = "response.cancel"
 
 
-ClientEvent = Union[SessionUpdate, InputAudioCommit, InputAudioClear, InputText, ResponseCancel]
+@attrs.frozen(kw_only=True)
+class PlaybackPosition:
+    """How much of a response's audio the client has really played (it wins over the estimate)."""
+
+    TYPE: ClassVar[str] = "playback.position"
+    turn_id: str
+    played_ms: float = attrs.field(validator=attrs.validators.ge(0.0))
+
+
+ClientEvent = Union[SessionUpdate, InputAudioCommit, InputAudioClear, InputText, ResponseCancel, PlaybackPosition]
 
 # --- server -> client -------------------------------------------------------------------------
 
@@ -121,6 +179,20 @@ class InputAudioCleared:
 
 
 @attrs.frozen(kw_only=True)
+class SpeechStartedEvent:
+    """Server VAD heard speech start at ``audio_ms`` into the session's input audio."""
+
+    TYPE: ClassVar[str] = "input_audio.speech_started"
+    audio_ms: float
+
+
+@attrs.frozen(kw_only=True)
+class SpeechStoppedEvent:
+    TYPE: ClassVar[str] = "input_audio.speech_stopped"
+    audio_ms: float
+
+
+@attrs.frozen(kw_only=True)
 class ResponseCreated:
     TYPE: ClassVar[str] = "response.created"
     turn_id: str
@@ -140,7 +212,20 @@ class ResponseTextDelta:
     delta: str
 
 
-ResponseStatus = Literal["completed", "cancelled", "failed"]
+@attrs.frozen(kw_only=True)
+class ResponseInterrupted:
+    """The user spoke over response ``turn_id``: drop its buffered audio now.
+
+    ``played_ms`` is how much of its audio the user heard, ``heard_text`` the words of it.
+    """
+
+    TYPE: ClassVar[str] = "response.interrupted"
+    turn_id: str
+    played_ms: float
+    heard_text: str
+
+
+ResponseStatus = Literal["completed", "cancelled", "interrupted", "failed"]
 
 
 @attrs.frozen(kw_only=True)
@@ -177,9 +262,12 @@ ServerEvent = Union[
     SessionUpdated,
     InputAudioCommitted,
     InputAudioCleared,
+    SpeechStartedEvent,
+    SpeechStoppedEvent,
     ResponseCreated,
     TranscriptFinal,
     ResponseTextDelta,
+    ResponseInterrupted,
     ResponseDone,
     Error,
 ]

@@ -64,6 +64,7 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
     from ..engines.llama_server import LlamaServerConfig, run_llama_server
     from ..engines.openai_llm import OpenAICompatibleLLM
     from ..engines.piper_tts import PiperTTS
+    from ..engines.silero_vad import SileroVAD
     from ..engines.whisper_stt import WhisperSTT
 
     loaded: dict[str, object] = {}
@@ -77,6 +78,7 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
     async with trio.open_nursery() as loading:
         loading.start_soon(load, "stt", f"loading speech-to-text (faster-whisper, {stt_dir})", WhisperSTT.load, stt_dir)
         loading.start_soon(load, "tts", f"loading text-to-speech (Piper, {voice})", PiperTTS.load, voice)
+        loading.start_soon(load, "vad", "loading speech detection (Silero VAD v6)", SileroVAD.load)
         if llm_url is None:
             gguf = config.llm_gguf or embedded.smollm2_gguf_path()
             llama = LlamaServerConfig(model_path=gguf, log_path=config.llm_log)
@@ -86,7 +88,7 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
     llm = OpenAICompatibleLLM(
         base_url=llm_url, api_key=config.llm_api_key, model=config.llm_model, max_tokens=config.llm_max_tokens
     )
-    engines = Engines(stt=loaded["stt"], llm=llm, tts=loaded["tts"])
+    engines = Engines(stt=loaded["stt"], llm=llm, tts=loaded["tts"], vad=loaded["vad"])
     if config.warm_up:
         await _timed("warming up the models", _warm_up, engines)
     return engines, llm.aclose
@@ -98,9 +100,11 @@ async def _warm_up(engines: Engines) -> None:
 
 
 def _fake_engines() -> Engines:
-    from ..engines.fakes import FakeLLM, FakeSTT, FakeTTS
+    from ..engines.fakes import FakeLLM, FakeSTT, FakeTTS, FakeVAD
 
-    return Engines(stt=FakeSTT(delay=0), llm=FakeLLM(first_delay=0, delta_delay=0), tts=FakeTTS(delay=0))
+    return Engines(
+        stt=FakeSTT(delay=0), llm=FakeLLM(first_delay=0, delta_delay=0), tts=FakeTTS(delay=0), vad=FakeVAD()
+    )
 
 
 async def run_server(config: ServerConfig, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:

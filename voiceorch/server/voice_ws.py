@@ -22,7 +22,6 @@ from ..session.transport import Message
 log = logging.getLogger(__name__)
 
 VOICE_PATH = "/v1/voice"
-CLOSE_INTERNAL_ERROR = 1011
 
 
 class WebSocketTransport:
@@ -55,12 +54,9 @@ async def _handle(request: trio_websocket.WebSocketRequest, *, engines: Engines,
     ws = await request.accept()
     session = Session(WebSocketTransport(ws), engines, settings)
     try:
-        await session.run()
+        await session.run()  # closes the connection itself: 1011 after a crash
     except* Exception as group:
         log.error("session.crashed", exc_info=group, extra={"fields": {"session_id": session.session_id}})
-        with trio.move_on_after(2) as scope:
-            scope.shield = True
-            await ws.aclose(CLOSE_INTERNAL_ERROR, "internal error")
 
 
 async def serve_voice(

@@ -25,6 +25,7 @@ class Conversation:
     max_messages: int = 20
     max_chars: int = 6000
     _messages: list[ChatMessage] = attrs.field(factory=list)
+    _last_turn_id: str | None = None
 
     @property
     def messages(self) -> tuple[ChatMessage, ...]:
@@ -38,12 +39,23 @@ class Conversation:
             ChatMessage(role="user", content=user_text),
         ]
 
-    def add_exchange(self, user_text: str, assistant_text: str) -> None:
-        """Remember one turn: what the user said and what the assistant said of its reply."""
+    def add_exchange(self, user_text: str, assistant_text: str, *, turn_id: str | None = None) -> None:
+        """Remember one turn: what the user said and what the user heard of the reply."""
         self._messages.append(ChatMessage(role="user", content=user_text))
         if assistant_text:
             self._messages.append(ChatMessage(role="assistant", content=assistant_text))
+        self._last_turn_id = turn_id
         self._trim()
+
+    def revise_reply(self, turn_id: str, assistant_text: str) -> bool:
+        """Replace what the user heard of turn ``turn_id``'s reply, if it is still the last turn."""
+        if turn_id != self._last_turn_id or not self._messages:
+            return False
+        if self._messages[-1].role == "assistant":
+            self._messages.pop()
+        if assistant_text:
+            self._messages.append(ChatMessage(role="assistant", content=assistant_text))
+        return True
 
     def _trim(self) -> None:
         def size() -> int:

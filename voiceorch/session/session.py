@@ -1,9 +1,11 @@
 """One client connection's session: a nursery of a reader, a responder and a writer.
 
 - The **reader** drains the client promptly (it never waits on a model): audio frames go into
-  the bounded input buffer, control events are handled at once. When the user's turn ends it
-  makes a :class:`~voiceorch.session.turn.Turn` and queues it for the responder, cancelling the
-  response in progress (the newer turn supersedes it).
+  the bounded input buffer and, under server VAD, through the speech detector; control events
+  are handled at once. When the user's turn ends (silence after speech, or a commit) it makes
+  a :class:`~voiceorch.session.turn.Turn` and queues it for the responder, cancelling the
+  response in progress (the newer turn supersedes it). Speech while a response is in progress
+  interrupts that response at once (barge-in).
 - The **responder** answers queued turns one at a time with :func:`run_turn`, each inside the
   turn's own cancel scope (there live the STT, LLM, TTS and audio-sender tasks).
 - The **writer** owns the sending side of the transport: every event and audio frame passes
@@ -25,6 +27,7 @@ from ..engines.base import Engines
 from ..logs import log_event, session_id_var, turn_id_var
 from .history import Conversation
 from .settings import SessionSettings
+from .speech_detector import CHUNK_MS, SpeechDetector, SpeechStarted, SpeechStopped
 from .transport import MessageTransport
 from .turn import Turn, run_turn
 
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 #: Close codes (RFC 6455) a session uses.
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
+CLOSE_INTERNAL_ERROR = 1011
 
 
 class Session:
@@ -48,7 +52,7 @@ class Session:
         self.transport = transport
         self.engines = engines
         self.settings = settings
-        self.config = p.SessionConfig(instructions=settings.instructions)
+        self.config = p.SessionConfig(instructions=settings.instructions, turn_detection=settings.turn_detection)
         self.conversation = Conversation(
             instructions=settings.instructions,
             max_messages=settings.history_max_messages,
@@ -56,8 +60,11 @@ class Session:
         )
         self._input = bytearray()
         self._input_overflowed = False
+        self._detector: SpeechDetector | None = None
+        self._configure_detector()
         self._turn_count = 0
         self._unfinished: list[Turn] = []  # queued or in progress, oldest first
+        self._last_turn: Turn | None = None  # the last turn answered
         self._turns_send, self._turns_recv = trio.open_memory_channel[Turn](settings.max_pending_turns)
         self._outbox_send, self._outbox_recv = trio.open_memory_channel[p.ServerEvent | bytes](0)
         self._close = (CLOSE_NORMAL, "")
@@ -81,6 +88,9 @@ class Session:
                 nursery.start_soon(self._respond)
                 await self._read()
                 nursery.cancel_scope.cancel()
+        except Exception:
+            self._close = (CLOSE_INTERNAL_ERROR, "internal error")
+            raise
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await self.transport.close(*self._close)
@@ -113,6 +123,7 @@ class Session:
                 )
             finally:
                 self._unfinished.remove(turn)
+                self._last_turn = turn
                 turn_id_var.reset(token)
 
     async def _write(self) -> None:
@@ -147,16 +158,54 @@ class Session:
             await self._error(exc.code, exc.message)
             return
         limit = self.settings.max_input_audio_ms * p.BYTES_PER_MS
-        if len(self._input) + len(data) > limit:
+        if self._input_overflowed or len(self._input) + len(data) > limit:
             if not self._input_overflowed:
                 self._input_overflowed = True
                 await self._error(
                     "input_audio_buffer_full",
                     f"a turn holds at most {self.settings.max_input_audio_ms} ms of audio; "
-                    "further audio is dropped until input_audio.commit or input_audio.clear",
+                    "further audio is dropped until the turn ends or input_audio.clear",
                 )
             return
         self._input += data
+        if self._detector is not None:
+            await self._detect_speech(self._detector, data)
+
+    async def _detect_speech(self, detector: SpeechDetector, data: bytes) -> None:
+        vad = self.config.turn_detection
+        for decision in detector.feed(data):
+            match decision:
+                case SpeechStarted(audio_ms=at):
+                    # Keep the prefix padding before the speech, drop what came before it.
+                    keep_ms = vad.prefix_padding_ms + (detector.fed_ms - at)
+                    del self._input[: max(0, len(self._input) - int(keep_ms) * p.BYTES_PER_MS)]
+                    await self._emit(p.SpeechStartedEvent(audio_ms=at))
+                case SpeechStopped(audio_ms=at):
+                    await self._emit(p.SpeechStoppedEvent(audio_ms=at))
+                    await self._commit()
+        if detector.in_speech:
+            if vad.interrupt_response and detector.speech_ms >= vad.interrupt_min_speech_ms:
+                self._interrupt()
+        else:
+            # Outside speech keep only what a speech start could still need as its prefix.
+            keep_ms = vad.prefix_padding_ms + vad.min_speech_duration_ms + 2 * CHUNK_MS
+            del self._input[: max(0, len(self._input) - int(keep_ms) * p.BYTES_PER_MS)]
+
+    def _interrupt(self) -> None:
+        """Barge-in: the user speaks over the responses in progress. Not a checkpoint."""
+        for turn in self._unfinished:
+            turn.cancel(interrupted=True)
+
+    def _configure_detector(self) -> None:
+        vad = self.config.turn_detection
+        if vad.type == "none":
+            self._detector = None
+            return
+        if self._detector is None:
+            self._detector = SpeechDetector(self.engines.vad.new_stream())
+        self._detector.threshold = vad.threshold
+        self._detector.min_speech_ms = vad.min_speech_duration_ms
+        self._detector.silence_ms = vad.silence_duration_ms
 
     async def _on_control(self, text: str) -> None:
         try:
@@ -168,30 +217,55 @@ class Session:
             case p.SessionUpdate(session=patch):
                 self.config = patch.apply(self.config)
                 self.conversation.instructions = self.config.instructions
+                self._configure_detector()
                 await self._emit(p.SessionUpdated(session=self.config))
             case p.InputAudioCommit():
                 if not self._input:
                     await self._error("input_audio_buffer_empty", "there is no audio to commit")
                     return
-                turn = self._new_turn(audio=bytes(self._input))
-                committed_ms = p.audio_ms(len(self._input))
-                self._clear_input()
-                await self._emit(p.InputAudioCommitted(turn_id=turn.turn_id, audio_ms=committed_ms))
-                await self._start(turn)
+                await self._commit()
             case p.InputAudioClear():
                 cleared_ms = p.audio_ms(len(self._input))
                 self._clear_input()
+                if self._detector is not None:
+                    self._detector = None
+                    self._configure_detector()  # forget any speech in progress
                 await self._emit(p.InputAudioCleared(audio_ms=cleared_ms))
             case p.InputText(text=text):
                 if not text.strip():
                     await self._error("invalid_event", "input_text needs some text")
+                    return
+                if self._turns_send.statistics().current_buffer_used >= self.settings.max_pending_turns:
+                    await self._error("busy", "too many turns are waiting; send this one again later")
                     return
                 await self._start(self._new_turn(text=text.strip()))
             case p.ResponseCancel():
                 if not self._unfinished:
                     await self._error("no_active_response", "there is no response to cancel")
                 for turn in self._unfinished:
-                    turn.scope.cancel()
+                    turn.cancel()
+            case p.PlaybackPosition(turn_id=turn_id, played_ms=played_ms):
+                self._on_playback_position(turn_id, played_ms)
+
+    def _on_playback_position(self, turn_id: str, played_ms: float) -> None:
+        """The client's own playback position wins over the server's estimate."""
+        for turn in self._unfinished:
+            if turn.turn_id == turn_id:
+                turn.reported_played_ms = played_ms  # used if the response ends interrupted
+                return
+        turn = self._last_turn
+        if turn is not None and turn.turn_id == turn_id and turn.cancelled_at is not None:
+            self.conversation.revise_reply(turn_id, turn.heard_text(played_ms))
+
+    async def _commit(self) -> None:
+        if self._turns_send.statistics().current_buffer_used >= self.settings.max_pending_turns:
+            await self._error("busy", "too many turns are waiting; commit again later")
+            return
+        turn = self._new_turn(audio=bytes(self._input))
+        committed_ms = p.audio_ms(len(self._input))
+        self._clear_input()
+        await self._emit(p.InputAudioCommitted(turn_id=turn.turn_id, audio_ms=committed_ms))
+        await self._start(turn)
 
     def _clear_input(self) -> None:
         self._input.clear()
@@ -206,8 +280,8 @@ class Session:
         try:
             self._turns_send.send_nowait(turn)
         except trio.WouldBlock:
-            await self._error("busy", "too many turns are waiting; this one was dropped")
+            await self._error("busy", "too many turns are waiting; send this one again later")
             return
         for earlier in self._unfinished:
-            earlier.scope.cancel()
+            earlier.cancel()
         self._unfinished.append(turn)

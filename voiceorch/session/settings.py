@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import attrs
 
+from ..protocol import TurnDetection
 from .history import DEFAULT_INSTRUCTIONS
 
 
@@ -11,13 +12,17 @@ from .history import DEFAULT_INSTRUCTIONS
 class SessionSettings:
     #: System prompt of a new session (a client may replace it with ``session.update``).
     instructions: str = DEFAULT_INSTRUCTIONS
+    #: Turn detection of a new session (server VAD by default; ``session.update`` changes it).
+    turn_detection: TurnDetection = TurnDetection()
     #: Audio buffered for one user turn; past it, audio is dropped with an ``error`` event.
     max_input_audio_ms: int = 60_000
     #: Conversation memory sent with each LLM request.
     history_max_messages: int = 20
     history_max_chars: int = 6_000
-    #: Reply audio is sent in binary frames of this length.
+    #: Reply audio is sent in binary frames of this length, ...
     audio_frame_ms: int = 40
+    #: ... paced to real time, at most this far ahead of the client's playback.
+    playback_lead_ms: int = 200
     #: A client that does not take a message within this many seconds is disconnected.
     send_timeout_s: float = 10.0
     #: User turns waiting to be answered (each new turn cancels the response in progress).

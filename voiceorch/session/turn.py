@@ -6,11 +6,15 @@ inside the turn's own ``trio.CancelScope``::
 
     STT --text--> LLM --deltas--> splitter --sentences--> TTS --speech--> audio sender --> outbox
 
-Cancelling ``turn.scope`` (``response.cancel``, or a newer user turn) unwinds every stage at
-once: the LLM's HTTP stream is closed, pending synthesis is abandoned, and no audio frame of
-the turn is handed to the outbox afterwards. ``response.done`` is sent after the scope has
-closed, so nothing of a response ever follows its ``response.done``. Only the sentences whose
-audio was handed out in full reach the conversation history.
+Reply audio is paced to real time plus ``playback_lead_ms``, and the turn lasts until the
+client has played it all, so the server always knows what the user has heard (``Playback``).
+
+:meth:`Turn.cancel` (``response.cancel``, a newer user turn, or barge-in: speech over the
+reply) cancels ``turn.scope``, which unwinds every stage at once: the LLM's HTTP stream is
+closed, pending synthesis is abandoned, and no audio frame of the turn is handed to the outbox
+afterwards. A barge-in is answered with ``response.interrupted``; then, as always, comes
+``response.done``, after the scope has closed, so nothing of a response ever follows it. The
+conversation history keeps only the words the user heard.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from .. import protocol as p
 from ..engines.base import EngineError, Engines
 from ..logs import log_event
 from .history import Conversation
+from .playback import Playback
 from .sentences import SentenceSplitter
 from .settings import SessionSettings
 
@@ -41,6 +46,23 @@ class Turn:
     audio: bytes | None = None
     text: str | None = None
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    playback: Playback = attrs.field(factory=Playback)
+    #: Set by :meth:`cancel`: when, and whether it was the user speaking over the reply.
+    cancelled_at: float | None = None
+    interrupted: bool = False
+    #: The client's own report of its playback position (``playback.position``), if any.
+    reported_played_ms: float | None = None
+
+    def cancel(self, *, interrupted: bool = False) -> None:
+        """End the response now (a no-op once it has ended or was cancelled). Not a checkpoint."""
+        if not self.scope.cancel_called:
+            self.cancelled_at = trio.current_time()
+            self.interrupted = interrupted
+            self.scope.cancel()
+
+    def heard_text(self, played_ms: float) -> str:
+        """What the user heard of the reply, given a playback position (capped at what was sent)."""
+        return self.playback.heard_text(min(played_ms, self.playback.sent_ms))
 
 
 @attrs.define
@@ -48,8 +70,6 @@ class _Progress:
     """What one response has done so far: the basis of its status, history and metrics."""
 
     user_text: str | None = None
-    spoken: list[str] = attrs.field(factory=list)
-    audio_bytes: int = 0
     stt_ms: float | None = None
     llm_started: float | None = None
     llm_ttft_ms: float | None = None
@@ -87,16 +107,23 @@ async def run_turn(
         log.error("turn.crashed", exc_info=group)
         error = EngineError("internal_error", "the server failed to answer this turn")
 
+    played_ms = turn.playback.sent_ms
     if error is not None:
         status = "failed"
+        played_ms = turn.playback.played_ms(trio.current_time())
         await outbox.send(p.Error(code=error.code, message=error.message, turn_id=turn.turn_id))
     elif turn.scope.cancelled_caught:
-        status = "cancelled"
+        status = "interrupted" if turn.interrupted else "cancelled"
+        played_ms = turn.playback.played_ms(turn.cancelled_at)
+        if turn.reported_played_ms is not None:
+            played_ms = min(turn.reported_played_ms, turn.playback.sent_ms)
     else:
         status = "completed"
-    heard = " ".join(progress.spoken)
+    heard = turn.heard_text(played_ms)
+    if status == "interrupted":
+        await outbox.send(p.ResponseInterrupted(turn_id=turn.turn_id, played_ms=round(played_ms, 1), heard_text=heard))
     if progress.user_text and (status != "failed" or heard):
-        conversation.add_exchange(progress.user_text, heard)
+        conversation.add_exchange(progress.user_text, heard, turn_id=turn.turn_id)
 
     now = trio.current_time()
     metrics = p.ResponseMetrics(
@@ -105,7 +132,7 @@ async def run_turn(
         tts_first_audio_ms=progress.tts_first_audio_ms,
         ttfb_ms=None if progress.first_audio_at is None else _ms(progress.first_audio_at - turn.ended_at),
         total_ms=_ms(now - turn.ended_at),
-        audio_ms=p.audio_ms(progress.audio_bytes),
+        audio_ms=turn.playback.sent_ms,
     )
     done = p.ResponseDone(turn_id=turn.turn_id, status=status, text=heard, metrics=metrics)
     log_event(log, "turn.done", status=status, error=error and error.code, **attrs.asdict(metrics))
@@ -136,11 +163,12 @@ async def _respond(
 ) -> None:
     if turn.audio is not None:
         started = trio.current_time()
-        progress.user_text = await engines.stt.transcribe(turn.audio)
+        user_text = await engines.stt.transcribe(turn.audio)
         progress.stt_ms = _ms(trio.current_time() - started)
     else:
-        progress.user_text = turn.text or ""
-    await outbox.send(p.TranscriptFinal(turn_id=turn.turn_id, text=progress.user_text))
+        user_text = turn.text or ""
+    await outbox.send(p.TranscriptFinal(turn_id=turn.turn_id, text=user_text))
+    progress.user_text = user_text  # the user's words count once the client has them
     if not progress.user_text:
         raise EngineError("no_speech", "no words were recognized in the committed audio")
 
@@ -155,7 +183,7 @@ async def _respond(
         nursery.start_soon(engines.llm.stream_reply, messages, deltas_send)
         nursery.start_soon(_split_reply, turn.turn_id, deltas_recv, sentences_send, outbox, progress)
         nursery.start_soon(_synthesize, engines, sentences_recv, speech_send, progress)
-        nursery.start_soon(_send_audio, speech_recv, outbox, settings, progress)
+        nursery.start_soon(_send_audio, speech_recv, outbox, settings, turn.playback, progress)
 
 
 async def _split_reply(
@@ -198,15 +226,21 @@ async def _send_audio(
     speech: trio.MemoryReceiveChannel[tuple[str, bytes]],
     outbox: Outbox,
     settings: SessionSettings,
+    playback: Playback,
     progress: _Progress,
 ) -> None:
-    """Hand each sentence's audio to the outbox in frames; a sentence counts once all is out."""
+    """Hand each sentence's audio to the outbox in frames, paced to real time plus the lead,
+    then wait until the client has played it all."""
     frame_bytes = settings.audio_frame_ms * p.BYTES_PER_MS
+    lead = settings.playback_lead_ms / 1000
     async for sentence, pcm in speech:
+        playback.add_sentence(sentence, p.audio_ms(len(pcm)))
         for offset in range(0, len(pcm), frame_bytes):
+            await trio.sleep_until(playback.play_end - lead)
             frame = pcm[offset : offset + frame_bytes]
             await outbox.send(frame)
+            now = trio.current_time()
             if progress.first_audio_at is None:
-                progress.first_audio_at = trio.current_time()
-            progress.audio_bytes += len(frame)
-        progress.spoken.append(sentence)
+                progress.first_audio_at = now
+            playback.on_sent(now, p.audio_ms(len(frame)))
+    await trio.sleep_until(playback.play_end)

@@ -1,0 +1,94 @@
+"""Server-side speech detection as a sans-I/O state machine.
+
+Feed it the session's input audio as it arrives; it cuts the audio into VAD chunks (32 ms),
+asks the voice-activity stream for each chunk's speech probability, and returns the decisions
+it reached: :class:`SpeechStarted` once ``min_speech_ms`` of speech has been heard (dated at
+the start of that speech), :class:`SpeechStopped` once ``silence_ms`` of silence has followed
+(dated at the start of that silence). Between the two it counts the current speech length, so
+the session can ask for a longer stretch of speech before it interrupts the assistant.
+
+A chunk is speech at ``probability >= threshold`` and silence below ``threshold - 0.15``
+(Silero's hysteresis); in between it continues the current state.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from ..engines.base import VAD_CHUNK_SAMPLES, VoiceActivityStream
+
+CHUNK_BYTES = VAD_CHUNK_SAMPLES * 2
+CHUNK_MS = VAD_CHUNK_SAMPLES / 16  # 32.0
+
+
+@attrs.frozen
+class SpeechStarted:
+    audio_ms: float
+
+
+@attrs.frozen
+class SpeechStopped:
+    audio_ms: float
+
+
+@attrs.define
+class SpeechDetector:
+    stream: VoiceActivityStream
+    threshold: float = 0.5
+    min_speech_ms: float = 150
+    silence_ms: float = 500
+    _pending: bytearray = attrs.field(factory=bytearray)
+    _fed_ms: float = 0.0  # audio judged so far
+    _in_speech: bool = False
+    _run_start: float | None = None  # start of the current stretch of speech (or of silence)
+    _speech_start: float = 0.0
+
+    @property
+    def in_speech(self) -> bool:
+        return self._in_speech
+
+    @property
+    def fed_ms(self) -> float:
+        """Audio judged so far (whole chunks), in ms since the detector started."""
+        return self._fed_ms
+
+    @property
+    def speech_ms(self) -> float:
+        """Length of the current utterance so far (0 outside speech)."""
+        return self._fed_ms - self._speech_start if self._in_speech else 0.0
+
+    def feed(self, pcm: bytes) -> list[SpeechStarted | SpeechStopped]:
+        self._pending += pcm
+        decisions: list[SpeechStarted | SpeechStopped] = []
+        whole = len(self._pending) - len(self._pending) % CHUNK_BYTES
+        for offset in range(0, whole, CHUNK_BYTES):
+            probability = self.stream.probability(bytes(self._pending[offset : offset + CHUNK_BYTES]))
+            decision = self._judge(probability)
+            if decision is not None:
+                decisions.append(decision)
+        del self._pending[:whole]
+        return decisions
+
+    def _judge(self, probability: float) -> SpeechStarted | SpeechStopped | None:
+        start, self._fed_ms = self._fed_ms, self._fed_ms + CHUNK_MS
+        speech = probability >= self.threshold
+        silence = probability < self.threshold - 0.15
+        if not self._in_speech:
+            if speech:
+                if self._run_start is None:
+                    self._run_start = start
+                if self._fed_ms - self._run_start >= self.min_speech_ms:
+                    self._in_speech, self._speech_start, self._run_start = True, self._run_start, None
+                    return SpeechStarted(self._speech_start)
+            elif silence:
+                self._run_start = None
+        else:
+            if silence:
+                if self._run_start is None:
+                    self._run_start = start
+                if self._fed_ms - self._run_start >= self.silence_ms:
+                    stopped, self._in_speech, self._run_start = self._run_start, False, None
+                    return SpeechStopped(stopped)
+            elif speech:
+                self._run_start = None
+        return None
