@@ -6,6 +6,9 @@ Slow; run with ``-m models`` or by file. Each model is loaded once per module.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,3 +122,49 @@ async def test_llama_server_streams_and_stops(no_leftover_llama: None) -> None:
     async with httpx.AsyncClient(trust_env=False) as client:
         with pytest.raises(httpx.ConnectError):
             await client.get(f"{base_url}/models")
+
+
+async def test_llama_server_start_failure_is_clear(tmp_path: Path) -> None:
+    bogus = tmp_path / "not-a-model.gguf"
+    bogus.write_bytes(b"this is not a GGUF file")
+    config = LlamaServerConfig(model_path=bogus, port=0, start_timeout=60)
+    with trio.fail_after(90):
+        with pytest.raises(RuntimeError, match="exited during start-up with code") as info:
+            await run_llama_server(config)
+    assert "last output:" in str(info.value)
+    assert _children_running("llama_cpp.server") == []
+
+
+_SUPERVISOR = """
+import sys, trio
+from voiceorch.engines.embedded import smollm2_gguf_path
+from voiceorch.engines.llama_server import LlamaServerConfig, run_llama_server
+async def main():
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(run_llama_server, LlamaServerConfig(model_path=smollm2_gguf_path()))
+        print(url, flush=True)
+trio.run(main)
+"""
+
+
+async def test_llama_server_exits_when_its_parent_is_killed() -> None:
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", _SUPERVISOR], stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    try:
+        with trio.fail_after(120):
+            base_url = (await trio.to_thread.run_sync(supervisor.stdout.readline)).strip()
+        assert base_url.startswith("http://127.0.0.1:")
+    finally:
+        supervisor.send_signal(signal.SIGKILL)  # no chance to clean up: the child must notice
+        supervisor.wait()
+        supervisor.stdout.close()
+    async with httpx.AsyncClient(trust_env=False, timeout=1.0) as client:
+        with trio.fail_after(15):
+            while True:
+                try:
+                    await client.get(f"{base_url}/models")
+                except httpx.ConnectError:
+                    break
+                await trio.sleep(0.2)

@@ -77,9 +77,11 @@ def fake_pcm(text: str, ms_per_char: float) -> bytes:
 
 @attrs.define
 class FakeTTS:
-    """Returns ``ms_per_char`` of audio per character after ``delay`` seconds."""
+    """Returns ``ms_per_char`` of audio per character after ``delay`` seconds (or after
+    ``delays[i]`` for the i-th sentence, where given)."""
 
     delay: float = 0.05
+    delays: list[float] = attrs.field(factory=list)
     ms_per_char: float = 60.0
     error: EngineError | None = None
     texts: list[str] = attrs.field(factory=list)
@@ -87,7 +89,8 @@ class FakeTTS:
 
     async def synthesize(self, text: str) -> bytes:
         self.texts.append(text)
-        await trio.sleep(self.delay)
+        index = len(self.texts) - 1
+        await trio.sleep(self.delays[index] if index < len(self.delays) else self.delay)
         if self.error is not None:
             raise self.error
         self.finished += 1

@@ -1,7 +1,9 @@
-"""Supervision of llama-cpp-python's OpenAI-compatible server (``python -m llama_cpp.server``).
+"""Supervision of llama-cpp-python's OpenAI-compatible server (``llama_cpp.server``).
 
 The server runs as a child process of ours; :func:`run_llama_server` starts it, waits until it
-answers, reports its ``/v1`` base URL, and terminates and reaps it when cancelled.
+answers, reports its ``/v1`` base URL, and terminates and reaps it when cancelled. If our
+process dies without running that clean-up (SIGKILL, an unhandled SIGTERM), the child notices
+that its parent is gone within a second and exits, so no orphan server is left running.
 """
 
 from __future__ import annotations
@@ -22,6 +24,19 @@ import trio
 _LOG_TAIL_BYTES = 2000
 _POLL_INTERVAL = 0.25
 
+# Runs llama_cpp.server's __main__ with a daemon thread that ends the process when its parent
+# goes away (PR_SET_PDEATHSIG would not do: trio spawns from a worker thread, and that signal
+# fires when the spawning *thread* exits).
+_CHILD_BOOTSTRAP = """\
+import os, runpy, threading, time
+def _exit_with_parent(parent=os.getppid()):
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+threading.Thread(target=_exit_with_parent, daemon=True).start()
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
 
 @attrs.frozen(kw_only=True)
 class LlamaServerConfig:
@@ -41,17 +56,22 @@ class LlamaServerConfig:
         default=None, converter=attrs.converters.optional(Path)
     )
     start_timeout: float = 120.0
+    #: llama-cpp-python's default (True) makes a new request cut off the one streaming, and
+    #: in 0.3.36 that leaves both streams stalled; False queues requests one after another.
+    interrupt_requests: bool = False
 
 
 def llama_server_command(config: LlamaServerConfig, port: int) -> list[str]:
-    """The command line that starts the server on ``port``."""
+    """The command line that starts the server on ``port`` (``python -m llama_cpp.server ...``
+    in effect, through a small bootstrap that exits if our process dies)."""
     return [
-        config.python, "-m", "llama_cpp.server",
+        config.python, "-c", _CHILD_BOOTSTRAP,
         "--model", str(config.model_path),
         "--host", config.host,
         "--port", str(port),
         "--n_ctx", str(config.n_ctx),
         "--n_threads", str(config.n_threads),
+        "--interrupt_requests", str(config.interrupt_requests),
     ]  # fmt: skip
 
 
@@ -98,7 +118,7 @@ async def run_llama_server(
             # On a start-up time-out the child still runs: run_process terminates and reaps it.
             nursery.cancel_scope.cancel()
         tail = _read_tail(log, log_start)
-    raise RuntimeError(f"{failure}; command {command!r}; last output:\n{tail}")
+    raise RuntimeError(f"{failure} (model {config.model_path}); last output:\n{tail}")
 
 
 async def _wait_until_ready(process: trio.Process, base_url: str, timeout: float) -> str:

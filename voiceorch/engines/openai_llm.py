@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,6 +28,12 @@ class OpenAICompatibleLLM:
     ``http://127.0.0.1:8000/v1``. The engine owns a pooled keep-alive ``httpx.AsyncClient``:
     call :meth:`aclose` when done. The API key travels only in the ``Authorization`` header;
     it is never logged, never shown in ``repr`` and never put in an error message.
+
+    ``max_concurrent_requests`` (default 1) queues requests on our side, in a
+    ``trio.CapacityLimiter`` (:attr:`limiter`): llama-cpp-python's server runs one request
+    at a time, and a second one arriving while a reply streams cuts that reply off (or, with
+    ``--interrupt_requests False``, stalls both streams). Use ``None`` for servers that
+    handle concurrent requests (OpenAI, vLLM, llama.cpp's ``llama-server --parallel``).
     """
 
     base_url: str = attrs.field(converter=lambda url: str(url).rstrip("/"))
@@ -37,9 +44,17 @@ class OpenAICompatibleLLM:
     connect_timeout: float = 5.0
     #: Time allowed between two chunks of the stream (and for the response headers).
     read_timeout: float = 10.0
+    max_concurrent_requests: int | None = 1
+    #: Queue of our requests (``None`` if unlimited); ``limiter.statistics()`` shows waiters.
+    limiter: trio.CapacityLimiter | None = attrs.field(init=False, repr=False)
     _client: httpx.AsyncClient = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        self.limiter = (
+            trio.CapacityLimiter(self.max_concurrent_requests)
+            if self.max_concurrent_requests is not None
+            else None
+        )
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         self._client = httpx.AsyncClient(
             headers=headers,
@@ -60,8 +75,9 @@ class OpenAICompatibleLLM:
     ) -> None:
         """Stream the assistant's reply to ``messages`` as text deltas into ``deltas``.
 
-        Closes ``deltas`` when it returns or raises. Cancelling the call closes the HTTP
-        response (and its connection), so the server sees the client go and stops generating.
+        Waits first for a slot of :attr:`limiter` (the wait is cancellable). Closes ``deltas``
+        when it returns or raises. Cancelling the call closes the HTTP response (and its
+        connection), so the server sees the client go and stops generating.
         If the receiving side of ``deltas`` is closed, the request is dropped the same way and
         the call returns quietly. Raises :class:`EngineError` with code ``llm_unavailable``,
         ``llm_error`` or ``llm_bad_response``.
@@ -73,7 +89,23 @@ class OpenAICompatibleLLM:
                 log.debug("reply consumer went away; LLM request dropped")
 
     async def check_ready(self) -> str | None:
-        """``GET {base_url}/models``: ``None`` if the server answers 200, else a short reason."""
+        """``GET {base_url}/models``: ``None`` if the server answers 200, else a short reason.
+
+        If every request slot is taken by a streaming reply, the server is evidently up: returns
+        ``None`` at once rather than send a request that would disturb that reply.
+        """
+        if self.limiter is None:
+            return await self._probe()
+        try:
+            self.limiter.acquire_nowait()
+        except trio.WouldBlock:
+            return None
+        try:
+            return await self._probe()
+        finally:
+            self.limiter.release()
+
+    async def _probe(self) -> str | None:
         try:
             response = await self._client.get(f"{self.base_url}/models")
         except httpx.HTTPError as exc:
@@ -97,7 +129,8 @@ class OpenAICompatibleLLM:
         on_delta: Callable[[str], Awaitable[None]],
     ) -> None:
         try:
-            await self._request(messages, max_tokens, on_delta)
+            async with self.limiter if self.limiter is not None else contextlib.nullcontext():
+                await self._request(messages, max_tokens, on_delta)
         except EngineError as exc:
             # Server text (an error body, an error chunk) may echo the key: never pass it on.
             if self.api_key and self.api_key in exc.message:
