@@ -11,7 +11,8 @@ port chosen by the OS and serves until the nursery is cancelled. ``server.mode``
 - ``"stall"``: one delta, then nothing until the client goes away.
 
 ``GET /v1/models`` answers a model list. Every chat request's JSON body and headers are
-recorded; ``client_disconnected`` is set when a client leaves while a stream is still going.
+recorded; ``client_disconnected`` is set when a client leaves while a stream is still going;
+``peak_streams`` counts the most streams served at once; ``models_requests`` counts GETs.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class FakeOpenAIServer:
     request_headers: list[dict[str, str]] = attrs.field(factory=list)
     #: Set when a client disconnected while one of its streams was still going.
     client_disconnected: trio.Event = attrs.field(factory=trio.Event)
+    #: Streams going on now, and the most ever at once.
+    streams_in_progress: int = 0
+    peak_streams: int = 0
+    models_requests: int = 0
     base_url: str = ""
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -71,6 +76,7 @@ class FakeOpenAIServer:
         """Answer one request; False if the connection must now be closed."""
         target = request.target.decode()
         if request.method == b"GET" and target == "/v1/models":
+            self.models_requests += 1
             models = {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
             await _send_json(conn, stream, 200, models)
             return True
@@ -85,7 +91,12 @@ class FakeOpenAIServer:
             echo = f"internal failure handling request with {headers.get('authorization')}"
             await _send_json(conn, stream, 500, {"error": {"message": echo, "type": "server"}})
             return True
-        return await self._stream_reply(conn, stream)
+        self.streams_in_progress += 1
+        self.peak_streams = max(self.peak_streams, self.streams_in_progress)
+        try:
+            return await self._stream_reply(conn, stream)
+        finally:
+            self.streams_in_progress -= 1
 
     async def _stream_reply(self, conn: h11.Connection, stream: trio.SocketStream) -> bool:
         sse_headers = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]

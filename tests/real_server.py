@@ -30,6 +30,7 @@ class RunningServer:
         return lines
 
     def stop(self) -> int:
+        """SIGTERM, as a service manager would; the server exits 0 after cleaning up."""
         self.process.terminate()
         try:
             return self.process.wait(timeout=30)

@@ -124,6 +124,38 @@ async def test_llama_server_streams_and_stops(no_leftover_llama: None) -> None:
             await client.get(f"{base_url}/models")
 
 
+async def test_llama_server_does_not_cut_off_a_reply_for_a_new_request() -> None:
+    """``--interrupt_requests False``: a second request (here not queued by the client) waits."""
+    config = LlamaServerConfig(model_path=smollm2_gguf_path(), port=0)
+    question = [ChatMessage(role="user", content="Count from 1 to 30, separated by commas.")]
+    replies: dict[str, list[str]] = {"first": [], "second": []}
+    with trio.fail_after(240):
+        async with trio.open_nursery() as nursery:
+            base_url = await nursery.start(run_llama_server, config)
+            llm = OpenAICompatibleLLM(base_url=base_url, max_tokens=24, max_concurrent_requests=None)
+            first_delta = trio.Event()
+
+            async def ask(name: str) -> None:
+                send, receive = trio.open_memory_channel[str](0)
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(llm.stream_reply, question, send)
+                    async for delta in receive:
+                        replies[name].append(delta)
+                        first_delta.set()
+
+            try:
+                async with trio.open_nursery() as both:
+                    both.start_soon(ask, "first")
+                    await first_delta.wait()
+                    both.start_soon(ask, "second")
+            finally:
+                await llm.aclose()
+            nursery.cancel_scope.cancel()
+    # With llama-cpp-python's default the first reply would end after a delta or two.
+    assert len(replies["first"]) > 10, replies
+    assert len(replies["second"]) > 10, replies
+
+
 async def test_llama_server_start_failure_is_clear(tmp_path: Path) -> None:
     bogus = tmp_path / "not-a-model.gguf"
     bogus.write_bytes(b"this is not a GGUF file")

@@ -8,7 +8,7 @@ import trio_websocket
 
 from voiceorch import protocol as p
 from voiceorch.audio_files import read_as_wire_pcm
-from voiceorch.talk import TurnInput, run_turn
+from voiceorch.talk import TurnInput, configure, run_turn, send_audio
 
 from conftest import DATA
 from real_server import start_server
@@ -20,17 +20,23 @@ pytestmark = pytest.mark.models
 def server():
     running = start_server()
     yield running
-    assert running.stop() in (0, -15)
+    assert running.stop() == 0
+    # The embedded LLM server went with it.
+    assert not [line for line in running.log_lines() if line.get("level") == "error"]
 
 
 async def _connect(server):
     return trio_websocket.open_websocket_url(server.url)
 
 
-async def _created(ws) -> p.SessionCreated:
+async def _created(ws, *, vad: bool = False) -> p.SessionCreated:
+    """Wait for session.created; switch to push-to-talk unless ``vad``."""
     created = p.parse_server_event(await ws.get_message())
     assert isinstance(created, p.SessionCreated)
     assert created.audio == p.AUDIO_FORMAT
+    assert created.session.turn_detection.type == "server_vad"  # the default
+    if not vad:
+        await configure(ws, vad=False)
     return created
 
 
@@ -137,3 +143,50 @@ async def test_an_unknown_path_is_refused_with_404(server):
             async with trio_websocket.open_websocket_url(base + "/nope"):
                 pass
     assert info.value.status_code == 404
+
+
+async def test_barge_in_with_the_real_models_stops_the_reply_and_answers_the_new_turn(server):
+    question = read_as_wire_pcm(DATA / "hotwords_16k.wav")
+    interruption = read_as_wire_pcm(DATA / "jfk_16k.wav")[: 16_000 * 2 * 23 // 10]  # "And so my fellow Americans"
+    silence_20ms = bytes(640)
+    speak_now = trio.Event()
+
+    async def microphone(ws) -> None:
+        """A live microphone: the question, silence, the interruption when told, silence."""
+        await send_audio(ws, question, realtime=True)
+        while not speak_now.is_set():
+            await send_audio(ws, silence_20ms, realtime=True)
+        await send_audio(ws, interruption, realtime=True)
+        while True:
+            await send_audio(ws, silence_20ms, realtime=True)
+
+    log: list = []
+    with trio.fail_after(120):
+        async with await _connect(server) as ws:
+            await _created(ws, vad=True)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(microphone, ws)
+                done = []
+                while len(done) < 2:
+                    message = await ws.get_message()
+                    event = message if isinstance(message, bytes) else p.parse_server_event(message)
+                    log.append(event)
+                    if isinstance(event, bytes) and not speak_now.is_set():
+                        speak_now.set()  # the reply is arriving: talk over it
+                    if isinstance(event, p.ResponseDone):
+                        done.append(event)
+                nursery.cancel_scope.cancel()
+
+    first, second = done
+    interrupted = next(e for e in log if isinstance(e, p.ResponseInterrupted))
+    assert interrupted.turn_id == first.turn_id
+    assert first.status == "interrupted" and first.text == interrupted.heard_text
+    # Not one frame of the interrupted reply after response.interrupted.
+    between = log[log.index(interrupted) : log.index(first)]
+    assert not any(isinstance(e, bytes) for e in between)
+    assert second.status == "completed"
+    transcripts = [e.text.lower() for e in log if isinstance(e, p.TranscriptFinal)]
+    assert "folder" in transcripts[0]
+    assert "fellow americans" in transcripts[1]
+    speech_started = [e for e in log if isinstance(e, p.SpeechStartedEvent)]
+    assert len(speech_started) >= 2

@@ -179,3 +179,44 @@ async def test_check_ready_and_warm_up(fake: FakeOpenAIServer, llm: OpenAICompat
         assert await llm.check_ready() is None
         await llm.warm_up()
     assert fake.requests[0]["max_tokens"] <= 4
+
+
+async def test_requests_are_queued_one_at_a_time(
+    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
+) -> None:
+    fake.delay = 0.02
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(collect, llm)
+    assert len(fake.requests) == 3
+    assert fake.peak_streams == 1
+
+
+async def test_concurrent_requests_when_unlimited(fake: FakeOpenAIServer) -> None:
+    fake.delay = 0.05
+    llm = OpenAICompatibleLLM(base_url=fake.base_url, max_concurrent_requests=None)
+    try:
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(collect, llm)
+    finally:
+        await llm.aclose()
+    assert fake.peak_streams == 3
+
+
+async def test_check_ready_does_not_disturb_a_streaming_reply(
+    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
+) -> None:
+    fake.mode = "stall"
+    send, receive = trio.open_memory_channel[str](0)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(llm.stream_reply, MESSAGES, send)
+            assert await receive.receive() == "Hello"
+            assert await llm.check_ready() is None  # busy streaming: up, and no GET sent
+            assert fake.models_requests == 0
+            nursery.cancel_scope.cancel()
+        assert await llm.check_ready() is None
+    assert fake.models_requests == 1

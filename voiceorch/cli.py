@@ -71,8 +71,9 @@ def _talk_parser(sub: argparse._SubParsersAction) -> None:
         help="test client: send WAV files or text as turns, print the replies",
         description=(
             "Hold one conversation with a running server. Each WAV (any format; converted to 16 kHz "
-            "mono s16le) is one spoken turn, sent in 20 ms frames and committed; each --text is a "
-            "typed turn. WAV turns come first, then text turns, in the order given."
+            "mono s16le) is one spoken turn, sent in 20 ms frames and committed (push-to-talk), or "
+            "with --vad streamed at real time and ended by the server's speech detection; each "
+            "--text is a typed turn. WAV turns come first, then text turns, in the order given."
         ),
     )
     t.add_argument("wav", nargs="*", type=Path, help="audio files, one turn each")
@@ -81,6 +82,7 @@ def _talk_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", type=Path, help="write the reply audio here (NAME_2.wav etc. for further turns)")
     t.add_argument("--instructions", help="system prompt for this session")
     t.add_argument("--realtime", action="store_true", help="send audio at real-time pace instead of at once")
+    t.add_argument("--vad", action="store_true", help="let server VAD end each spoken turn (implies --realtime)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server.app import ServerConfig, run_server
+    from .server.app import ServerConfig, run_until_signalled
 
     logs.configure(args.log_level)
     config = ServerConfig(
@@ -118,10 +120,8 @@ def _serve(args: argparse.Namespace) -> int:
             send_timeout_s=args.send_timeout,
         ),
     )
-    try:
-        trio.run(run_server, config)
-    except KeyboardInterrupt:
-        print("[voiceorch] stopped", flush=True)
+    trio.run(run_until_signalled, config)
+    print("[voiceorch] stopped", flush=True)
     return 0
 
 
@@ -133,7 +133,9 @@ def _talk(args: argparse.Namespace) -> int:
         print("voiceorch talk: give at least one WAV file or --text", file=sys.stderr)
         return 2
     reports = trio.run(
-        lambda: talk(args.url, turns, instructions=args.instructions, out_wav=args.out, realtime=args.realtime)
+        lambda: talk(
+            args.url, turns, instructions=args.instructions, out_wav=args.out, vad=args.vad, realtime=args.realtime
+        )
     )
     return 0 if all(r.done is not None and r.done.status == "completed" for r in reports) else 1
 

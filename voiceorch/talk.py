@@ -1,8 +1,10 @@
 """``voiceorch talk``: a command-line client that speaks protocol v1 over trio-websocket.
 
-Each turn is a WAV file (sent in 20 ms frames, then committed) or a typed text. For each turn
-it prints the transcript, the streamed reply text and the server's metrics, and keeps the
-reply audio for a WAV file.
+Each turn is a WAV file or a typed text. By default the client ends each spoken turn itself
+(push-to-talk: it turns server VAD off, sends the file in 20 ms frames and commits); with
+``vad=True`` it streams the file at real time followed by silence, as a microphone would, and
+the server's speech detection ends the turn. For each turn it prints the transcript, the
+streamed reply text and the server's metrics, and keeps the reply audio for a WAV file.
 """
 
 from __future__ import annotations
@@ -50,18 +52,36 @@ async def _receive_event(ws: trio_websocket.WebSocketConnection, report: TurnRep
     return p.parse_server_event(message)
 
 
+async def send_audio(ws: trio_websocket.WebSocketConnection, pcm: bytes, *, realtime: bool) -> None:
+    """Send wire-format PCM in 20 ms frames, at real time if asked (as a microphone would)."""
+    next_at = trio.current_time()
+    for offset in range(0, len(pcm), FRAME_BYTES):
+        await ws.send_message(pcm[offset : offset + FRAME_BYTES])
+        if realtime:
+            next_at += 0.02
+            await trio.sleep_until(next_at)
+
+
 async def run_turn(
-    ws: trio_websocket.WebSocketConnection, turn: TurnInput, *, realtime: bool = False, out: TextIO = sys.stdout
+    ws: trio_websocket.WebSocketConnection,
+    turn: TurnInput,
+    *,
+    vad: bool = False,
+    realtime: bool = False,
+    out: TextIO = sys.stdout,
 ) -> TurnReport:
-    """Send one turn and collect its response until ``response.done``."""
+    """Send one turn and collect its response until ``response.done``.
+
+    With ``vad`` the audio goes at real time followed by 1.5 s of silence and no commit (the
+    session must use server VAD); otherwise it is committed (the session must not)."""
     report = TurnReport()
     if turn.wav is not None:
         pcm = read_as_wire_pcm(turn.wav)
-        for offset in range(0, len(pcm), FRAME_BYTES):
-            await ws.send_message(pcm[offset : offset + FRAME_BYTES])
-            if realtime:
-                await trio.sleep(0.02)
-        await ws.send_message(p.encode(p.InputAudioCommit()))
+        if vad:
+            await send_audio(ws, pcm + bytes(48_000), realtime=True)
+        else:
+            await send_audio(ws, pcm, realtime=realtime)
+            await ws.send_message(p.encode(p.InputAudioCommit()))
     else:
         await ws.send_message(p.encode(p.InputText(text=turn.text or "")))
     started = time.monotonic()
@@ -89,12 +109,23 @@ async def run_turn(
                 return report
 
 
+async def configure(ws: trio_websocket.WebSocketConnection, *, instructions: str | None = None, vad: bool) -> None:
+    """Set the session's instructions and turn detection; wait for ``session.updated``."""
+    patch = p.SessionPatch(
+        instructions=instructions, turn_detection=p.TurnDetectionPatch(type="server_vad" if vad else "none")
+    )
+    await ws.send_message(p.encode(p.SessionUpdate(session=patch)))
+    while not isinstance(await _receive_event(ws, None, 0), p.SessionUpdated):
+        pass
+
+
 async def talk(
     url: str,
     turns: list[TurnInput],
     *,
     instructions: str | None = None,
     out_wav: Path | None = None,
+    vad: bool = False,
     realtime: bool = False,
     out: TextIO = sys.stdout,
 ) -> list[TurnReport]:
@@ -103,12 +134,9 @@ async def talk(
     async with trio_websocket.open_websocket_url(url) as ws:
         created = p.parse_server_event(await ws.get_message())
         assert isinstance(created, p.SessionCreated), created
-        if instructions is not None:
-            await ws.send_message(p.encode(p.SessionUpdate(session=p.SessionPatch(instructions=instructions))))
-            while not isinstance(await _receive_event(ws, None, 0), p.SessionUpdated):
-                pass
+        await configure(ws, instructions=instructions, vad=vad)
         for index, turn in enumerate(turns, start=1):
-            report = await run_turn(ws, turn, realtime=realtime, out=out)
+            report = await run_turn(ws, turn, vad=vad, realtime=realtime, out=out)
             reports.append(report)
             if out_wav is not None and report.audio:
                 path = out_wav if len(turns) == 1 else out_wav.with_name(f"{out_wav.stem}_{index}{out_wav.suffix}")

@@ -50,7 +50,7 @@ class LlamaServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     n_ctx: int = 2048
-    n_threads: int = 2
+    n_threads: int = 1  # 2 threads halve its speed whenever Whisper or Piper runs beside it
     python: str = sys.executable
     log_path: Path | None = attrs.field(
         default=None, converter=attrs.converters.optional(Path)

@@ -8,6 +8,7 @@ every session, stops the server and terminates the child.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -131,3 +132,16 @@ async def run_server(config: ServerConfig, *, task_status: trio.TaskStatus[int] 
             if close is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await close()
+
+
+async def run_until_signalled(config: ServerConfig) -> None:
+    """Run the server until SIGINT or SIGTERM, then cancel it all: sessions close, the LLM
+    child is terminated, and this returns."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_server, config)
+            async for signum in signals:
+                log_event(log, "server.stop", signal=signal.Signals(signum).name)
+                _say(f"{signal.Signals(signum).name}: stopping")
+                nursery.cancel_scope.cancel()
+                break
