@@ -3,6 +3,8 @@ loopback (real sockets, so real time: each test is bounded with fail_after)."""
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import trio
 
 from voiceorch.engines.openai_llm import OpenAICompatibleLLM
@@ -11,19 +13,25 @@ from fake_openai_server import FakeOpenAIServer
 from session_harness import connected, fake_engines
 
 
-async def test_the_reply_streams_from_the_http_llm_and_the_history_goes_with_the_next_request():
-    server = FakeOpenAIServer(deltas=["Paris is ", "the capital. ", "It is in France."])
+@asynccontextmanager
+async def session_with_http_llm(server: FakeOpenAIServer):
+    """Serve ``server`` on loopback; yield a session client whose LLM is the HTTP client."""
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            base_url = await nursery.start(server.serve)
-            llm = OpenAICompatibleLLM(base_url=base_url)
+            llm = OpenAICompatibleLLM(base_url=await nursery.start(server.serve))
             async with connected(fake_engines(llm=llm)) as client:
-                await client.send({"type": "input_text", "text": "Where is Paris?"})
-                first = await client.until("response.done")
-                await client.send({"type": "input_text", "text": "And Rome?"})
-                second = await client.until("response.done")
+                yield client
             await llm.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_the_reply_streams_from_the_http_llm_and_the_history_goes_with_the_next_request():
+    server = FakeOpenAIServer(deltas=["Paris is ", "the capital. ", "It is in France."])
+    async with session_with_http_llm(server) as client:
+        await client.send({"type": "input_text", "text": "Where is Paris?"})
+        first = await client.until("response.done")
+        await client.send({"type": "input_text", "text": "And Rome?"})
+        second = await client.until("response.done")
     assert first.status == second.status == "completed"
     assert first.text == "Paris is the capital. It is in France."
     messages = server.requests[1]["messages"]
@@ -37,19 +45,13 @@ async def test_the_reply_streams_from_the_http_llm_and_the_history_goes_with_the
 
 async def test_an_erroring_llm_server_gives_an_error_event_and_the_session_stays_usable():
     server = FakeOpenAIServer(mode="error500")
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            base_url = await nursery.start(server.serve)
-            llm = OpenAICompatibleLLM(base_url=base_url)
-            async with connected(fake_engines(llm=llm)) as client:
-                await client.send({"type": "input_text", "text": "hello?"})
-                error = await client.until("error")
-                failed = await client.until("response.done")
-                server.mode = "stream"  # the backend is back
-                await client.send({"type": "input_text", "text": "hello again"})
-                done = await client.until("response.done")
-            await llm.aclose()
-            nursery.cancel_scope.cancel()
+    async with session_with_http_llm(server) as client:
+        await client.send({"type": "input_text", "text": "hello?"})
+        error = await client.until("error")
+        failed = await client.until("response.done")
+        server.mode = "stream"  # the backend is back
+        await client.send({"type": "input_text", "text": "hello again"})
+        done = await client.until("response.done")
     assert error.code == "llm_error" and "500" in error.message and error.turn_id == failed.turn_id
     assert failed.status == "failed"
     assert done.status == "completed" and done.text == "Hello, world!"
@@ -59,16 +61,10 @@ async def test_an_erroring_llm_server_gives_an_error_event_and_the_session_stays
 
 async def test_cancelling_a_response_closes_the_http_stream():
     server = FakeOpenAIServer(deltas=[f"word{i} " for i in range(200)], delay=0.05)
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            base_url = await nursery.start(server.serve)
-            llm = OpenAICompatibleLLM(base_url=base_url)
-            async with connected(fake_engines(llm=llm)) as client:
-                await client.send({"type": "input_text", "text": "talk"})
-                await client.until("response.text.delta")
-                await client.send({"type": "response.cancel"})
-                done = await client.until("response.done")
-                await server.client_disconnected.wait()
-            await llm.aclose()
-            nursery.cancel_scope.cancel()
+    async with session_with_http_llm(server) as client:
+        await client.send({"type": "input_text", "text": "talk"})
+        await client.until("response.text.delta")
+        await client.send({"type": "response.cancel"})
+        done = await client.until("response.done")
+        await server.client_disconnected.wait()
     assert done.status == "cancelled"
