@@ -92,8 +92,9 @@ async def run_turn(
     """Answer ``turn``: events and audio go to ``outbox``, the exchange goes to ``conversation``.
 
     Engine failures become an ``error`` event and a ``failed`` response; they never escape.
-    Cancelling ``turn.scope`` ends the response as ``cancelled``. Cancellation from outside
-    (the session closing) propagates as usual, and then no ``response.done`` is sent.
+    :meth:`Turn.cancel` ends the response as ``cancelled`` (``interrupted`` for a barge-in,
+    announced by ``response.interrupted``). Cancellation from outside (the session closing)
+    propagates as usual, and then no ``response.done`` is sent.
     """
     progress = _Progress()
     error: EngineError | None = None
@@ -102,7 +103,7 @@ async def run_turn(
         with turn.scope:
             await _respond(turn, engines, conversation, outbox, settings, progress)
     except* EngineError as group:
-        error = _first(group)
+        error = next(_leaves(group))
     except* Exception as group:
         log.error("turn.crashed", exc_info=group)
         error = EngineError("internal_error", "the server failed to answer this turn")
@@ -115,7 +116,7 @@ async def run_turn(
     elif turn.scope.cancelled_caught:
         status = "interrupted" if turn.interrupted else "cancelled"
         played_ms = turn.playback.played_ms(turn.cancelled_at)
-        if turn.reported_played_ms is not None:
+        if turn.reported_played_ms is not None:  # the client's own position wins
             played_ms = min(turn.reported_played_ms, turn.playback.sent_ms)
     else:
         status = "completed"
@@ -138,11 +139,6 @@ async def run_turn(
     log_event(log, "turn.done", status=status, error=error and error.code, **attrs.asdict(metrics))
     await outbox.send(done)
     return done
-
-
-def _first(group: BaseExceptionGroup) -> EngineError:
-    leaves = list(_leaves(group))
-    return leaves[0]
 
 
 def _leaves(exc: BaseException):
