@@ -226,10 +226,14 @@ async def test_a_cough_shorter_than_the_interrupt_threshold_does_not_cut_the_rep
         await stream(client, ("speech", 600), ("silence", 600))
         while not isinstance(await client.next(), bytes):
             pass
-        await stream(client, ("speech", 200), ("silence", 100))
+        await stream(client, ("speech", 200), ("silence", 700))  # a cough, and silence after it
+        await client.until("input_audio.speech_stopped")
         done = await client.until("response.done")
+        await trio.sleep(5)
     assert done.status == "completed" and done.text == REPLY
     assert client.events("response.interrupted") == []
+    # The cough was not taken for a turn of its own.
+    assert [e.turn_id for e in client.events("response.created")] == ["turn_1"]
 
 
 async def test_interrupt_response_false_lets_the_reply_finish(autojump_clock):
@@ -243,8 +247,13 @@ async def test_interrupt_response_false_lets_the_reply_finish(autojump_clock):
             pass
         await stream(client, ("speech", 400))
         await client.until("input_audio.speech_started")
-        await stream(client, ("speech", 400))
+        await stream(client, ("speech", 400), ("silence", 600))
+        first = await client.until("response.done")
+        second = await client.until("response.done")
         assert client.events("response.interrupted") == []
+        # The speech became a turn of its own, answered after the reply it did not interrupt.
+        assert (first.status, second.status) == ("completed", "completed")
+        assert client.events("transcript.final")[-1].text == "one"
 
 
 async def test_the_clients_playback_position_wins_over_the_estimate(autojump_clock):

@@ -61,6 +61,7 @@ class Session:
         self._input = bytearray()
         self._input_overflowed = False
         self._detector: SpeechDetector | None = None
+        self._over_response = False  # the current utterance began over a response in progress
         self._configure_detector()
         self._turn_count = 0
         self._unfinished: list[Turn] = []  # queued or in progress, oldest first
@@ -179,13 +180,22 @@ class Session:
                     # Keep the prefix padding before the speech, drop what came before it.
                     keep_ms = vad.prefix_padding_ms + (detector.fed_ms - at)
                     del self._input[: max(0, len(self._input) - int(keep_ms) * p.BYTES_PER_MS)]
+                    self._over_response = any(not turn.scope.cancel_called for turn in self._unfinished)
                     await self._emit(p.SpeechStartedEvent(audio_ms=at))
                 case SpeechStopped(audio_ms=at):
                     await self._emit(p.SpeechStoppedEvent(audio_ms=at))
-                    await self._commit()
+                    if self._over_response and vad.interrupt_response:
+                        # Speech over a response, too short to interrupt it (a cough, an
+                        # "uh-huh"): not a turn of its own.
+                        log_event(log, "speech.ignored", audio_ms=p.audio_ms(len(self._input)))
+                        self._clear_input()
+                    else:
+                        # Without interrupt_response, speech over a response queues behind it.
+                        await self._commit(supersede=not self._over_response)
         if detector.in_speech:
             if vad.interrupt_response and detector.speech_ms >= vad.interrupt_min_speech_ms:
                 self._interrupt()
+                self._over_response = False
         else:
             # Outside speech keep only what a speech start could still need as its prefix.
             keep_ms = vad.prefix_padding_ms + vad.min_speech_duration_ms + 2 * CHUNK_MS
@@ -257,7 +267,7 @@ class Session:
         if turn is not None and turn.turn_id == turn_id and turn.cancelled_at is not None:
             self.conversation.revise_reply(turn_id, turn.heard_text(played_ms))
 
-    async def _commit(self) -> None:
+    async def _commit(self, *, supersede: bool = True) -> None:
         if self._turns_send.statistics().current_buffer_used >= self.settings.max_pending_turns:
             await self._error("busy", "too many turns are waiting; commit again later")
             return
@@ -265,7 +275,7 @@ class Session:
         committed_ms = p.audio_ms(len(self._input))
         self._clear_input()
         await self._emit(p.InputAudioCommitted(turn_id=turn.turn_id, audio_ms=committed_ms))
-        await self._start(turn)
+        await self._start(turn, supersede=supersede)
 
     def _clear_input(self) -> None:
         self._input.clear()
@@ -275,13 +285,15 @@ class Session:
         self._turn_count += 1
         return Turn(turn_id=f"turn_{self._turn_count}", ended_at=trio.current_time(), audio=audio, text=text)
 
-    async def _start(self, turn: Turn) -> None:
-        """Queue ``turn``; the response in progress and any queued turn are cancelled first."""
+    async def _start(self, turn: Turn, *, supersede: bool = True) -> None:
+        """Queue ``turn``; unless told otherwise, the response in progress and any queued turn
+        are cancelled first (the newer turn supersedes them)."""
         try:
             self._turns_send.send_nowait(turn)
         except trio.WouldBlock:
             await self._error("busy", "too many turns are waiting; send this one again later")
             return
-        for earlier in self._unfinished:
-            earlier.cancel()
+        if supersede:
+            for earlier in self._unfinished:
+                earlier.cancel()
         self._unfinished.append(turn)

@@ -42,6 +42,7 @@ class SpeechDetector:
     _in_speech: bool = False
     _run_start: float | None = None  # start of the current stretch of speech (or of silence)
     _speech_start: float = 0.0
+    _voiced_until: float = 0.0  # end of the last chunk judged speech
 
     @property
     def in_speech(self) -> bool:
@@ -54,8 +55,9 @@ class SpeechDetector:
 
     @property
     def speech_ms(self) -> float:
-        """Length of the current utterance so far (0 outside speech)."""
-        return self._fed_ms - self._speech_start if self._in_speech else 0.0
+        """Voiced length of the current utterance so far, pauses included but not the silence
+        after its last speech (0 outside speech)."""
+        return self._voiced_until - self._speech_start if self._in_speech else 0.0
 
     def feed(self, pcm: bytes) -> list[SpeechStarted | SpeechStopped]:
         self._pending += pcm
@@ -73,6 +75,8 @@ class SpeechDetector:
         start, self._fed_ms = self._fed_ms, self._fed_ms + CHUNK_MS
         speech = probability >= self.threshold
         silence = probability < self.threshold - 0.15
+        if speech:
+            self._voiced_until = self._fed_ms
         if not self._in_speech:
             if speech:
                 if self._run_start is None:
