@@ -36,6 +36,8 @@ class Client:
     transport: object
     session: Session
     log: list = attrs.field(factory=list)  # protocol events and bytes, in arrival order
+    #: One microphone: concurrent streams of audio take turns (see test_barge_in.stream).
+    microphone: trio.Lock = attrs.field(factory=trio.Lock)
     _inbox: trio.MemoryReceiveChannel | None = None
 
     async def send(self, message: dict | bytes) -> None:

@@ -34,11 +34,13 @@ def silence(ms: int) -> bytes:
 
 
 async def stream(client, *parts: tuple[str, int]) -> None:
-    """Send ("speech"|"silence", ms) parts in 20 ms frames at real time."""
-    for kind, ms in parts:
-        for _ in range(ms // FRAME):
-            await client.send(speech(FRAME) if kind == "speech" else silence(FRAME))
-            await trio.sleep(FRAME / 1000)
+    """Send ("speech"|"silence", ms) parts in 20 ms frames at real time, through the client's
+    one microphone (a stream started while another plays follows it)."""
+    async with client.microphone:
+        for kind, ms in parts:
+            for _ in range(ms // FRAME):
+                await client.send(speech(FRAME) if kind == "speech" else silence(FRAME))
+                await trio.sleep(FRAME / 1000)
 
 
 # --- the detector and the playback clock alone ---------------------------------------------
@@ -105,8 +107,9 @@ async def test_speech_then_silence_ends_the_turn_and_starts_the_response(autojum
     assert started.audio_ms == pytest.approx(2000, abs=32)
     assert stopped.audio_ms == pytest.approx(3000, abs=32)
     assert done.status == "completed" and done.text == REPLY
-    # STT got the prefix padding (300 ms), the speech and the silence window, not the 2 s before.
-    assert committed.audio_ms == pytest.approx(300 + 1000 + 500, abs=70)
+    # STT got the prefix padding (300 ms), the speech and the start of the pause (the turn was
+    # answered speculatively from 160 ms into the pause), not the 2 s before.
+    assert committed.audio_ms == pytest.approx(300 + 1000 + 160, abs=50)
     assert engines.stt.calls == [committed.audio_ms * 32]
     check_framing(client.log)
 
@@ -329,3 +332,65 @@ async def test_a_thousand_interrupted_turns_leave_nothing_behind(autojump_clock)
         # The conversation stays bounded.
         assert len(session.conversation.messages) <= session.settings.history_max_messages
     check_framing(client.log)
+
+
+async def test_work_starts_inside_the_silence_window_and_waits_for_the_turn_to_end(autojump_clock):
+    engines = fake_engines(stt=FakeSTT(text="a question", delay=0.3))
+    async with connected(engines, VAD) as client:
+        await stream(client, ("speech", 1000), ("silence", 800))
+        stopped = await client.until("input_audio.speech_stopped")
+        done = await client.until("response.done")
+    # Nothing of the response came before the turn had ended (the silence window closed).
+    kinds = [e if isinstance(e, bytes) else e.TYPE for e in client.log]
+    assert kinds.index("input_audio.speech_stopped") < kinds.index("response.created")
+    first_audio = next(i for i, e in enumerate(kinds) if isinstance(e, bytes))
+    assert kinds.index("input_audio.speech_stopped") < first_audio
+    # STT (0.3 s) and the LLM ran inside the 500 ms window: audio follows the end of the turn
+    # sooner than STT + LLM first token + synthesis (0.3 + 0.1 + 0.07 s) would take after it.
+    assert done.metrics.ttfb_ms < 300
+    assert done.status == "completed" and done.text == REPLY
+    assert client.events("transcript.final")[0].text == "a question"
+
+
+async def test_speech_resuming_in_the_pause_drops_the_speculative_turn_without_a_trace(autojump_clock):
+    engines = fake_engines(stt=FakeSTT(texts=["first half", "the whole sentence"], delay=0.1))
+    async with connected(engines, VAD) as client:
+        # a 300 ms pause: long enough to speculate (160 ms), shorter than the window (500 ms)
+        await stream(client, ("speech", 600), ("silence", 300), ("speech", 600), ("silence", 800))
+        done = await client.until("response.done")
+        await trio.sleep(5)
+    assert done.status == "completed" and done.turn_id == "turn_1"
+    assert [e.turn_id for e in client.events("response.created")] == ["turn_1"]
+    # The dropped speculation was transcribed ("first half") but never reached the client or
+    # the history; the real turn covers the whole utterance.
+    assert len(engines.stt.calls) == 2 and engines.stt.calls[1] > engines.stt.calls[0]
+    assert [e.text for e in client.events("transcript.final")] == ["the whole sentence"]
+    assert client.session.conversation.messages[0].content == "the whole sentence"
+    assert len(engines.llm.requests) == 2 and engines.llm.closed_early == 1
+
+
+async def test_speech_resuming_after_the_window_joins_the_untranscribed_turn(autojump_clock):
+    # The user pauses longer than the silence window, then goes on while the first part is
+    # still being transcribed: that turn is interrupted, and its audio leads the next turn.
+    engines = fake_engines(stt=FakeSTT(texts=["the whole thought"], delay=1.0))
+    async with connected(engines, VAD) as client:
+        await stream(client, ("speech", 600), ("silence", 600), ("speech", 600), ("silence", 800))
+        first = await client.until("response.done")
+        second = await client.until("response.done")
+    assert first.status == "interrupted" and second.status == "completed"
+    assert client.events("transcript.final")[-1].text == "the whole thought"
+    first_audio, *_, last_audio = engines.stt.calls
+    assert last_audio > first_audio + 600 * 32  # both parts went to STT together
+    assert client.session.conversation.messages[0].content == "the whole thought"
+
+
+async def test_a_full_input_buffer_under_server_vad_still_ends_the_turn(autojump_clock):
+    settings = SessionSettings(max_input_audio_ms=1000)
+    engines = fake_engines()
+    async with connected(engines, settings) as client:
+        await stream(client, ("speech", 1500), ("silence", 800))
+        error = await client.until("error")
+        done = await client.until("response.done")
+    assert error.code == "input_audio_buffer_full"
+    assert done.status == "completed"
+    assert engines.stt.calls == [1000 * 32]

@@ -92,6 +92,12 @@ def test_bad_client_frames_raise_protocol_errors_with_a_code(frame, code, words)
     assert words in info.value.message
 
 
+def test_absurdly_nested_json_is_invalid_json_not_a_crash():
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_client_event("[" * 5000 + "]" * 5000)
+    assert info.value.code == "invalid_json"
+
+
 def test_oversize_text_frames_are_refused_before_parsing():
     with pytest.raises(p.ProtocolError) as info:
         p.parse_client_event(" " * (p.MAX_TEXT_FRAME_BYTES + 1))

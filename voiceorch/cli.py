@@ -49,7 +49,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     models.add_argument(
         "--fake-engines",
         action="store_true",
-        help="use zero-cost FAKE engines instead of models (for load tests of the orchestration only)",
+        help="use zero-cost FAKE speech-to-text, LLM and text-to-speech instead of models (speech "
+        "detection stays real): for load tests of the orchestration only",
     )
     sess = s.add_argument_group("sessions")
     defaults = SessionSettings()

@@ -94,7 +94,7 @@ def _parse(text: str | bytes, union: Any, known: set[str]) -> Any:
         )
     try:
         data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError("invalid_json", f"the frame is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("invalid_event", "a control frame must be a JSON object")

@@ -21,6 +21,7 @@ from ..engines import embedded
 from ..engines.base import Engines
 from ..logs import log_event
 from ..session import SessionSettings
+from .loop_lag import watch_loop_lag
 from .voice_ws import VOICE_PATH, serve_voice
 
 log = logging.getLogger(__name__)
@@ -101,20 +102,24 @@ async def _warm_up(engines: Engines) -> None:
 
 
 def _fake_engines() -> Engines:
-    from ..engines.fakes import FakeLLM, FakeSTT, FakeTTS, FakeVAD
+    """Zero-cost fake STT, LLM and TTS; speech detection stays real (Silero, 0.1 ms a chunk),
+    so real speech drives the turns."""
+    from ..engines.fakes import FakeLLM, FakeSTT, FakeTTS
+    from ..engines.silero_vad import SileroVAD
 
     return Engines(
-        stt=FakeSTT(delay=0), llm=FakeLLM(first_delay=0, delta_delay=0), tts=FakeTTS(delay=0), vad=FakeVAD()
+        stt=FakeSTT(delay=0), llm=FakeLLM(first_delay=0, delta_delay=0), tts=FakeTTS(delay=0), vad=SileroVAD.load()
     )
 
 
 async def run_server(config: ServerConfig, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Run until cancelled; ``task_status.started`` gets the voice port once sessions are served."""
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_loop_lag)
         close = None
         try:
             if config.fake_engines:
-                _say("using FAKE engines (no models: canned transcript, reply and tone)")
+                _say("using FAKE engines (canned transcript, reply and tone; real speech detection)")
                 engines = _fake_engines()
             else:
                 engines, close = await _real_engines(config, nursery)

@@ -27,7 +27,7 @@ from ..engines.base import Engines
 from ..logs import log_event, session_id_var, turn_id_var
 from .history import Conversation
 from .settings import SessionSettings
-from .speech_detector import CHUNK_MS, SpeechDetector, SpeechStarted, SpeechStopped
+from .speech_detector import CHUNK_MS, PauseStarted, SpeechDetector, SpeechResumed, SpeechStarted, SpeechStopped
 from .transport import MessageTransport
 from .turn import Turn, run_turn
 
@@ -62,6 +62,8 @@ class Session:
         self._input_overflowed = False
         self._detector: SpeechDetector | None = None
         self._over_response = False  # the current utterance began over a response in progress
+        self._speculative: Turn | None = None  # started in the current pause, not yet confirmed
+        self._carried: list[Turn] = []  # interrupted turns whose audio may belong to the next
         self._configure_detector()
         self._turn_count = 0
         self._unfinished: list[Turn] = []  # queued or in progress, oldest first
@@ -167,9 +169,9 @@ class Session:
                     f"a turn holds at most {self.settings.max_input_audio_ms} ms of audio; "
                     "further audio is dropped until the turn ends or input_audio.clear",
                 )
-            return
-        self._input += data
-        if self._detector is not None:
+        else:
+            self._input += data
+        if self._detector is not None:  # it hears everything, so silence still ends the turn
             await self._detect_speech(self._detector, data)
 
     async def _detect_speech(self, detector: SpeechDetector, data: bytes) -> None:
@@ -182,6 +184,10 @@ class Session:
                     del self._input[: max(0, len(self._input) - int(keep_ms) * p.BYTES_PER_MS)]
                     self._over_response = any(not turn.scope.cancel_called for turn in self._unfinished)
                     await self._emit(p.SpeechStartedEvent(audio_ms=at))
+                case PauseStarted() if not (self._over_response and vad.interrupt_response):
+                    await self._speculate()
+                case SpeechResumed():
+                    self._drop_speculation()
                 case SpeechStopped(audio_ms=at):
                     await self._emit(p.SpeechStoppedEvent(audio_ms=at))
                     if self._over_response and vad.interrupt_response:
@@ -202,9 +208,40 @@ class Session:
             del self._input[: max(0, len(self._input) - int(keep_ms) * p.BYTES_PER_MS)]
 
     def _interrupt(self) -> None:
-        """Barge-in: the user speaks over the responses in progress. Not a checkpoint."""
+        """Barge-in: the user speaks over the responses in progress. Not a checkpoint.
+
+        A spoken turn interrupted before its words were transcribed is not lost: its audio
+        goes in front of the next turn's (the user paused, then went on)."""
         for turn in self._unfinished:
-            turn.cancel(interrupted=True)
+            if turn.confirmed.is_set() and not turn.scope.cancel_called:
+                turn.cancel(interrupted=True)
+                if turn.audio:
+                    self._carried.append(turn)
+
+    def _turn_audio(self) -> bytes:
+        """The audio of the turn now ending: any carried over, then the input buffer."""
+        carried = b"".join(turn.audio for turn in self._carried if not turn.transcribed)
+        return carried + self._input
+
+    async def _speculate(self) -> None:
+        """A pause began: start answering the audio so far, output held back until the turn
+        really ends (or dropped if the user speaks on)."""
+        busy = self._turns_send.statistics().current_buffer_used >= self.settings.max_pending_turns
+        if self.settings.speculate_after_ms is None or not self._input or busy:
+            return
+        self._turn_count += 1
+        turn = Turn.speculative(f"turn_{self._turn_count}", self._turn_audio())
+        await self._start(turn, supersede=False)
+        if turn in self._unfinished:
+            self._speculative = turn
+
+    def _drop_speculation(self) -> None:
+        """The user spoke on: the speculative turn never happened. Not a checkpoint."""
+        if self._speculative is not None:
+            self._speculative.cancel()
+            if self._speculative.turn_id == f"turn_{self._turn_count}":
+                self._turn_count -= 1  # the client never saw this id
+            self._speculative = None
 
     def _configure_detector(self) -> None:
         vad = self.config.turn_detection
@@ -216,6 +253,7 @@ class Session:
         self._detector.threshold = vad.threshold
         self._detector.min_speech_ms = vad.min_speech_duration_ms
         self._detector.silence_ms = vad.silence_duration_ms
+        self._detector.pause_ms = self.settings.speculate_after_ms
 
     async def _on_control(self, text: str) -> None:
         try:
@@ -236,6 +274,7 @@ class Session:
                 await self._commit()
             case p.InputAudioClear():
                 cleared_ms = p.audio_ms(len(self._input))
+                self._drop_speculation()
                 self._clear_input()
                 if self._detector is not None:
                     self._detector = None
@@ -250,7 +289,8 @@ class Session:
                     return
                 await self._start(self._new_turn(text=text.strip()))
             case p.ResponseCancel():
-                if not self._unfinished:
+                self._drop_speculation()
+                if not any(turn.confirmed.is_set() and not turn.scope.cancel_called for turn in self._unfinished):
                     await self._error("no_active_response", "there is no response to cancel")
                 for turn in self._unfinished:
                     turn.cancel()
@@ -264,15 +304,31 @@ class Session:
                 turn.reported_played_ms = played_ms  # used if the response ends interrupted
                 return
         turn = self._last_turn
-        if turn is not None and turn.turn_id == turn_id and turn.cancelled_at is not None:
+        if turn is not None and turn.turn_id == turn_id and turn.scope.cancelled_caught:
             self.conversation.revise_reply(turn_id, turn.heard_text(played_ms))
 
     async def _commit(self, *, supersede: bool = True) -> None:
+        turn, self._speculative = self._speculative, None
+        if turn is not None and turn.scope.cancel_called:
+            turn = None
+        if turn is not None:  # the work began in the pause: the turn it answers has ended now
+            committed_ms = p.audio_ms(len(turn.audio))
+            self._clear_input()
+            await self._emit(p.InputAudioCommitted(turn_id=turn.turn_id, audio_ms=committed_ms))
+            if supersede:
+                for earlier in self._unfinished:
+                    if earlier is not turn:
+                        earlier.cancel()
+            turn.confirm()
+            return
         if self._turns_send.statistics().current_buffer_used >= self.settings.max_pending_turns:
             await self._error("busy", "too many turns are waiting; commit again later")
             return
-        turn = self._new_turn(audio=bytes(self._input))
-        committed_ms = p.audio_ms(len(self._input))
+        audio = self._turn_audio()
+        if not audio:
+            return
+        turn = self._new_turn(audio=audio)
+        committed_ms = p.audio_ms(len(audio))
         self._clear_input()
         await self._emit(p.InputAudioCommitted(turn_id=turn.turn_id, audio_ms=committed_ms))
         await self._start(turn, supersede=supersede)
@@ -280,10 +336,12 @@ class Session:
     def _clear_input(self) -> None:
         self._input.clear()
         self._input_overflowed = False
+        self._carried.clear()
 
     def _new_turn(self, *, audio: bytes | None = None, text: str | None = None) -> Turn:
+        self._drop_speculation()
         self._turn_count += 1
-        return Turn(turn_id=f"turn_{self._turn_count}", ended_at=trio.current_time(), audio=audio, text=text)
+        return Turn.ended(f"turn_{self._turn_count}", audio=audio, text=text)
 
     async def _start(self, turn: Turn, *, supersede: bool = True) -> None:
         """Queue ``turn``; unless told otherwise, the response in progress and any queued turn

@@ -7,8 +7,12 @@ the start of that speech), :class:`SpeechStopped` once ``silence_ms`` of silence
 (dated at the start of that silence). Between the two it counts the current speech length, so
 the session can ask for a longer stretch of speech before it interrupts the assistant.
 
+Inside the silence window it also reports :class:`PauseStarted` once ``pause_ms`` of silence
+has passed (the turn may be ending: time to start work on it speculatively) and
+:class:`SpeechResumed` if speech comes back before the window closes.
+
 A chunk is speech at ``probability >= threshold`` and silence below ``threshold - 0.15``
-(Silero's hysteresis); in between it continues the current state.
+(Silero's hysteresis; at least half the threshold); in between it continues the current state.
 """
 
 from __future__ import annotations
@@ -31,18 +35,33 @@ class SpeechStopped:
     audio_ms: float
 
 
+@attrs.frozen
+class PauseStarted:
+    audio_ms: float
+
+
+@attrs.frozen
+class SpeechResumed:
+    audio_ms: float
+
+
+Decision = SpeechStarted | SpeechStopped | PauseStarted | SpeechResumed
+
+
 @attrs.define
 class SpeechDetector:
     stream: VoiceActivityStream
     threshold: float = 0.5
     min_speech_ms: float = 150
     silence_ms: float = 500
+    pause_ms: float | None = None  # None: no PauseStarted / SpeechResumed
     _pending: bytearray = attrs.field(factory=bytearray)
     _fed_ms: float = 0.0  # audio judged so far
     _in_speech: bool = False
     _run_start: float | None = None  # start of the current stretch of speech (or of silence)
     _speech_start: float = 0.0
     _voiced_until: float = 0.0  # end of the last chunk judged speech
+    _paused: bool = False  # PauseStarted was reported for the current silence
 
     @property
     def in_speech(self) -> bool:
@@ -59,9 +78,9 @@ class SpeechDetector:
         after its last speech (0 outside speech)."""
         return self._voiced_until - self._speech_start if self._in_speech else 0.0
 
-    def feed(self, pcm: bytes) -> list[SpeechStarted | SpeechStopped]:
+    def feed(self, pcm: bytes) -> list[Decision]:
         self._pending += pcm
-        decisions: list[SpeechStarted | SpeechStopped] = []
+        decisions: list[Decision] = []
         whole = len(self._pending) - len(self._pending) % CHUNK_BYTES
         for offset in range(0, whole, CHUNK_BYTES):
             probability = self.stream.probability(bytes(self._pending[offset : offset + CHUNK_BYTES]))
@@ -71,10 +90,10 @@ class SpeechDetector:
         del self._pending[:whole]
         return decisions
 
-    def _judge(self, probability: float) -> SpeechStarted | SpeechStopped | None:
+    def _judge(self, probability: float) -> Decision | None:
         start, self._fed_ms = self._fed_ms, self._fed_ms + CHUNK_MS
         speech = probability >= self.threshold
-        silence = probability < self.threshold - 0.15
+        silence = probability < max(self.threshold - 0.15, self.threshold / 2)
         if speech:
             self._voiced_until = self._fed_ms
         if not self._in_speech:
@@ -90,9 +109,16 @@ class SpeechDetector:
             if silence:
                 if self._run_start is None:
                     self._run_start = start
-                if self._fed_ms - self._run_start >= self.silence_ms:
-                    stopped, self._in_speech, self._run_start = self._run_start, False, None
+                quiet = self._fed_ms - self._run_start
+                if quiet >= self.silence_ms:
+                    stopped, self._in_speech, self._run_start, self._paused = self._run_start, False, None, False
                     return SpeechStopped(stopped)
+                if self.pause_ms is not None and quiet >= self.pause_ms and not self._paused:
+                    self._paused = True
+                    return PauseStarted(self._run_start)
             elif speech:
                 self._run_start = None
+                if self._paused:
+                    self._paused = False
+                    return SpeechResumed(start)
         return None

@@ -1,8 +1,11 @@
 """The life of one turn: the user's words in, the assistant's spoken reply out.
 
 A :class:`Turn` is made by the session when the user's turn ends (``input_audio.commit`` or
-``input_text``). :func:`run_turn` answers it with four stages linked by small channels, all
-inside the turn's own ``trio.CancelScope``::
+``input_text``, or the silence after speech), or *speculatively* a little earlier, when a
+pause begins: then its work starts inside the silence window, and its output is held back
+(``_Gate``) until :meth:`Turn.confirm` says the turn has really ended; if the user speaks on
+instead, the turn is cancelled and the client never hears of it. :func:`run_turn` answers a
+turn with four stages linked by small channels, all inside the turn's own ``trio.CancelScope``::
 
     STT --text--> LLM --deltas--> splitter --sentences--> TTS --speech--> audio sender --> outbox
 
@@ -52,6 +55,26 @@ class Turn:
     interrupted: bool = False
     #: The client's own report of its playback position (``playback.position``), if any.
     reported_played_ms: float | None = None
+    #: Whether the user's words reached the client (``transcript.final``).
+    transcribed: bool = False
+    #: Set once the user's turn has really ended; a speculative turn starts without it.
+    confirmed: trio.Event = attrs.field(factory=trio.Event)
+
+    @classmethod
+    def speculative(cls, turn_id: str, audio: bytes) -> Turn:
+        return cls(turn_id=turn_id, ended_at=trio.current_time(), audio=audio)
+
+    @classmethod
+    def ended(cls, turn_id: str, *, audio: bytes | None = None, text: str | None = None) -> Turn:
+        turn = cls(turn_id=turn_id, ended_at=trio.current_time(), audio=audio, text=text)
+        turn.confirmed.set()
+        return turn
+
+    def confirm(self) -> None:
+        """The user's turn has ended now: release the held-back output. Not a checkpoint."""
+        if not self.confirmed.is_set():
+            self.ended_at = trio.current_time()
+            self.confirmed.set()
 
     def cancel(self, *, interrupted: bool = False) -> None:
         """End the response now (a no-op once it has ended or was cancelled). Not a checkpoint."""
@@ -63,6 +86,36 @@ class Turn:
     def heard_text(self, played_ms: float) -> str:
         """What the user heard of the reply, given a playback position (capped at what was sent)."""
         return self.playback.heard_text(min(played_ms, self.playback.sent_ms))
+
+
+@attrs.define
+class _Gate:
+    """The turn's way to the outbox: holds events back until the turn is confirmed.
+
+    Audio never waits here: the audio sender waits for :attr:`opened` before its first frame,
+    so a speculative turn sends nothing the user could hear before their turn has ended.
+    """
+
+    outbox: Outbox
+    confirmed: trio.Event
+    opened: trio.Event = attrs.field(factory=trio.Event)
+    _held: list[p.ServerEvent] = attrs.field(factory=list)
+
+    async def send(self, item: p.ServerEvent | bytes) -> None:
+        if self.opened.is_set():
+            await self.outbox.send(item)
+        else:
+            self._held.append(item)
+
+    async def open_when_confirmed(self) -> None:
+        await self.confirmed.wait()
+        await self.open()
+
+    async def open(self) -> None:
+        """Send what was held back (in order), then let everything through."""
+        while self._held:
+            await self.outbox.send(self._held.pop(0))
+        self.opened.set()
 
 
 @attrs.define
@@ -88,31 +141,40 @@ async def run_turn(
     conversation: Conversation,
     outbox: Outbox,
     settings: SessionSettings,
-) -> p.ResponseDone:
+) -> p.ResponseDone | None:
     """Answer ``turn``: events and audio go to ``outbox``, the exchange goes to ``conversation``.
 
     Engine failures become an ``error`` event and a ``failed`` response; they never escape.
     :meth:`Turn.cancel` ends the response as ``cancelled`` (``interrupted`` for a barge-in,
     announced by ``response.interrupted``). Cancellation from outside (the session closing)
-    propagates as usual, and then no ``response.done`` is sent.
+    propagates as usual, and then no ``response.done`` is sent. A speculative turn cancelled
+    before it was confirmed returns ``None`` having sent nothing and changed no history.
     """
     progress = _Progress()
+    out = _Gate(outbox, turn.confirmed)
     error: EngineError | None = None
-    await outbox.send(p.ResponseCreated(turn_id=turn.turn_id))
-    try:
-        with turn.scope:
-            await _respond(turn, engines, conversation, outbox, settings, progress)
-    except* EngineError as group:
-        error = next(_leaves(group))
-    except* Exception as group:
-        log.error("turn.crashed", exc_info=group)
-        error = EngineError("internal_error", "the server failed to answer this turn")
+    with turn.scope:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(out.open_when_confirmed)
+                await out.send(p.ResponseCreated(turn_id=turn.turn_id))
+                await _respond(turn, engines, conversation, out, settings, progress)
+        except* EngineError as group:
+            error = next(_leaves(group))
+        except* Exception as group:
+            log.error("turn.crashed", exc_info=group)
+            error = EngineError("internal_error", "the server failed to answer this turn")
+        await turn.confirmed.wait()  # a speculative turn that is done early waits here
+    if not turn.confirmed.is_set():
+        log_event(log, "turn.speculation_dropped")
+        return None  # cancelled before the user's turn ended: the client never heard of it
+    await out.open()
 
     played_ms = turn.playback.sent_ms
     if error is not None:
         status = "failed"
         played_ms = turn.playback.played_ms(trio.current_time())
-        await outbox.send(p.Error(code=error.code, message=error.message, turn_id=turn.turn_id))
+        await out.send(p.Error(code=error.code, message=error.message, turn_id=turn.turn_id))
     elif turn.scope.cancelled_caught:
         status = "interrupted" if turn.interrupted else "cancelled"
         played_ms = turn.playback.played_ms(turn.cancelled_at)
@@ -122,7 +184,7 @@ async def run_turn(
         status = "completed"
     heard = turn.heard_text(played_ms)
     if status == "interrupted":
-        await outbox.send(p.ResponseInterrupted(turn_id=turn.turn_id, played_ms=round(played_ms, 1), heard_text=heard))
+        await out.send(p.ResponseInterrupted(turn_id=turn.turn_id, played_ms=round(played_ms, 1), heard_text=heard))
     if progress.user_text and (status != "failed" or heard):
         conversation.add_exchange(progress.user_text, heard, turn_id=turn.turn_id)
 
@@ -137,7 +199,7 @@ async def run_turn(
     )
     done = p.ResponseDone(turn_id=turn.turn_id, status=status, text=heard, metrics=metrics)
     log_event(log, "turn.done", status=status, error=error and error.code, **attrs.asdict(metrics))
-    await outbox.send(done)
+    await out.send(done)
     return done
 
 
@@ -153,7 +215,7 @@ async def _respond(
     turn: Turn,
     engines: Engines,
     conversation: Conversation,
-    outbox: Outbox,
+    out: _Gate,
     settings: SessionSettings,
     progress: _Progress,
 ) -> None:
@@ -163,8 +225,9 @@ async def _respond(
         progress.stt_ms = _ms(trio.current_time() - started)
     else:
         user_text = turn.text or ""
-    await outbox.send(p.TranscriptFinal(turn_id=turn.turn_id, text=user_text))
+    await out.send(p.TranscriptFinal(turn_id=turn.turn_id, text=user_text))
     progress.user_text = user_text  # the user's words count once the client has them
+    turn.transcribed = True
     if not progress.user_text:
         raise EngineError("no_speech", "no words were recognized in the committed audio")
 
@@ -177,16 +240,16 @@ async def _respond(
     progress.llm_started = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(engines.llm.stream_reply, messages, deltas_send)
-        nursery.start_soon(_split_reply, turn.turn_id, deltas_recv, sentences_send, outbox, progress)
+        nursery.start_soon(_split_reply, turn.turn_id, deltas_recv, sentences_send, out, progress)
         nursery.start_soon(_synthesize, engines, sentences_recv, speech_send, progress)
-        nursery.start_soon(_send_audio, speech_recv, outbox, settings, turn.playback, progress)
+        nursery.start_soon(_send_audio, speech_recv, out, settings, turn.playback, progress)
 
 
 async def _split_reply(
     turn_id: str,
     deltas: trio.MemoryReceiveChannel[str],
     sentences: trio.MemorySendChannel[str],
-    outbox: Outbox,
+    out: _Gate,
     progress: _Progress,
 ) -> None:
     """Forward the LLM's text to the client and cut it into sentences for synthesis."""
@@ -195,7 +258,7 @@ async def _split_reply(
         async for delta in deltas:
             if progress.llm_ttft_ms is None and progress.llm_started is not None:
                 progress.llm_ttft_ms = _ms(trio.current_time() - progress.llm_started)
-            await outbox.send(p.ResponseTextDelta(turn_id=turn_id, delta=delta))
+            await out.send(p.ResponseTextDelta(turn_id=turn_id, delta=delta))
             for sentence in splitter.feed(delta):
                 await sentences.send(sentence)
         for sentence in splitter.flush():
@@ -220,21 +283,22 @@ async def _synthesize(
 
 async def _send_audio(
     speech: trio.MemoryReceiveChannel[tuple[str, bytes]],
-    outbox: Outbox,
+    out: _Gate,
     settings: SessionSettings,
     playback: Playback,
     progress: _Progress,
 ) -> None:
     """Hand each sentence's audio to the outbox in frames, paced to real time plus the lead,
-    then wait until the client has played it all."""
+    then wait until the client has played it all. Nothing goes before the gate opens."""
     frame_bytes = settings.audio_frame_ms * p.BYTES_PER_MS
     lead = settings.playback_lead_ms / 1000
     async for sentence, pcm in speech:
+        await out.opened.wait()
         playback.add_sentence(sentence, p.audio_ms(len(pcm)))
         for offset in range(0, len(pcm), frame_bytes):
             await trio.sleep_until(playback.play_end - lead)
             frame = pcm[offset : offset + frame_bytes]
-            await outbox.send(frame)
+            await out.send(frame)
             now = trio.current_time()
             if progress.first_audio_at is None:
                 progress.first_audio_at = now

@@ -1,0 +1,287 @@
+"""Many sessions at once against ``voiceorch serve --fake-engines``: what the orchestration alone
+costs (the fake STT, LLM and TTS take no time; the reply is always the same 2.88 s of tone).
+
+Speech. If the fake-engine server detects speech with Silero (as ``voiceorch.server.app``
+does today), each session speaks the hotwords clip (4.0 s of real speech, which Silero hears as
+one utterance ending at the clip's end). If it used ``FakeVAD`` (a 32 ms chunk is speech when
+the mean absolute value of every 16th sample is >= 500), real speech would be cut into several
+turns (the JFK clip has quiet pauses of over 500 ms), so a synthetic utterance is used instead: a
+1 kHz tone of amplitude 8000. It is a *cosine*: every 16th sample is exactly one period of
+1 kHz at 16 kHz, so a sine starting at phase 0 would be sampled at its zero crossings and never
+heard. Either way the utterance starts at a stream position that is a multiple of 160 ms and
+lasts a multiple of 160 ms, so it ends on a 32 ms chunk boundary, every turn is judged the same,
+and the detector can end the turn at the earliest possible frame: the one that completes 16
+silent chunks (512 ms), sent 520 ms after the utterance's last frame. So the ideal
+``added_latency_ms`` (voice-to-voice minus the 500 ms window) is 20 ms, and
+``after_vad_window_ms`` (from that frame to the first reply frame) is the server's reaction.
+
+For each N: a fresh fake-engine server (so its memory and its log are those of this level); N
+sessions connect, then all start their microphones together (phases spread over one 20 ms
+frame, as independent microphones would be) and hold ``turns`` turns each: speech, silence until
+the reply has played (response.done), again.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import trio
+
+from voiceorch import protocol as p
+from voiceorch.audio_files import read_as_wire_pcm
+
+from .client import BenchSession, open_session
+from .scenarios import DATA, SILENCE_WINDOW_MS, _describe, _follow, _turn_after, _vad_details, _voice_latencies
+from .servers import ServerProcess, cpu_seconds, read_log, rss_kb
+
+TONE_HZ = 1000
+TONE_AMPLITUDE = 8000
+ALIGN_MS = 160
+#: p99 added latency under which a level counts as fine.
+ADDED_P99_LIMIT_MS = 50.0
+
+
+def fake_server_vad() -> str:
+    """The class name of the speech detector that ``voiceorch serve --fake-engines`` uses."""
+    try:
+        from voiceorch.server import app
+
+        return type(app._fake_engines().vad).__name__
+    except Exception:  # noqa: BLE001 (the server's internals may change; then assume Silero)
+        return "unknown"
+
+
+def utterance(vad: str, tone_ms: int) -> tuple[bytes, str]:
+    if vad == "FakeVAD":
+        return tone(tone_ms), (
+            f"{TONE_HZ} Hz cosine tone, amplitude {TONE_AMPLITUDE}, {tone_ms} ms "
+            "(the fake server uses FakeVAD, which real speech does not drive reliably)"
+        )
+    clip = read_as_wire_pcm(DATA / "hotwords_16k.wav")
+    clip = clip[: len(clip) - len(clip) % (ALIGN_MS * p.BYTES_PER_MS)]
+    return clip, f"tests/data/hotwords_16k.wav ({len(clip) / p.BYTES_PER_MS:.0f} ms of real speech)"
+
+
+def tone(ms: int) -> bytes:
+    n = ms * 16
+    samples = TONE_AMPLITUDE * np.cos(2 * np.pi * TONE_HZ * np.arange(n) / 16_000)
+    return np.round(samples).astype("<i2").tobytes()
+
+
+def percentiles(values: list[float]) -> dict | None:
+    clean = [v for v in values if v is not None]
+    if not clean:
+        return None
+    a = np.asarray(clean, dtype=float)
+    return {
+        "n": len(clean),
+        "p50": round(float(np.percentile(a, 50)), 2),
+        "p95": round(float(np.percentile(a, 95)), 2),
+        "p99": round(float(np.percentile(a, 99)), 2),
+        "max": round(float(a.max()), 2),
+    }
+
+
+async def _one_session(
+    url: str, index: int, n: int, turns: int, speech: bytes, start: trio.Event, clock: dict, out: list[dict],
+    timeout: float,
+) -> None:
+    record: dict = {"session": index, "turns": [], "errors": [], "send_lags_ms": []}
+    out.append(record)
+    try:
+        with trio.fail_after(timeout):
+            await _converse(url, index, n, turns, speech, start, clock, record)
+    except Exception as exc:  # one broken session is a result, not a crash of the bench
+        record["errors"].append({"code": "bench_client", "message": repr(exc)})
+        record["failed"] = True
+
+
+async def _converse(
+    url: str, index: int, n: int, turns: int, speech: bytes, start: trio.Event, clock: dict, record: dict
+) -> None:
+    async with open_session(url, vad=True, silence=True, start_mic=False) as s:
+        record["session_id"] = s.session_id
+        await start.wait()
+        s.start_microphone(clock["start"] + index * 0.020 / n)
+        try:
+            for _ in range(turns):
+                record["turns"].append(await _one_turn(s, speech))
+        finally:
+            record["errors"] += [
+                {"code": item.event.code, "message": item.event.message} for _, item in s.events(p.Error)
+            ]
+            record["send_lags_ms"] = [round(lag * 1000, 3) for lag in s.mic.lags]
+
+
+async def _one_turn(s: BenchSession, speech: bytes) -> dict:
+    played = await s.mic.play(speech, align_ms=ALIGN_MS)
+    committed, _after = await _turn_after(s, played)
+    response = await _follow(s, s.received[committed].event.turn_id, start=committed)
+    described = _describe(s, response)
+    vad = _vad_details(s, committed, played)
+    latencies = _voice_latencies(s, response, played, vad["speech_stopped_ms"])
+    v2v = latencies["voice_to_voice_ms"]
+    return {
+        "turn_id": response.turn_id,
+        "status": described["status"],
+        **latencies,
+        "added_latency_ms": None if v2v is None else round(v2v - SILENCE_WINDOW_MS, 2),
+        "vad_stop_minus_clip_end_ms": vad["vad_stop_minus_clip_end_ms"],
+        "metrics": described["metrics"],
+    }
+
+
+async def _run_level(url: str, n: int, turns: int, speech: bytes, pid: int, timeout: float) -> dict:
+    sessions: list[dict] = []
+    start = trio.Event()
+    clock = {"start": 0.0}
+    idle_kb = rss_kb(pid)
+    peak_kb = idle_kb or 0
+    done = trio.Event()
+
+    async def sample_rss() -> None:
+        nonlocal peak_kb
+        while not done.is_set():
+            value = rss_kb(pid)
+            if value is not None:
+                peak_kb = max(peak_kb, value)
+            await trio.sleep(0.05)
+
+    window: dict = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sample_rss)
+        async with trio.open_nursery() as clients:
+            for index in range(n):
+                clients.start_soon(_one_session, url, index, n, turns, speech, start, clock, sessions, timeout)
+            # Wait until every session is connected (or failed), then start all microphones.
+            while len(sessions) < n or any("session_id" not in r and not r.get("failed") for r in sessions):
+                await trio.sleep(0.01)
+            clock["start"] = trio.current_time() + 0.1
+            window.update(
+                wall_start=time.time(),
+                server_cpu_start=cpu_seconds(pid),
+                client_cpu_start=_own_cpu(),
+                started=trio.current_time(),
+            )
+            start.set()
+        window.update(
+            wall_end=time.time(),
+            server_cpu_end=cpu_seconds(pid),
+            client_cpu_end=_own_cpu(),
+            ended=trio.current_time(),
+        )
+        done.set()
+    elapsed = window["ended"] - window["started"]
+    turns_all = [turn for record in sessions for turn in record["turns"]]
+    lags = [lag for record in sessions for lag in record["send_lags_ms"]]
+    added = [turn["added_latency_ms"] for turn in turns_all]
+    send_lag = percentiles(lags)
+    cpu = None
+    if window["server_cpu_start"] is not None and window["server_cpu_end"] is not None:
+        cpu = round(100 * (window["server_cpu_end"] - window["server_cpu_start"]) / elapsed, 1)
+    return {
+        "sessions": n,
+        "turns_expected": n * turns,
+        "turns_completed": sum(1 for turn in turns_all if turn["status"] == "completed"),
+        "errors": [error for record in sessions for error in record["errors"]],
+        "elapsed_s": round(elapsed, 2),
+        "send_lag_ms": send_lag,
+        "kept_real_time": send_lag is not None and send_lag["p99"] < 20.0,
+        "voice_to_voice_ms": percentiles([turn["voice_to_voice_ms"] for turn in turns_all]),
+        "added_latency_ms": percentiles(added),
+        "after_vad_window_ms": percentiles([turn["after_vad_window_ms"] for turn in turns_all]),
+        "vad_stop_minus_clip_end_ms": percentiles([turn["vad_stop_minus_clip_end_ms"] for turn in turns_all]),
+        "server_ttfb_ms": percentiles([turn["metrics"]["ttfb_ms"] for turn in turns_all]),
+        "server_cpu_percent": cpu,
+        "client_cpu_percent": round(100 * (window["client_cpu_end"] - window["client_cpu_start"]) / elapsed, 1),
+        "rss_kb": {
+            "idle": idle_kb,
+            "peak": peak_kb,
+            "per_session": None if idle_kb is None else round((peak_kb - idle_kb) / n, 1),
+        },
+        "window_wall": [window["wall_start"], window["wall_end"]],
+        "raw": {"added_latency_ms": added, "sessions": [_trim(record) for record in sessions]},
+    }
+
+
+def _trim(record: dict) -> dict:
+    """A session's record for the JSON file: its turns, not every frame's lag."""
+    lags = record.get("send_lags_ms", [])
+    return {
+        **{k: v for k, v in record.items() if k != "send_lags_ms"},
+        "frames_sent": len(lags),
+        "send_lag_max_ms": max(lags) if lags else None,
+    }
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def loop_lag(log_path: Path, wall_start: float, wall_end: float) -> dict | None:
+    """The server's own event-loop lag lines (``loop.lag``: p50_ms, p99_ms, max_ms) logged
+    during the window, if the server logs them."""
+    lines = [
+        line
+        for line in read_log(log_path)
+        if line.get("event") == "loop.lag" and wall_start <= float(line.get("ts", 0)) <= wall_end + 1.0
+    ]
+    if not lines:
+        return None
+
+    def values(field: str) -> list[float]:
+        return [float(line[field]) for line in lines if isinstance(line.get(field), (int, float))]
+
+    p50, p99, worst = values("p50_ms"), values("p99_ms"), values("max_ms")
+    return {
+        "lines": len(lines),
+        "p50_ms_median": round(float(np.median(p50)), 2) if p50 else None,
+        "p99_ms_max": round(max(p99), 2) if p99 else None,
+        "max_ms": round(max(worst), 2) if worst else None,
+    }
+
+
+def run_concurrency(
+    levels: list[int], *, turns: int, tone_ms: int, log_dir: Path, say, timeout_per_level: float = 300
+) -> dict:
+    """Each level against its own fresh fake-engine server (so memory and logs are per level)."""
+    vad = fake_server_vad()
+    speech, described = utterance(vad, tone_ms)
+    say(f"concurrency: the fake-engine server detects speech with {vad}; speech: {described}")
+    results = []
+    for n in levels:
+        log_path = log_dir / f"fake-server-{n}.log"
+        server = ServerProcess.start("--fake-engines", log_path=log_path, ready_timeout=120)
+        say(f"concurrency: {n} session(s) x {turns} turns against {server.url}")
+        try:
+            level = trio.run(_run_level, server.url, n, turns, speech, server.pid, timeout_per_level)
+        finally:
+            exit_code = server.stop()
+        level["server_exit_code"] = exit_code
+        level["server_log"] = str(log_path)
+        level["loop_lag"] = loop_lag(log_path, *level["window_wall"])
+        level["server_log_errors"] = [
+            line.get("event") for line in read_log(log_path) if line.get("level") in ("error", "critical")
+        ]
+        results.append(level)
+    fine = [
+        level["sessions"]
+        for level in results
+        if level["added_latency_ms"] is not None
+        and level["added_latency_ms"]["p99"] < ADDED_P99_LIMIT_MS
+        and level["turns_completed"] == level["turns_expected"]
+    ]
+    return {
+        "engines": "fake (voiceorch serve --fake-engines)",
+        "vad": vad,
+        "speech": f"{described}, starting on a {ALIGN_MS} ms stream boundary",
+        "turns_per_session": turns,
+        "added_p99_limit_ms": ADDED_P99_LIMIT_MS,
+        "levels": results,
+        "max_sessions_under_limit": max(fine) if fine else None,
+        "loop_lag_logged": any(level["loop_lag"] is not None for level in results),
+    }

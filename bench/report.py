@@ -1,0 +1,257 @@
+"""The summary of a run (p50 / p95 / max of every figure), the terminal table, the JSON file, and
+the comparison of two JSON files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+#: Client-side figures: (JSON summary name, scenario whose samples carry it, sample field).
+FIGURES = [
+    ("voice_to_voice_ms", "voice_to_voice", "voice_to_voice_ms"),
+    ("after_vad_window_ms", "voice_to_voice", "after_vad_window_ms"),
+    ("commit_ms", "commit", "commit_ms"),
+    ("text_ms", "text", "text_ms"),
+    ("barge_in_ms", "barge_in", "barge_in_ms"),
+    ("barge_in_audio_stop_ms", "barge_in", "barge_in_audio_stop_ms"),
+    ("interrupt_after_vad_ms", "barge_in", "interrupt_after_vad_ms"),
+]
+#: Latency paths that have floors: scenario -> the sample field measured.
+PATHS = {"voice_to_voice": "voice_to_voice_ms", "commit": "commit_ms", "text": "text_ms"}
+SERVER_METRICS = ["stt_ms", "llm_ttft_ms", "tts_first_audio_ms", "ttfb_ms", "total_ms"]
+
+
+def stats(values) -> dict | None:
+    """n, p50, p95 (linear interpolation, as numpy.percentile) and max; None if no values."""
+    clean = [float(v) for v in values if v is not None]
+    if not clean:
+        return None
+    a = np.asarray(clean)
+    return {
+        "n": len(clean),
+        "p50": round(float(np.percentile(a, 50)), 2),
+        "p95": round(float(np.percentile(a, 95)), 2),
+        "max": round(float(a.max()), 2),
+    }
+
+
+def _ok(samples: list[dict]) -> list[dict]:
+    return [s for s in samples if "error" not in s]
+
+
+def summarize(results: dict) -> dict:
+    samples = results.get("samples", {})
+    clips = [clip["name"] for clip in results["config"]["clips"]]
+    latency = {}
+    for name, scenario, field in FIGURES:
+        rows = _ok(samples.get(scenario, []))
+        if not rows:
+            continue
+        per_clip = {clip: stats(s.get(field) for s in rows if s.get("clip") == clip) for clip in clips}
+        latency[name] = {"all": stats(s.get(field) for s in rows), "per_clip": per_clip}
+    overhead = {}
+    for scenario in PATHS:
+        rows = [s for s in _ok(samples.get(scenario, [])) if s.get("overhead_ms") is not None]
+        if rows:
+            overhead[scenario] = {
+                "floor_sum_ms": stats(s["floors"]["sum_ms"] for s in rows),
+                "overhead_ms": stats(s["overhead_ms"] for s in rows),
+                "ratio": stats(s["ratio"] for s in rows),
+            }
+    server_metrics = {}
+    for scenario in ("voice_to_voice", "commit", "text", "barge_in"):
+        rows = _ok(samples.get(scenario, []))
+        if rows:
+            server_metrics[scenario] = {
+                metric: stats(s.get("metrics", {}).get(metric) for s in rows) for metric in SERVER_METRICS
+            }
+    summary: dict = {"latency": latency, "overhead": overhead, "server_metrics": server_metrics}
+    floors = results.get("floors")
+    if floors:
+        summary["floors"] = {
+            "stt_ms": {name[len("clip:"):]: f["median_ms"] for name, f in floors["stt"].items() if name.startswith("clip:")},
+            "stt_vad_turn_ms": stats(f["median_ms"] for name, f in floors["stt"].items() if name.startswith("v2v:")),
+            "llm_ttft_ms": stats(f["median_ms"] for f in floors["llm_ttft"]),
+            "tts_first_ms": stats(f["median_ms"] for f in floors["tts_first"].values()),
+        }
+    barge = _ok(samples.get("barge_in", []))
+    if barge:
+        summary["barge_in_interrupted"] = f"{sum(1 for s in barge if s.get('interrupted'))}/{len(barge)}"
+    concurrency = results.get("concurrency")
+    if concurrency:
+        summary["concurrency"] = {
+            str(level["sessions"]): {
+                "send_lag_p99_ms": (level["send_lag_ms"] or {}).get("p99"),
+                "added_latency_ms": level["added_latency_ms"],
+                "after_vad_window_ms": level["after_vad_window_ms"],
+                "loop_lag_p99_ms": (level["loop_lag"] or {}).get("p99_ms_max"),
+                "rss_kb_per_session": level["rss_kb"]["per_session"],
+                "turns": f"{level['turns_completed']}/{level['turns_expected']}",
+            }
+            for level in concurrency["levels"]
+        }
+        summary["max_sessions_under_limit"] = concurrency["max_sessions_under_limit"]
+    return summary
+
+
+# --- the terminal table ---------------------------------------------------------------------
+
+
+def _f(value, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return f"{value:.{digits}f}"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))
+    out = [line, "-" * len(line)]
+    for row in rows:
+        out.append("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    return "\n".join(out)
+
+
+def render(results: dict) -> str:
+    summary = results["summary"]
+    machine = results["machine"]
+    parts = [
+        f"voiceorch bench  {results['started_utc']}  cores: {machine['cpu_count']}  "
+        f"python {machine['python']}  repeat: {results['config']['repeat']}",
+    ]
+    if results.get("server"):
+        parts.append(f"server: {results['server'].get('url')}  ({results['server'].get('started_by_bench') and 'started by the bench' or 'given with --url'})")
+    latency = summary.get("latency", {})
+    if latency:
+        rows = []
+        for name, figure in latency.items():
+            for label, st in [("all", figure["all"]), *figure["per_clip"].items()]:
+                if st is None or (label != "all" and len(figure["per_clip"]) < 2):
+                    continue
+                rows.append([f"{name} [{label}]", st["n"], _f(st["p50"]), _f(st["p95"]), _f(st["max"])])
+        parts += ["", "Client-side latency (ms, over all runs)", _table(["figure", "n", "p50", "p95", "max"], rows)]
+        if "barge_in_interrupted" in summary:
+            parts.append(f"barge-in: {summary['barge_in_interrupted']} replies interrupted")
+    overhead = summary.get("overhead", {})
+    if overhead:
+        rows = []
+        for scenario, o in overhead.items():
+            rows.append(
+                [
+                    scenario,
+                    o["overhead_ms"]["n"],
+                    _f(o["floor_sum_ms"]["p50"]),
+                    _f(o["overhead_ms"]["p50"]),
+                    _f(o["overhead_ms"]["p95"]),
+                    _f(o["overhead_ms"]["max"]),
+                    _f(o["ratio"]["p50"], 2),
+                    _f(o["ratio"]["p95"], 2),
+                ]
+            )
+        parts += [
+            "",
+            "Orchestration overhead = measured - sum of floors on the path; ratio = measured / sum of floors",
+            "  (voice_to_voice: 500 ms window + stt + llm_ttft + tts_first; commit: stt + llm_ttft + tts_first; text: llm_ttft + tts_first)",
+            _table(["path", "n", "floors p50", "overhead p50", "p95", "max", "ratio p50", "p95"], rows),
+        ]
+    floors = summary.get("floors")
+    if floors:
+        rows = [[f"stt [{clip}] (push-to-talk audio)", _f(v)] for clip, v in floors["stt_ms"].items()]
+        for label, key in [
+            ("stt (VAD turn audio), p50/max", "stt_vad_turn_ms"),
+            ("llm_ttft, p50/max over prompts", "llm_ttft_ms"),
+            ("tts_first, p50/max over sentences", "tts_first_ms"),
+        ]:
+            st = floors.get(key)
+            rows.append([label, "-" if st is None else f"{_f(st['p50'])} / {_f(st['max'])}"])
+        parts += ["", "Floors (ms; each model alone, median of its repeats)", _table(["floor", "ms"], rows)]
+    metrics = summary.get("server_metrics", {})
+    if metrics:
+        rows = []
+        for scenario, m in metrics.items():
+            rows.append([scenario] + [_f((m.get(k) or {}).get("p50")) + "/" + _f((m.get(k) or {}).get("max")) for k in SERVER_METRICS])
+        parts += ["", "Server metrics from response.done (ms, p50/max)", _table(["path", *SERVER_METRICS], rows)]
+    concurrency = results.get("concurrency")
+    if concurrency:
+        rows = []
+        for level in concurrency["levels"]:
+            added, after = level["added_latency_ms"] or {}, level["after_vad_window_ms"] or {}
+            lag = level["loop_lag"]
+            rows.append(
+                [
+                    level["sessions"],
+                    f"{level['turns_completed']}/{level['turns_expected']}",
+                    _f((level["send_lag_ms"] or {}).get("p99"), 1),
+                    "yes" if level["kept_real_time"] else "NO",
+                    _f(added.get("p50"), 1),
+                    _f(added.get("p99"), 1),
+                    _f(after.get("p99"), 1),
+                    "-" if lag is None else f"{_f(lag['p99_ms_max'], 1)}/{_f(lag['max_ms'], 1)}",
+                    _f(level["server_cpu_percent"]),
+                    _f(level["client_cpu_percent"]),
+                    _f(None if level["rss_kb"]["per_session"] is None else level["rss_kb"]["per_session"] / 1024, 2),
+                ]
+            )
+        parts += [
+            "",
+            f"Concurrency (fake engines, {concurrency['vad']}; speech: {concurrency['speech']})",
+            _table(
+                [
+                    "sessions", "turns", "send lag p99", "real time", "added p50", "added p99",
+                    "after-window p99", "loop lag p99/max", "server cpu%", "client cpu%", "MB/session",
+                ],
+                rows,
+            ),
+            "  added = voice-to-voice - 500 ms (ideal 20: the frame that completes 16 silent 32-ms chunks is sent 520 ms after the last speech frame)",
+        ]
+        if not concurrency["loop_lag_logged"]:
+            parts.append("  loop lag: the server logged no loop.lag lines")
+        best = concurrency["max_sessions_under_limit"]
+        parts.append(
+            f"Largest N tested with p99 added latency < {concurrency['added_p99_limit_ms']:.0f} ms: "
+            + (str(best) if best is not None else "none")
+        )
+    if results.get("notes"):
+        parts += ["", "Notes:"] + [f"  - {note}" for note in results["notes"]]
+    return "\n".join(parts)
+
+
+def write_json(results: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+
+
+# --- comparing two runs -----------------------------------------------------------------------
+
+
+def _flatten(node, prefix: str = "") -> dict[str, float]:
+    flat: dict[str, float] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        flat[prefix] = float(node)
+    return flat
+
+
+def compare(old_path: Path, new_path: Path) -> str:
+    """Every number of the two summaries side by side (skipping counts), with the change."""
+    old, new = (json.loads(Path(p).read_text()) for p in (old_path, new_path))
+    a, b = _flatten(old.get("summary", {})), _flatten(new.get("summary", {}))
+    rows = []
+    for key in [k for k in a if k in b] + [k for k in b if k not in a]:
+        if key.endswith(".n"):
+            continue
+        before, after = a.get(key), b.get(key)
+        delta = "-" if before is None or after is None else f"{after - before:+.1f}"
+        pct = "-" if not before or after is None else f"{100 * (after - before) / abs(before):+.0f}%"
+        rows.append([key, _f(before, 1), _f(after, 1), delta, pct])
+    head = (
+        f"old: {old_path} ({old.get('started_utc')}, {old.get('machine', {}).get('cpu_count')} cores)\n"
+        f"new: {new_path} ({new.get('started_utc')}, {new.get('machine', {}).get('cpu_count')} cores)"
+    )
+    return head + "\n" + _table(["figure", "old", "new", "change", "%"], rows)

@@ -1,0 +1,303 @@
+"""``python -m bench``: one run of the benchmark, start to finish.
+
+1. Real models: start ``voiceorch serve`` (or use ``--url``), hold one drained warm-up turn,
+   then ``--repeat`` rounds of the scenarios, each measurement in a fresh session; stop the server.
+2. Floors: each embedded model alone on the same inputs, with nothing else running.
+3. Concurrency: a fresh fake-engine server per level of ``--sessions``.
+4. Summary: the table on the terminal, everything in the JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from voiceorch import protocol as p
+from voiceorch.session.history import DEFAULT_INSTRUCTIONS
+
+from . import floors as fl
+from . import report, scenarios
+from .concurrency import loop_lag, run_concurrency
+from .scenarios import Clip
+from .servers import ServerProcess, read_log
+
+SCENARIOS = ["commit", "voice_to_voice", "text", "barge_in"]
+_ALIASES = {"v2v": "voice_to_voice", "barge": "barge_in", "barge-in": "barge_in"}
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def say(line: str) -> None:
+    print(f"[bench] {line}", file=sys.stderr, flush=True)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Latency and concurrency benchmark of voiceorch (see bench/README.md).",
+    )
+    parser.add_argument("--quick", action="store_true", help="short run: --repeat 1 --sessions 1,4")
+    parser.add_argument("--url", help="measure this running server (ws://.../v1/voice) instead of starting one")
+    parser.add_argument("--wav", action="append", default=[], type=Path, help="another speech clip (any audio format; repeatable)")
+    parser.add_argument("--repeat", type=int, help="runs of each scenario per clip, each in a fresh session (default 3; --quick 1)")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="comma-separated subset of %(default)s (also v2v, barge), or 'none'",
+    )
+    parser.add_argument("--sessions", help="concurrency levels, e.g. 1,5,10 (default 1,5,10,20,40; --quick 1,4); 'none' skips")
+    parser.add_argument("--turns", type=int, default=2, help="turns per session in the concurrency part (default %(default)s)")
+    parser.add_argument("--tone-ms", type=int, default=1600, help="synthetic utterance length if the fake server uses FakeVAD")
+    parser.add_argument("--no-floors", action="store_true", help="skip the floors (no overhead figures)")
+    parser.add_argument("--floor-repeat", type=int, default=3, help="measurements of each floor input (median kept; default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=240, help="seconds allowed for one measurement (default %(default)s)")
+    parser.add_argument("--out", type=Path, help="JSON file (default bench/results/<UTC timestamp>.json)")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"), help="compare two JSON files and exit")
+    args = parser.parse_args(argv)
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    args.sessions = args.sessions or ("1,4" if args.quick else "1,5,10,20,40")
+    args.levels = [] if args.sessions.strip() in ("", "none") else [int(n) for n in args.sessions.split(",")]
+    if args.scenarios.strip() in ("", "none"):
+        args.scenario_list = []
+    else:
+        args.scenario_list = [_ALIASES.get(s.strip(), s.strip()) for s in args.scenarios.split(",")]
+        unknown = set(args.scenario_list) - set(SCENARIOS)
+        if unknown:
+            parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+# --- 1. the real-model scenarios -----------------------------------------------------------
+
+
+async def _measure(name: str, clip: str, run: int, timeout: float, fn, *args) -> dict:
+    meta = {"scenario": name, "clip": clip, "run": run, "wall_start": time.time()}
+    try:
+        with trio.fail_after(timeout):
+            sample = await fn(*args)
+    except Exception as exc:  # a failed measurement is recorded, and the run goes on
+        say(f"  {name} [{clip}] run {run}: FAILED {exc!r}")
+        return {**meta, "error": repr(exc)}
+    value = next((sample.get(f) for f in (f"{name}_ms", "barge_in_ms") if f in sample), None)
+    say(f"  {name} [{clip}] run {run}: {value} ms ({sample.get('status')})")
+    return {**meta, **sample}
+
+
+async def run_scenarios(url: str, clips: list[Clip], names: list[str], repeat: int, timeout: float) -> dict:
+    samples: dict[str, list[dict]] = {name: [] for name in names}
+    transcripts: dict[str, str] = {}
+    say("warm-up: one typed turn (not counted)")
+    warmup = await _measure("text", "warm-up", 0, timeout, scenarios.warm_up, url)
+    speech_b = scenarios.barge_in_speech()
+    for run in range(1, repeat + 1):
+        # One scenario at a time over all clips: consecutive LLM requests always differ, as in a
+        # real conversation (llama.cpp would otherwise reuse the whole previous prompt's cache).
+        for name in names:
+            for clip in clips:
+                if name == "commit":
+                    sample = await _measure(name, clip.name, run, timeout, scenarios.commit, url, clip)
+                    if sample.get("transcript"):
+                        transcripts.setdefault(clip.name, sample["transcript"])
+                elif name == "voice_to_voice":
+                    sample = await _measure(name, clip.name, run, timeout, scenarios.voice_to_voice, url, clip)
+                elif name == "text":
+                    prompt = transcripts.get(clip.name) or scenarios.FIXED_PROMPTS.get(clip.name, scenarios.FALLBACK_PROMPT)
+                    sample = await _measure(name, clip.name, run, timeout, scenarios.text, url, prompt)
+                else:
+                    sample = await _measure(name, clip.name, run, timeout, scenarios.barge_in, url, clip, speech_b)
+                samples[name].append(sample)
+    return {"samples": samples, "warmup": warmup}
+
+
+def _llm_requests(log_path: Path | None) -> dict[tuple[str, str], list[dict]]:
+    """The messages of each LLM request, by (session_id, turn_id), from the server's debug log
+    (the last request logged for a turn: a dropped speculative request may come first)."""
+    requests: dict[tuple[str, str], list[dict]] = {}
+    if log_path is None or not log_path.exists():
+        return requests
+    for line in read_log(log_path):
+        if line.get("event") == "llm.request.messages" and isinstance(line.get("messages"), list):
+            requests[(line.get("session_id"), line.get("turn_id"))] = line["messages"]
+    return requests
+
+
+def _attach_llm_messages(samples: dict[str, list[dict]], log_path: Path | None) -> None:
+    logged = _llm_requests(log_path)
+    for name in report.PATHS:
+        for sample in samples.get(name, []):
+            if "error" in sample or not sample.get("transcript"):
+                continue
+            messages = logged.get((sample.get("session_id"), sample.get("turn_id")))
+            if messages is not None:
+                sample["llm_messages"], sample["llm_messages_source"] = messages, "server log"
+            else:
+                sample["llm_messages"] = [
+                    {"role": "system", "content": DEFAULT_INSTRUCTIONS},
+                    {"role": "user", "content": sample["transcript"]},
+                ]
+                sample["llm_messages_source"] = "reconstructed (default system prompt + transcript)"
+
+
+# --- 2. floors ---------------------------------------------------------------------------------
+
+
+def _stream_slice(clip: Clip, start_pos_ms: float, window: list[float]) -> bytes:
+    """Part of a VAD session's input stream: silence, the clip from ``start_pos_ms``, silence."""
+    begin, end = (int(round(ms)) * p.BYTES_PER_MS for ms in window)
+    lead = int(round(start_pos_ms)) * p.BYTES_PER_MS
+    stream = bytes(lead) + clip.pcm + bytes(max(0, end - lead - len(clip.pcm)))
+    return stream[begin:end]
+
+
+async def run_floors(samples: dict[str, list[dict]], clips: list[Clip], repeat: int, log_dir: Path) -> dict:
+    rows = [s for name in report.PATHS for s in samples.get(name, []) if "error" not in s]
+    by_name = {clip.name: clip for clip in clips}
+    # STT: each clip whole (push-to-talk turns), and each measured VAD turn's stream span.
+    stt_inputs: dict[str, bytes] = {}
+    if samples.get("commit") or samples.get("voice_to_voice"):
+        stt_inputs.update({f"clip:{clip.name}": clip.pcm for clip in clips})
+    for s in samples.get("voice_to_voice", []):
+        if "error" not in s and s.get("stt_window_ms") and s["clip"] in by_name:
+            key = f"v2v:{s['clip']}:{s['run']}"
+            stt_inputs[key] = _stream_slice(by_name[s["clip"]], s["clip_start_pos_ms"] or 0.0, s["stt_window_ms"])
+            s["stt_floor_input"] = key
+    stt = await fl.measure_stt(stt_inputs, repeat, say) if stt_inputs else {}
+    sentences = sorted({s["first_sentence"] for s in rows if s.get("first_sentence")})
+    tts = await fl.measure_tts(sentences, repeat, say) if sentences else {}
+    prompts: dict[tuple, list[dict]] = {}
+    for s in rows:
+        if s.get("llm_messages"):
+            prompts.setdefault(fl._key(s["llm_messages"]), s["llm_messages"])
+    llm = await fl.measure_llm(list(prompts.values()), repeat, say, log_dir / "floor-llama.log") if prompts else []
+    return {"stt": stt, "tts_first": tts, "llm_ttft": llm}
+
+
+def _apply_floors(samples: dict[str, list[dict]], floors: dict) -> None:
+    """Per sample: the floors of its own inputs, their sum on its path, overhead and ratio."""
+    llm = {fl._key(entry["messages"]): entry["median_ms"] for entry in floors["llm_ttft"]}
+    for name, field in report.PATHS.items():
+        for s in samples.get(name, []):
+            if "error" in s or s.get(field) is None:
+                continue
+            parts = {
+                "llm_ttft_ms": llm.get(fl._key(s["llm_messages"])) if s.get("llm_messages") else None,
+                "tts_first_ms": (floors["tts_first"].get(s.get("first_sentence") or "") or {}).get("median_ms"),
+            }
+            if name == "commit":
+                parts["stt_ms"] = (floors["stt"].get(f"clip:{s['clip']}") or {}).get("median_ms")
+            elif name == "voice_to_voice":
+                parts["stt_ms"] = (floors["stt"].get(s.get("stt_floor_input") or "") or {}).get("median_ms")
+                parts["silence_window_ms"] = scenarios.SILENCE_WINDOW_MS
+            if any(v is None for v in parts.values()):
+                s["floors"] = {**parts, "sum_ms": None}
+                continue
+            total = round(sum(parts.values()), 2)
+            s["floors"] = {**parts, "sum_ms": total}
+            s["overhead_ms"] = round(s[field] - total, 2)
+            s["ratio"] = round(s[field] / total, 3) if total > 0 else None
+
+
+# --- the whole run --------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.compare:
+        print(report.compare(*args.compare))
+        return 0
+    started = dt.datetime.now(dt.timezone.utc)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or RESULTS_DIR / f"{stamp}.json"
+    log_dir = out.with_name(out.stem + "-logs")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    clips = [Clip.load(path) for path in (*scenarios.DEFAULT_WAVS, *args.wav)]
+    results: dict = {
+        "schema": 1,
+        "started_utc": started.isoformat(timespec="seconds"),
+        "command": [sys.executable, "-m", "bench", *(argv if argv is not None else sys.argv[1:])],
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "config": {
+            "repeat": args.repeat,
+            "scenarios": args.scenario_list,
+            "sessions": args.levels,
+            "turns_per_session": args.turns,
+            "floor_repeat": args.floor_repeat,
+            "clips": [{"name": c.name, "path": c.path, "duration_ms": c.duration_ms} for c in clips],
+            "barge_in_speech": f"first {scenarios.BARGE_IN_CLIP_MS} ms of jfk_16k.wav",
+            "silence_window_ms": scenarios.SILENCE_WINDOW_MS,
+        },
+        "log_dir": str(log_dir),
+        "notes": [],
+    }
+    say(f"results: {out}  logs: {log_dir}")
+
+    if args.scenario_list:
+        server = None
+        if args.url:
+            url = args.url
+            results["server"] = {"url": url, "started_by_bench": False}
+        else:
+            say("starting voiceorch serve with the embedded models ...")
+            server = ServerProcess.start(log_path=log_dir / "server.log")
+            url = server.url
+            results["server"] = {
+                "url": url,
+                "started_by_bench": True,
+                "startup_s": round(server.startup_s, 1),
+                "log": str(server.log_path),
+                "rss_kb_ready": server.rss_kb(),
+            }
+            say(f"server ready in {server.startup_s:.1f} s at {url}")
+        wall_start = time.time()
+        try:
+            measured = trio.run(run_scenarios, url, clips, args.scenario_list, args.repeat, args.timeout)
+        finally:
+            if server is not None:
+                results["server"]["rss_kb_end"] = server.rss_kb()
+                results["server"]["exit_code"] = server.stop()
+        results.update(measured)
+        if server is not None:
+            results["server"]["loop_lag"] = loop_lag(server.log_path, wall_start, time.time())
+            results["server"]["log_errors"] = [
+                line.get("event") for line in server.log_lines() if line.get("level") in ("error", "critical")
+            ]
+        _attach_llm_messages(results["samples"], server.log_path if server else None)
+        if not args.no_floors:
+            say("floors: each model alone (the voice server is stopped)")
+            results["floors"] = trio.run(run_floors, results["samples"], clips, args.floor_repeat, log_dir)
+            _apply_floors(results["samples"], results["floors"])
+        split = [s for s in results["samples"].get("voice_to_voice", []) if s.get("vad_turns", 1) > 1]
+        if split:
+            clips_split = sorted({s["clip"] for s in split})
+            results["notes"].append(
+                f"server VAD cut {', '.join(clips_split)} into several turns (pauses >= 500 ms); "
+                "voice_to_voice is measured on the turn that ended after the clip"
+            )
+
+    if args.levels:
+        results["concurrency"] = run_concurrency(
+            args.levels, turns=args.turns, tone_ms=args.tone_ms, log_dir=log_dir, say=say, timeout_per_level=args.timeout
+        )
+        if results["concurrency"]["vad"] == "FakeVAD":
+            results["notes"].append(
+                "the fake-engine server uses FakeVAD, not Silero: the concurrency part used a synthetic tone"
+            )
+        if not results["concurrency"]["loop_lag_logged"]:
+            results["notes"].append("the server logged no loop.lag lines: no event-loop lag figures")
+
+    results["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    results["summary"] = report.summarize(results)
+    report.write_json(results, out)
+    print(report.render(results))
+    print(f"\nJSON: {out}")
+    return 0

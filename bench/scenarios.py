@@ -1,0 +1,325 @@
+"""The client-side latency measurements, each in a fresh session (see bench/README.md).
+
+Every function returns one *sample*: a plain dict (it goes into the JSON file as it is) with
+the measured value(s) in ms, what the server said (transcript, reply, ``response.done``
+metrics) and what the floors need later (the reply's first sentence; for a voice turn, the
+part of the stream the server transcribed). Each session is drained: the function returns
+only after the ``response.done`` of every response it caused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import trio
+
+from voiceorch import protocol as p
+from voiceorch.audio_files import read_as_wire_pcm
+from voiceorch.session.sentences import SentenceSplitter
+
+from .client import BenchSession, Played, Received, open_session
+
+#: The server's default silence window (turn_detection.silence_duration_ms).
+SILENCE_WINDOW_MS = 500
+#: The window as the detector applies it: whole 32 ms chunks (16 of them).
+SILENCE_WINDOW_CHUNKED_MS = 512
+PREFIX_PADDING_MS = 300
+#: How long to wait for the VAD turn after the end of a clip before taking an earlier one.
+_COMMIT_GRACE_S = 5.0
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+DEFAULT_WAVS = (DATA / "jfk_16k.wav", DATA / "hotwords_16k.wav")
+
+#: Typed prompts for the text path when no transcript of the clip was measured in this run
+#: (the transcripts faster-whisper tiny.en gives, from tests/data/README.md).
+FIXED_PROMPTS = {
+    "jfk_16k": "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.",
+    "hotwords_16k": "Then you go into your comfy eye folder again in the comfy eye.",
+}
+FALLBACK_PROMPT = "What is the tallest mountain in the world?"
+#: Barge-in speech B: the first 2.3 s of the JFK clip ("And so my fellow Americans").
+BARGE_IN_CLIP_MS = 2300
+
+
+@attrs.frozen
+class Clip:
+    name: str
+    path: str
+    pcm: bytes = attrs.field(repr=False)
+
+    @property
+    def duration_ms(self) -> float:
+        return len(self.pcm) / p.BYTES_PER_MS
+
+    @classmethod
+    def load(cls, path: str | Path) -> Clip:
+        path = Path(path)
+        return cls(name=path.stem, path=str(path), pcm=read_as_wire_pcm(path))
+
+
+def barge_in_speech() -> bytes:
+    return read_as_wire_pcm(DATA / "jfk_16k.wav")[: BARGE_IN_CLIP_MS * p.BYTES_PER_MS]
+
+
+def first_sentence(text: str) -> str | None:
+    """The first piece the server synthesizes of a reply (its own sentence splitter)."""
+    splitter = SentenceSplitter()
+    pieces = splitter.feed(text) or splitter.flush()
+    return pieces[0] if pieces else None
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+# --- following one response ---------------------------------------------------------------
+
+
+@attrs.define
+class _Response:
+    turn_id: str
+    created: int
+    first_audio: int | None
+    done: int
+
+
+async def _follow(s: BenchSession, turn_id: str, *, start: int = 0) -> _Response:
+    """Wait for ``turn_id``'s response.created, first reply frame (if any) and response.done."""
+    created = await s.wait_event(p.ResponseCreated, turn_id=turn_id, start=start)
+
+    def audio_or_done(item: Received) -> bool:
+        return item.is_audio or (isinstance(item.event, p.ResponseDone) and item.event.turn_id == turn_id)
+
+    first = await s.wait_for(audio_or_done, start=created)
+    first_audio = first if s.received[first].is_audio else None
+    done = await s.wait_event(p.ResponseDone, turn_id=turn_id, start=created)
+    return _Response(turn_id, created, first_audio, done)
+
+
+def _describe(s: BenchSession, r: _Response) -> dict:
+    """What the server sent for one response: transcript, reply text, status and metrics."""
+    transcript = None
+    reply = []
+    audio_bytes = 0
+    for item in s.received[r.created : r.done + 1]:
+        match item.event:
+            case p.TranscriptFinal(turn_id=r.turn_id, text=text):
+                transcript = text
+            case p.ResponseTextDelta(turn_id=r.turn_id, delta=delta):
+                reply.append(delta)
+            case None:
+                audio_bytes += item.audio_bytes
+    done = s.received[r.done].event
+    assert isinstance(done, p.ResponseDone)
+    reply_text = "".join(reply)
+    return {
+        "session_id": s.session_id,
+        "turn_id": r.turn_id,
+        "status": done.status,
+        "transcript": transcript,
+        "reply_text": reply_text,
+        "first_sentence": first_sentence(reply_text) if r.first_audio is not None else None,
+        "spoken_text": done.text,
+        "reply_audio_received_ms": audio_bytes / p.BYTES_PER_MS,
+        "metrics": attrs.asdict(done.metrics),
+    }
+
+
+def _errors(s: BenchSession) -> list[dict]:
+    return [
+        {"code": item.event.code, "message": item.event.message, "turn_id": item.event.turn_id}
+        for _, item in s.events(p.Error)
+    ]
+
+
+async def _turn_after(s: BenchSession, played: Played) -> tuple[int, bool]:
+    """The ``input_audio.committed`` of the VAD turn that ended after ``played`` ended.
+
+    Returns its index, and False if no turn ended after the clip within a grace period, in
+    which case the last turn committed before is taken (the server judged the clip's end to be
+    silence already)."""
+    assert played.last_sent_at is not None
+    with trio.move_on_after(_COMMIT_GRACE_S):
+        return await s.wait_event(p.InputAudioCommitted, after=played.last_sent_at), True
+    earlier = s.events(p.InputAudioCommitted)
+    if not earlier:
+        return await s.wait_event(p.InputAudioCommitted), True
+    return earlier[-1][0], False
+
+
+def _vad_details(s: BenchSession, committed: int, played: Played) -> dict:
+    """The server VAD's view of the turn: when it heard speech start and stop (in stream ms),
+    how many turns it cut the clip into, and the stream span it transcribed (as the protocol
+    defines a VAD turn: prefix padding + speech + the chunked silence window)."""
+    started = [item.event.audio_ms for _, item in s.events(p.SpeechStartedEvent, stop=committed)]
+    stopped = [item.event.audio_ms for _, item in s.events(p.SpeechStoppedEvent, stop=committed)]
+    event = s.received[committed].event
+    assert isinstance(event, p.InputAudioCommitted)
+    details = {
+        "clip_start_pos_ms": played.start_pos_ms,
+        "clip_end_pos_ms": played.end_pos_ms,
+        "vad_turns": len(s.events(p.InputAudioCommitted, stop=committed + 1)),
+        "speech_started_ms": started[-1] if started else None,
+        "speech_stopped_ms": stopped[-1] if stopped else None,
+        "committed_audio_ms": event.audio_ms,
+        "vad_stop_minus_clip_end_ms": None,
+        "stt_window_ms": None,
+    }
+    if started and stopped and played.end_pos_ms is not None:
+        details["vad_stop_minus_clip_end_ms"] = round(stopped[-1] - played.end_pos_ms, 1)
+        details["stt_window_ms"] = [
+            max(0.0, started[-1] - PREFIX_PADDING_MS),
+            stopped[-1] + SILENCE_WINDOW_CHUNKED_MS,
+        ]
+    return details
+
+
+def _voice_latencies(s: BenchSession, response: _Response, played: Played, stopped_ms: float | None) -> dict:
+    """voice_to_voice_ms: the clip's last frame sent -> first reply frame received.
+    after_vad_window_ms: the frame that completed the (chunked) silence window sent -> first
+    reply frame received: the server's reaction alone, without the window or the VAD's own
+    judgement of where speech ended."""
+    if response.first_audio is None:
+        return {"voice_to_voice_ms": None, "after_vad_window_ms": None}
+    first_audio_at = s.received[response.first_audio].at
+    window_sent_at = None if stopped_ms is None else s.mic.sent_at(stopped_ms + SILENCE_WINDOW_CHUNKED_MS)
+    return {
+        "voice_to_voice_ms": _ms(first_audio_at - played.last_sent_at),
+        "after_vad_window_ms": None if window_sent_at is None else _ms(first_audio_at - window_sent_at),
+    }
+
+
+# --- the four measurements -------------------------------------------------------------------
+
+
+async def voice_to_voice(url: str, clip: Clip) -> dict:
+    """Server VAD, default settings: the clip at real time, then silence. From the moment the
+    clip's last frame was sent to the first reply frame received."""
+    async with open_session(url, vad=True, silence=True) as s:
+        played = await s.mic.play(clip.pcm)
+        committed, after_end = await _turn_after(s, played)
+        event = s.received[committed].event
+        response = await _follow(s, event.turn_id, start=committed)
+        sample = _describe(s, response)
+        sample.update(_vad_details(s, committed, played))
+        sample["turn_ended_after_clip"] = after_end
+        sample.update(_voice_latencies(s, response, played, sample["speech_stopped_ms"]))
+        sample["send_lag_p99_ms"] = _p99_ms(s.mic.lags)
+        sample["errors"] = _errors(s)
+    return sample
+
+
+async def commit(url: str, clip: Clip) -> dict:
+    """Push-to-talk (turn_detection none): the clip at real time, then input_audio.commit.
+    From the commit sent to the first reply frame received."""
+    async with open_session(url, vad=False, silence=False) as s:
+        await s.mic.play(clip.pcm)
+        start = len(s.received)
+        sent_at = await s.send(p.InputAudioCommit())
+        committed = await s.wait_event(p.InputAudioCommitted, start=start)
+        response = await _follow(s, s.received[committed].event.turn_id, start=committed)
+        sample = _describe(s, response)
+        sample["commit_ms"] = (
+            _ms(s.received[response.first_audio].at - sent_at) if response.first_audio is not None else None
+        )
+        sample["send_lag_p99_ms"] = _p99_ms(s.mic.lags)
+        sample["errors"] = _errors(s)
+    return sample
+
+
+async def text(url: str, prompt: str) -> dict:
+    """A typed turn (input_text): from its frame sent to the first reply frame received."""
+    async with open_session(url, vad=True, silence=False, start_mic=False) as s:
+        start = len(s.received)
+        sent_at = await s.send(p.InputText(text=prompt))
+        created = await s.wait_event(p.ResponseCreated, start=start)
+        response = await _follow(s, s.received[created].event.turn_id, start=created)
+        sample = _describe(s, response)
+        sample["prompt"] = prompt
+        sample["text_ms"] = (
+            _ms(s.received[response.first_audio].at - sent_at) if response.first_audio is not None else None
+        )
+        sample["errors"] = _errors(s)
+    return sample
+
+
+async def barge_in(url: str, clip: Clip, speech_b: bytes) -> dict:
+    """Server VAD: clip A, silence; at A's first reply frame, speech B over the reply.
+
+    barge_in_ms: B's first frame sent -> response.interrupted received.
+    barge_in_audio_stop_ms: B's first frame sent -> the last reply frame of A's response received.
+    interrupt_after_vad_ms: input_audio.speech_started (of B) received -> response.interrupted received.
+    Then B's own turn is answered and drained too.
+    """
+    async with open_session(url, vad=True, silence=True) as s:
+        played_a = await s.mic.play(clip.pcm)
+        committed, after_end = await _turn_after(s, played_a)
+        turn_a = s.received[committed].event.turn_id
+        created = await s.wait_event(p.ResponseCreated, turn_id=turn_a, start=committed)
+
+        def audio_or_end(item: Received) -> bool:
+            return item.is_audio or (isinstance(item.event, p.ResponseDone) and item.event.turn_id == turn_a)
+
+        first = await s.wait_for(audio_or_end, start=created)
+        sample: dict = {"turn_ended_after_clip": after_end, "interrupted": False}
+        if not s.received[first].is_audio:  # A's response ended with no audio: nothing to talk over
+            sample.update(_describe(s, _Response(turn_a, created, None, first)))
+            sample["errors"] = _errors(s)
+            return sample
+
+        played_b = s.mic.queue(speech_b)
+        await played_b.started.wait()
+        b_at = played_b.first_sent_at
+
+        def interrupted_or_done(item: Received) -> bool:
+            return isinstance(item.event, (p.ResponseInterrupted, p.ResponseDone)) and item.event.turn_id == turn_a
+
+        end = await s.wait_for(interrupted_or_done, start=first)
+        done_a = await s.wait_event(p.ResponseDone, turn_id=turn_a, start=created)
+        response_a = _Response(turn_a, created, first, done_a)
+        sample.update(_describe(s, response_a))
+        audio_a = [i for i in range(created, end) if s.received[i].is_audio]
+        last_audio = s.received[audio_a[-1]]
+        sample["reply_audio_before_b_ms"] = (
+            sum(s.received[i].audio_bytes for i in audio_a if s.received[i].at < b_at) / p.BYTES_PER_MS
+        )
+        interrupted = s.received[end].event
+        if isinstance(interrupted, p.ResponseInterrupted):
+            t_interrupt = s.received[end].at
+            started = [item for _, item in s.events(p.SpeechStartedEvent, start=first, stop=end) if item.at >= b_at]
+            sample.update(
+                interrupted=True,
+                barge_in_ms=_ms(t_interrupt - b_at),
+                barge_in_audio_stop_ms=_ms(last_audio.at - b_at),
+                interrupt_after_vad_ms=_ms(t_interrupt - started[0].at) if started else None,
+                b_speech_onset_ms=(
+                    round(started[0].event.audio_ms - played_b.start_pos_ms, 1) if started else None
+                ),
+                played_ms=interrupted.played_ms,
+                heard_text=interrupted.heard_text,
+            )
+
+        # Drain B's own turn (it is committed once B's speech has stopped).
+        await played_b.finished.wait()
+        b_commit, _ = await _turn_after(s, played_b)
+        b_event = s.received[b_commit].event
+        if b_event.turn_id != turn_a:
+            response_b = await _follow(s, b_event.turn_id, start=b_commit)
+            described = _describe(s, response_b)
+            sample["b_turn"] = {k: described[k] for k in ("turn_id", "status", "transcript", "metrics")}
+        sample["send_lag_p99_ms"] = _p99_ms(s.mic.lags)
+        sample["errors"] = _errors(s)
+    return sample
+
+
+async def warm_up(url: str) -> dict:
+    """One typed turn, drained and not counted: the first response of a fresh server."""
+    return await text(url, "Hello.")
+
+
+def _p99_ms(lags: list[float]) -> float | None:
+    if not lags:
+        return None
+    ordered = sorted(lags)
+    return round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 2)
