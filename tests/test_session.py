@@ -289,8 +289,17 @@ async def test_the_session_ends_cleanly_when_the_client_leaves_mid_response(auto
     assert engines.llm.closed_early == 1
 
 
+def test_the_first_clause_is_spoken_early():
+    splitter = SentenceSplitter()
+    out = []
+    for delta in ["Well, ", "the capital of France", ", as you know, is Paris", ". It is big, and old."]:
+        out += splitter.feed(delta)
+    out += splitter.flush()
+    assert out == ["Well, the capital of France,", "as you know, is Paris.", "It is big, and old."]
+
+
 def test_sentence_splitter_cuts_streamed_text_into_sentences():
-    splitter = SentenceSplitter(max_chars=40)
+    splitter = SentenceSplitter(max_chars=40, first_clause_chars=None)
     out = []
     for delta in ["Hello", " there! How", " are you", "? I am **fine**", ", thanks.\nNew"]:
         out += splitter.feed(delta)
