@@ -82,9 +82,13 @@ class Microphone:
     def position_ms(self) -> float:
         return self.sent_bytes / p.BYTES_PER_MS
 
-    def sent_at(self, position_ms: float) -> float | None:
-        """When the frame that carried stream position ``position_ms`` (its end) was sent."""
-        index = max(0, math.ceil(position_ms / FRAME_MS) - 1)
+    def sent_at(self, position_ms: float, *, first: bool = False) -> float | None:
+        """When the frame was sent that carried the sample just before stream position
+        ``position_ms`` (an end of audio) or, with ``first``, the sample at it (a start)."""
+        if first:
+            index = math.floor(position_ms / FRAME_MS)
+        else:
+            index = max(0, math.ceil(position_ms / FRAME_MS) - 1)
         return self.frame_times[index] if index < len(self.frame_times) else None
 
     def queue(self, pcm: bytes, *, align_ms: int | None = None) -> Played:
@@ -231,19 +235,21 @@ async def open_session(
     vad: bool = True,
     silence: bool = True,
     start_mic: bool = True,
+    instructions: str | None = None,
     connect_timeout: float = 30,
 ) -> AsyncIterator[BenchSession]:
-    """Connect, read ``session.created``, switch to push-to-talk unless ``vad``, then run the
-    receiver and (unless ``start_mic`` is false: then call ``start_microphone``) the microphone
-    until the block exits; then the connection is closed."""
+    """Connect, read ``session.created``, switch to push-to-talk unless ``vad`` (and set the
+    session's ``instructions`` if given), then run the receiver and (unless ``start_mic`` is
+    false: then call ``start_microphone``) the microphone until the block exits; then the
+    connection is closed."""
     async with trio_websocket.open_websocket_url(
         url, connect_timeout=connect_timeout, disconnect_timeout=5
     ) as ws:
         created = p.parse_server_event(await ws.get_message())
         if not isinstance(created, p.SessionCreated):
             raise RuntimeError(f"expected session.created, got {created!r}")
-        if not vad:
-            await configure(ws, vad=False)  # waits for session.updated
+        if not vad or instructions is not None:
+            await configure(ws, instructions=instructions, vad=vad)  # waits for session.updated
         session = BenchSession(ws, created, Microphone(ws, silence=silence))
         async with trio.open_nursery() as nursery:
             session._nursery = nursery

@@ -33,8 +33,9 @@ import trio
 from voiceorch import protocol as p
 from voiceorch.audio_files import read_as_wire_pcm
 
+from . import machine
 from .client import BenchSession, open_session
-from .scenarios import DATA, SILENCE_WINDOW_MS, _describe, _follow, _turn_after, _vad_details, _voice_latencies
+from .scenarios import DATA, Clip, SILENCE_WINDOW_MS, _describe, _follow, _turn_after, _vad_details, _voice_latencies
 from .servers import ServerProcess, cpu_seconds, read_log, rss_kb
 
 TONE_HZ = 1000
@@ -54,15 +55,21 @@ def fake_server_vad() -> str:
         return "unknown"
 
 
-def utterance(vad: str, tone_ms: int) -> tuple[bytes, str]:
+def utterance(vad: str, tone_ms: int) -> tuple[Clip, str]:
     if vad == "FakeVAD":
-        return tone(tone_ms), (
+        pcm = tone(tone_ms)
+        clip = Clip(name="tone", path="", pcm=pcm, speech_start_ms=0.0, speech_end_ms=float(tone_ms))
+        return clip, (
             f"{TONE_HZ} Hz cosine tone, amplitude {TONE_AMPLITUDE}, {tone_ms} ms "
             "(the fake server uses FakeVAD, which real speech does not drive reliably)"
         )
-    clip = read_as_wire_pcm(DATA / "hotwords_16k.wav")
-    clip = clip[: len(clip) - len(clip) % (ALIGN_MS * p.BYTES_PER_MS)]
-    return clip, f"tests/data/hotwords_16k.wav ({len(clip) / p.BYTES_PER_MS:.0f} ms of real speech)"
+    pcm = read_as_wire_pcm(DATA / "hotwords_16k.wav")
+    pcm = pcm[: len(pcm) - len(pcm) % (ALIGN_MS * p.BYTES_PER_MS)]
+    clip = Clip.from_pcm("hotwords_16k", str(DATA / "hotwords_16k.wav"), pcm)
+    return clip, (
+        f"tests/data/hotwords_16k.wav ({clip.duration_ms:.0f} ms of real speech, "
+        f"speech ends at {clip.speech_end_ms:.0f} ms)"
+    )
 
 
 def tone(ms: int) -> bytes:
@@ -86,7 +93,7 @@ def percentiles(values: list[float]) -> dict | None:
 
 
 async def _one_session(
-    url: str, index: int, n: int, turns: int, speech: bytes, start: trio.Event, clock: dict, out: list[dict],
+    url: str, index: int, n: int, turns: int, speech: Clip, start: trio.Event, clock: dict, out: list[dict],
     timeout: float,
 ) -> None:
     record: dict = {"session": index, "turns": [], "errors": [], "send_lags_ms": []}
@@ -100,7 +107,7 @@ async def _one_session(
 
 
 async def _converse(
-    url: str, index: int, n: int, turns: int, speech: bytes, start: trio.Event, clock: dict, record: dict
+    url: str, index: int, n: int, turns: int, speech: Clip, start: trio.Event, clock: dict, record: dict
 ) -> None:
     async with open_session(url, vad=True, silence=True, start_mic=False) as s:
         record["session_id"] = s.session_id
@@ -116,13 +123,13 @@ async def _converse(
             record["send_lags_ms"] = [round(lag * 1000, 3) for lag in s.mic.lags]
 
 
-async def _one_turn(s: BenchSession, speech: bytes) -> dict:
-    played = await s.mic.play(speech, align_ms=ALIGN_MS)
+async def _one_turn(s: BenchSession, speech: Clip) -> dict:
+    played = await s.mic.play(speech.pcm, align_ms=ALIGN_MS)
     committed, _after = await _turn_after(s, played)
     response = await _follow(s, s.received[committed].event.turn_id, start=committed)
     described = _describe(s, response)
     vad = _vad_details(s, committed, played)
-    latencies = _voice_latencies(s, response, played, vad["speech_stopped_ms"])
+    latencies = _voice_latencies(s, response, played, speech.speech_end_ms, vad["speech_stopped_ms"])
     v2v = latencies["voice_to_voice_ms"]
     return {
         "turn_id": response.turn_id,
@@ -134,7 +141,7 @@ async def _one_turn(s: BenchSession, speech: bytes) -> dict:
     }
 
 
-async def _run_level(url: str, n: int, turns: int, speech: bytes, pid: int, timeout: float) -> dict:
+async def _run_level(url: str, n: int, turns: int, speech: Clip, pid: int, timeout: float) -> dict:
     sessions: list[dict] = []
     start = trio.Event()
     clock = {"start": 0.0}
@@ -223,15 +230,17 @@ def _own_cpu() -> float:
 
 
 def loop_lag(log_path: Path, wall_start: float, wall_end: float) -> dict | None:
-    """The server's own event-loop lag lines (``loop.lag``: p50_ms, p99_ms, max_ms) logged
-    during the window, if the server logs them."""
-    lines = [
-        line
-        for line in read_log(log_path)
-        if line.get("event") == "loop.lag" and wall_start <= float(line.get("ts", 0)) <= wall_end + 1.0
-    ]
+    """The server's own event-loop lag lines (``loop.lag``: p50_ms, p99_ms, max_ms), if it logs
+    them, for the window. Each line sums up the period before it, so a line counts when the
+    middle of its period falls inside the window."""
+    lines = [line for line in read_log(log_path) if line.get("event") == "loop.lag" and "ts" in line]
     if not lines:
         return None
+    stamps = [float(line["ts"]) for line in lines]
+    period = float(np.median(np.diff(stamps))) if len(stamps) > 1 else 5.0
+    lines = [line for line in lines if wall_start <= float(line["ts"]) - period / 2 <= wall_end]
+    if not lines:
+        return {"lines": 0, "period_s": round(period, 2), "p50_ms_median": None, "p99_ms_max": None, "max_ms": None}
 
     def values(field: str) -> list[float]:
         return [float(line[field]) for line in lines if isinstance(line.get(field), (int, float))]
@@ -239,6 +248,7 @@ def loop_lag(log_path: Path, wall_start: float, wall_end: float) -> dict | None:
     p50, p99, worst = values("p50_ms"), values("p99_ms"), values("max_ms")
     return {
         "lines": len(lines),
+        "period_s": round(period, 2),
         "p50_ms_median": round(float(np.median(p50)), 2) if p50 else None,
         "p99_ms_max": round(max(p99), 2) if p99 else None,
         "max_ms": round(max(worst), 2) if worst else None,
@@ -257,10 +267,13 @@ def run_concurrency(
         log_path = log_dir / f"fake-server-{n}.log"
         server = ServerProcess.start("--fake-engines", log_path=log_path, ready_timeout=120)
         say(f"concurrency: {n} session(s) x {turns} turns against {server.url}")
+        before = machine.snapshot()
         try:
             level = trio.run(_run_level, server.url, n, turns, speech, server.pid, timeout_per_level)
         finally:
+            after = machine.snapshot()
             exit_code = server.stop()
+        level["foreign_cpu_percent"] = machine.foreign_cpu_percent(before, after)
         level["server_exit_code"] = exit_code
         level["server_log"] = str(log_path)
         level["loop_lag"] = loop_lag(log_path, *level["window_wall"])

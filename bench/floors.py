@@ -9,8 +9,10 @@ the median is the floor. What each floor includes is written in bench/README.md:
   stream span the server VAD turned into the measured voice turn (``stt_window_ms``).
 - ``llm_ttft``: ``OpenAICompatibleLLM.stream_reply`` against our own ``run_llama_server`` (same
   model, same settings as the server's child): from the call to the first non-empty delta, for
-  the exact messages the server sent (its debug log), with the system prompt already in
-  llama.cpp's prefix cache and the user's turn not (a different prompt goes just before).
+  the exact messages the server sent (its debug log). Just before each measured request goes
+  the same conversation with another last user message, so llama.cpp's prefix cache holds
+  everything but the last user message: the best case (the server's cache may hold less, e.g.
+  when the previous reply was cut by a barge-in).
 - ``tts_first``: ``PiperTTS.synthesize`` of the first sentence of the reply the server produced.
 """
 
@@ -25,8 +27,8 @@ import trio
 from voiceorch import protocol as p
 from voiceorch.engines.base import ChatMessage
 
-#: Asked just before each measured LLM request so that llama.cpp's prefix cache holds the system
-#: prompt but not the measured user turn (as in the server, where turns differ).
+#: The last user message of the request sent just before each measured one, so that llama.cpp's
+#: prefix cache holds the conversation up to the measured user message, and not that message.
 _FLUSH_PROMPT = "Say one word."
 
 
@@ -104,8 +106,8 @@ async def measure_llm(
             for _ in range(repeat):
                 for index, messages in enumerate(prompts):
                     chat = [ChatMessage(role=m["role"], content=m["content"]) for m in messages]
-                    system = [m for m in chat if m.role == "system"]
-                    await _drain(flusher, [*system, ChatMessage(role="user", content=_FLUSH_PROMPT)])
+                    before_last = chat[:-1] if chat and chat[-1].role == "user" else chat
+                    await _drain(flusher, [*before_last, ChatMessage(role="user", content=_FLUSH_PROMPT)])
                     samples[index].append(await _ttft(llm, chat))
             for messages, values in zip(prompts, samples):
                 results.append({"messages": messages, **_floor(values)})

@@ -11,10 +11,12 @@ import numpy as np
 #: Client-side figures: (JSON summary name, scenario whose samples carry it, sample field).
 FIGURES = [
     ("voice_to_voice_ms", "voice_to_voice", "voice_to_voice_ms"),
+    ("voice_to_voice_from_clip_end_ms", "voice_to_voice", "voice_to_voice_from_clip_end_ms"),
     ("after_vad_window_ms", "voice_to_voice", "after_vad_window_ms"),
     ("commit_ms", "commit", "commit_ms"),
     ("text_ms", "text", "text_ms"),
     ("barge_in_ms", "barge_in", "barge_in_ms"),
+    ("barge_in_from_speech_ms", "barge_in", "barge_in_from_speech_ms"),
     ("barge_in_audio_stop_ms", "barge_in", "barge_in_audio_stop_ms"),
     ("interrupt_after_vad_ms", "barge_in", "interrupt_after_vad_ms"),
 ]
@@ -60,6 +62,12 @@ def summarize(results: dict) -> dict:
                 "overhead_ms": stats(s["overhead_ms"] for s in rows),
                 "ratio": stats(s["ratio"] for s in rows),
             }
+            bounded = [s for s in rows if s.get("overhead_vs_bound_ms") is not None]
+            if bounded:
+                overhead[scenario]["bound_with_speculation_ms"] = stats(
+                    s["floors"]["bound_with_speculation_ms"] for s in bounded
+                )
+                overhead[scenario]["overhead_vs_bound_ms"] = stats(s["overhead_vs_bound_ms"] for s in bounded)
     server_metrics = {}
     for scenario in ("voice_to_voice", "commit", "text", "barge_in"):
         rows = _ok(samples.get(scenario, []))
@@ -75,6 +83,16 @@ def summarize(results: dict) -> dict:
             "stt_vad_turn_ms": stats(f["median_ms"] for name, f in floors["stt"].items() if name.startswith("v2v:")),
             "llm_ttft_ms": stats(f["median_ms"] for f in floors["llm_ttft"]),
             "tts_first_ms": stats(f["median_ms"] for f in floors["tts_first"].values()),
+        }
+    measured = [s for rows in samples.values() for s in _ok(rows)]
+    loads = [s.get("foreign_cpu_percent") for s in measured]
+    if measured:
+        threshold = results["config"].get("quiet_threshold_percent", 25)
+        summary["foreign_cpu_percent"] = {
+            **(stats(loads) or {}),
+            "threshold": threshold,
+            "samples_above": sum(1 for v in loads if v is not None and v >= threshold),
+            "samples": len(measured),
         }
     barge = _ok(samples.get("barge_in", []))
     if barge:
@@ -136,6 +154,13 @@ def render(results: dict) -> str:
         parts += ["", "Client-side latency (ms, over all runs)", _table(["figure", "n", "p50", "p95", "max"], rows)]
         if "barge_in_interrupted" in summary:
             parts.append(f"barge-in: {summary['barge_in_interrupted']} replies interrupted")
+        load = summary.get("foreign_cpu_percent")
+        if load and load.get("n"):
+            parts.append(
+                f"other processes on the machine during the measurements: p50 {_f(load['p50'])}%, max {_f(load['max'])}% of a core; "
+                f"{load['samples_above']}/{load['samples']} measurements at >= {_f(load['threshold'])}%"
+                + ("  <- those figures are disturbed" if load["samples_above"] else "")
+            )
     overhead = summary.get("overhead", {})
     if overhead:
         rows = []
@@ -152,12 +177,24 @@ def render(results: dict) -> str:
                     _f(o["ratio"]["p95"], 2),
                 ]
             )
+        for scenario, o in overhead.items():
+            if "overhead_vs_bound_ms" in o:
+                b = o["overhead_vs_bound_ms"]
+                rows.append(
+                    [f"{scenario} vs bound*", b["n"], _f(o["bound_with_speculation_ms"]["p50"]),
+                     _f(b["p50"]), _f(b["p95"]), _f(b["max"]), "-", "-"]
+                )
         parts += [
             "",
             "Orchestration overhead = measured - sum of floors on the path; ratio = measured / sum of floors",
             "  (voice_to_voice: 500 ms window + stt + llm_ttft + tts_first; commit: stt + llm_ttft + tts_first; text: llm_ttft + tts_first)",
             _table(["path", "n", "floors p50", "overhead p50", "p95", "max", "ratio p50", "p95"], rows),
         ]
+        if any("overhead_vs_bound_ms" in o for o in overhead.values()):
+            parts.append(
+                f"  * the server starts a turn speculatively {results['config'].get('speculate_after_ms')} ms into a pause, so STT, LLM"
+                " and TTS can run inside the silence window: bound = max(500, speculate_after + stt + llm_ttft + tts_first)"
+            )
     floors = summary.get("floors")
     if floors:
         rows = [[f"stt [{clip}] (push-to-talk audio)", _f(v)] for clip, v in floors["stt_ms"].items()]
@@ -194,6 +231,7 @@ def render(results: dict) -> str:
                     _f(level["server_cpu_percent"]),
                     _f(level["client_cpu_percent"]),
                     _f(None if level["rss_kb"]["per_session"] is None else level["rss_kb"]["per_session"] / 1024, 2),
+                    _f(level.get("foreign_cpu_percent")),
                 ]
             )
         parts += [
@@ -202,7 +240,7 @@ def render(results: dict) -> str:
             _table(
                 [
                     "sessions", "turns", "send lag p99", "real time", "added p50", "added p99",
-                    "after-window p99", "loop lag p99/max", "server cpu%", "client cpu%", "MB/session",
+                    "after-window p99", "loop lag p99/max", "server cpu%", "client cpu%", "MB/session", "other cpu%",
                 ],
                 rows,
             ),

@@ -17,13 +17,15 @@ import sys
 import time
 from pathlib import Path
 
+import attrs
 import trio
 
 from voiceorch import protocol as p
 from voiceorch.session.history import DEFAULT_INSTRUCTIONS
+from voiceorch.session.settings import SessionSettings
 
 from . import floors as fl
-from . import report, scenarios
+from . import machine, report, scenarios
 from .concurrency import loop_lag, run_concurrency
 from .scenarios import Clip
 from .servers import ServerProcess, read_log
@@ -31,6 +33,8 @@ from .servers import ServerProcess, read_log
 SCENARIOS = ["commit", "voice_to_voice", "text", "barge_in"]
 _ALIASES = {"v2v": "voice_to_voice", "barge": "barge_in", "barge-in": "barge_in"}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: The server's speculative start of a turn inside the silence window (None: it has none).
+SPECULATE_AFTER_MS = getattr(SessionSettings(), "speculate_after_ms", None)
 
 
 def say(line: str) -> None:
@@ -57,6 +61,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-floors", action="store_true", help="skip the floors (no overhead figures)")
     parser.add_argument("--floor-repeat", type=int, default=3, help="measurements of each floor input (median kept; default %(default)s)")
     parser.add_argument("--timeout", type=float, default=240, help="seconds allowed for one measurement (default %(default)s)")
+    parser.add_argument(
+        "--quiet-wait", type=float, default=30,
+        help="before each measurement, wait up to this many seconds for other processes to use "
+        "< --quiet-threshold %% of a core (default %(default)s; 0: don't wait)",
+    )
+    parser.add_argument("--quiet-threshold", type=float, default=25, help="see --quiet-wait (default %(default)s)")
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/<UTC timestamp>.json)")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"), help="compare two JSON files and exit")
     args = parser.parse_args(argv)
@@ -76,24 +86,43 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 # --- 1. the real-model scenarios -----------------------------------------------------------
 
 
-async def _measure(name: str, clip: str, run: int, timeout: float, fn, *args) -> dict:
-    meta = {"scenario": name, "clip": clip, "run": run, "wall_start": time.time()}
+@attrs.frozen
+class Quiet:
+    """Before each measurement wait up to ``max_wait_s`` for the other processes on the machine
+    to use less than ``threshold`` % of one core (0: do not wait)."""
+
+    max_wait_s: float = 30.0
+    threshold: float = 25.0
+
+
+async def _measure(name: str, clip: str, run: int, timeout: float, quiet: Quiet, fn, *args) -> dict:
+    meta: dict = {"scenario": name, "clip": clip, "run": run}
+    if quiet.max_wait_s > 0:
+        meta["quiet_wait"] = await machine.wait_quiet(quiet.max_wait_s, quiet.threshold)
+    meta["wall_start"] = time.time()
+    before = machine.snapshot()
     try:
         with trio.fail_after(timeout):
             sample = await fn(*args)
     except Exception as exc:  # a failed measurement is recorded, and the run goes on
         say(f"  {name} [{clip}] run {run}: FAILED {exc!r}")
         return {**meta, "error": repr(exc)}
+    meta["foreign_cpu_percent"] = machine.foreign_cpu_percent(before, machine.snapshot())
     value = next((sample.get(f) for f in (f"{name}_ms", "barge_in_ms") if f in sample), None)
-    say(f"  {name} [{clip}] run {run}: {value} ms ({sample.get('status')})")
+    say(
+        f"  {name} [{clip}] run {run}: {value} ms ({sample.get('status')}; "
+        f"other processes: {meta['foreign_cpu_percent']}% of a core)"
+    )
     return {**meta, **sample}
 
 
-async def run_scenarios(url: str, clips: list[Clip], names: list[str], repeat: int, timeout: float) -> dict:
+async def run_scenarios(
+    url: str, clips: list[Clip], names: list[str], repeat: int, timeout: float, quiet: Quiet
+) -> dict:
     samples: dict[str, list[dict]] = {name: [] for name in names}
     transcripts: dict[str, str] = {}
     say("warm-up: one typed turn (not counted)")
-    warmup = await _measure("text", "warm-up", 0, timeout, scenarios.warm_up, url)
+    warmup = await _measure("text", "warm-up", 0, timeout, quiet, scenarios.warm_up, url)
     speech_b = scenarios.barge_in_speech()
     for run in range(1, repeat + 1):
         # One scenario at a time over all clips: consecutive LLM requests always differ, as in a
@@ -101,16 +130,16 @@ async def run_scenarios(url: str, clips: list[Clip], names: list[str], repeat: i
         for name in names:
             for clip in clips:
                 if name == "commit":
-                    sample = await _measure(name, clip.name, run, timeout, scenarios.commit, url, clip)
+                    sample = await _measure(name, clip.name, run, timeout, quiet, scenarios.commit, url, clip)
                     if sample.get("transcript"):
                         transcripts.setdefault(clip.name, sample["transcript"])
                 elif name == "voice_to_voice":
-                    sample = await _measure(name, clip.name, run, timeout, scenarios.voice_to_voice, url, clip)
+                    sample = await _measure(name, clip.name, run, timeout, quiet, scenarios.voice_to_voice, url, clip)
                 elif name == "text":
                     prompt = transcripts.get(clip.name) or scenarios.FIXED_PROMPTS.get(clip.name, scenarios.FALLBACK_PROMPT)
-                    sample = await _measure(name, clip.name, run, timeout, scenarios.text, url, prompt)
+                    sample = await _measure(name, clip.name, run, timeout, quiet, scenarios.text, url, prompt)
                 else:
-                    sample = await _measure(name, clip.name, run, timeout, scenarios.barge_in, url, clip, speech_b)
+                    sample = await _measure(name, clip.name, run, timeout, quiet, scenarios.barge_in, url, clip, speech_b)
                 samples[name].append(sample)
     return {"samples": samples, "warmup": warmup}
 
@@ -201,6 +230,13 @@ def _apply_floors(samples: dict[str, list[dict]], floors: dict) -> None:
             s["floors"] = {**parts, "sum_ms": total}
             s["overhead_ms"] = round(s[field] - total, 2)
             s["ratio"] = round(s[field] / total, 3) if total > 0 else None
+            if name == "voice_to_voice" and SPECULATE_AFTER_MS is not None:
+                # With speculation the server may run STT, LLM and TTS inside the silence window
+                # (from SPECULATE_AFTER_MS into the pause on), so the sum above is no lower bound.
+                engines = total - scenarios.SILENCE_WINDOW_MS
+                bound = round(max(scenarios.SILENCE_WINDOW_MS, SPECULATE_AFTER_MS + engines), 2)
+                s["floors"]["bound_with_speculation_ms"] = bound
+                s["overhead_vs_bound_ms"] = round(s[field] - bound, 2)
 
 
 # --- the whole run --------------------------------------------------------------------------------
@@ -232,9 +268,21 @@ def main(argv: list[str] | None = None) -> int:
             "sessions": args.levels,
             "turns_per_session": args.turns,
             "floor_repeat": args.floor_repeat,
-            "clips": [{"name": c.name, "path": c.path, "duration_ms": c.duration_ms} for c in clips],
+            "clips": [
+                {
+                    "name": c.name,
+                    "path": c.path,
+                    "duration_ms": c.duration_ms,
+                    "speech_start_ms": c.speech_start_ms,
+                    "speech_end_ms": c.speech_end_ms,
+                }
+                for c in clips
+            ],
             "barge_in_speech": f"first {scenarios.BARGE_IN_CLIP_MS} ms of jfk_16k.wav",
             "silence_window_ms": scenarios.SILENCE_WINDOW_MS,
+            "speculate_after_ms": SPECULATE_AFTER_MS,
+            "quiet_wait_s": args.quiet_wait,
+            "quiet_threshold_percent": args.quiet_threshold,
         },
         "log_dir": str(log_dir),
         "notes": [],
@@ -260,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"server ready in {server.startup_s:.1f} s at {url}")
         wall_start = time.time()
         try:
-            measured = trio.run(run_scenarios, url, clips, args.scenario_list, args.repeat, args.timeout)
+            measured = trio.run(
+                run_scenarios, url, clips, args.scenario_list, args.repeat, args.timeout,
+                Quiet(args.quiet_wait, args.quiet_threshold),
+            )
         finally:
             if server is not None:
                 results["server"]["rss_kb_end"] = server.rss_kb()
@@ -274,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         _attach_llm_messages(results["samples"], server.log_path if server else None)
         if not args.no_floors:
             say("floors: each model alone (the voice server is stopped)")
+            before = machine.snapshot()
             results["floors"] = trio.run(run_floors, results["samples"], clips, args.floor_repeat, log_dir)
+            results["floors"]["foreign_cpu_percent"] = machine.foreign_cpu_percent(before, machine.snapshot())
             _apply_floors(results["samples"], results["floors"])
         split = [s for s in results["samples"].get("voice_to_voice", []) if s.get("vad_turns", 1) > 1]
         if split:

@@ -40,26 +40,66 @@ FIXED_PROMPTS = {
 FALLBACK_PROMPT = "What is the tallest mountain in the world?"
 #: Barge-in speech B: the first 2.3 s of the JFK clip ("And so my fellow Americans").
 BARGE_IN_CLIP_MS = 2300
+#: The system prompt of barge-in sessions: the default one asks for one to three short
+#: sentences, and a reply shorter than B's first ~0.6 s has finished playing before B can
+#: interrupt it. Only the barge-in sessions use it.
+BARGE_IN_INSTRUCTIONS = (
+    "You are a friendly voice assistant. Your replies are spoken aloud, so answer in plain "
+    "conversational English, in five or six full sentences. Never use markdown, lists, emojis or code."
+)
 
 
 @attrs.frozen
 class Clip:
+    """A speech clip in wire format, with where its speech starts and ends (:func:`speech_span`)."""
+
     name: str
     path: str
     pcm: bytes = attrs.field(repr=False)
+    speech_start_ms: float
+    speech_end_ms: float
 
     @property
     def duration_ms(self) -> float:
         return len(self.pcm) / p.BYTES_PER_MS
 
     @classmethod
+    def from_pcm(cls, name: str, path: str, pcm: bytes) -> Clip:
+        start, end = speech_span(pcm)
+        return cls(name=name, path=path, pcm=pcm, speech_start_ms=start, speech_end_ms=end)
+
+    @classmethod
     def load(cls, path: str | Path) -> Clip:
         path = Path(path)
-        return cls(name=path.stem, path=str(path), pcm=read_as_wire_pcm(path))
+        return cls.from_pcm(path.stem, str(path), read_as_wire_pcm(path))
 
 
-def barge_in_speech() -> bytes:
-    return read_as_wire_pcm(DATA / "jfk_16k.wav")[: BARGE_IN_CLIP_MS * p.BYTES_PER_MS]
+_silero = None
+
+
+def speech_span(pcm: bytes, threshold: float = 0.5) -> tuple[float, float]:
+    """Where speech starts and ends in ``pcm``, in ms, as the server's VAD model (Silero, fresh
+    state, 32 ms chunks) hears it: the start of the first chunk and the end of the last chunk
+    whose speech probability is >= ``threshold``. The whole clip if it hears none."""
+    global _silero
+    from voiceorch.engines.silero_vad import SileroVAD
+
+    if _silero is None:
+        _silero = SileroVAD.load()
+    stream = _silero.new_stream()
+    chunk = 512 * 2
+    speech = [
+        i for i, offset in enumerate(range(0, len(pcm) - chunk + 1, chunk))
+        if stream.probability(pcm[offset : offset + chunk]) >= threshold
+    ]
+    if not speech:
+        return 0.0, len(pcm) / p.BYTES_PER_MS
+    return speech[0] * 32.0, (speech[-1] + 1) * 32.0
+
+
+def barge_in_speech() -> Clip:
+    pcm = read_as_wire_pcm(DATA / "jfk_16k.wav")[: BARGE_IN_CLIP_MS * p.BYTES_PER_MS]
+    return Clip.from_pcm(f"jfk_16k[:{BARGE_IN_CLIP_MS}ms]", str(DATA / "jfk_16k.wav"), pcm)
 
 
 def first_sentence(text: str) -> str | None:
@@ -175,19 +215,25 @@ def _vad_details(s: BenchSession, committed: int, played: Played) -> dict:
     return details
 
 
-def _voice_latencies(s: BenchSession, response: _Response, played: Played, stopped_ms: float | None) -> dict:
-    """voice_to_voice_ms: the clip's last frame sent -> first reply frame received.
-    after_vad_window_ms: the frame that completed the (chunked) silence window sent -> first
-    reply frame received: the server's reaction alone, without the window or the VAD's own
-    judgement of where speech ended."""
-    if response.first_audio is None:
-        return {"voice_to_voice_ms": None, "after_vad_window_ms": None}
+def _voice_latencies(
+    s: BenchSession, response: _Response, played: Played, speech_end_ms: float, stopped_ms: float | None
+) -> dict:
+    """voice_to_voice_ms: the frame carrying the clip's last speech sample sent -> first reply
+    frame received. voice_to_voice_from_clip_end_ms: the same from the clip's last frame (they
+    differ when the clip ends with non-speech, as jfk_16k does: 0.5 s of it).
+    after_vad_window_ms: the frame that completed the server's (chunked) silence window sent ->
+    first reply frame received: the server's reaction alone, without the window or the VAD's
+    own judgement of where speech ended."""
+    names = ("voice_to_voice_ms", "voice_to_voice_from_clip_end_ms", "after_vad_window_ms")
+    if response.first_audio is None or played.start_pos_ms is None:
+        return dict.fromkeys(names)
     first_audio_at = s.received[response.first_audio].at
-    window_sent_at = None if stopped_ms is None else s.mic.sent_at(stopped_ms + SILENCE_WINDOW_CHUNKED_MS)
-    return {
-        "voice_to_voice_ms": _ms(first_audio_at - played.last_sent_at),
-        "after_vad_window_ms": None if window_sent_at is None else _ms(first_audio_at - window_sent_at),
-    }
+    sent = [
+        s.mic.sent_at(played.start_pos_ms + speech_end_ms),
+        played.last_sent_at,
+        None if stopped_ms is None else s.mic.sent_at(stopped_ms + SILENCE_WINDOW_CHUNKED_MS),
+    ]
+    return {name: None if at is None else _ms(first_audio_at - at) for name, at in zip(names, sent)}
 
 
 # --- the four measurements -------------------------------------------------------------------
@@ -204,7 +250,7 @@ async def voice_to_voice(url: str, clip: Clip) -> dict:
         sample = _describe(s, response)
         sample.update(_vad_details(s, committed, played))
         sample["turn_ended_after_clip"] = after_end
-        sample.update(_voice_latencies(s, response, played, sample["speech_stopped_ms"]))
+        sample.update(_voice_latencies(s, response, played, clip.speech_end_ms, sample["speech_stopped_ms"]))
         sample["send_lag_p99_ms"] = _p99_ms(s.mic.lags)
         sample["errors"] = _errors(s)
     return sample
@@ -244,15 +290,16 @@ async def text(url: str, prompt: str) -> dict:
     return sample
 
 
-async def barge_in(url: str, clip: Clip, speech_b: bytes) -> dict:
+async def barge_in(url: str, clip: Clip, speech_b: Clip) -> dict:
     """Server VAD: clip A, silence; at A's first reply frame, speech B over the reply.
 
     barge_in_ms: B's first frame sent -> response.interrupted received.
     barge_in_audio_stop_ms: B's first frame sent -> the last reply frame of A's response received.
     interrupt_after_vad_ms: input_audio.speech_started (of B) received -> response.interrupted received.
+    barge_in_from_speech_ms: the frame carrying B's first speech sample sent -> response.interrupted.
     Then B's own turn is answered and drained too.
     """
-    async with open_session(url, vad=True, silence=True) as s:
+    async with open_session(url, vad=True, silence=True, instructions=BARGE_IN_INSTRUCTIONS) as s:
         played_a = await s.mic.play(clip.pcm)
         committed, after_end = await _turn_after(s, played_a)
         turn_a = s.received[committed].event.turn_id
@@ -262,13 +309,17 @@ async def barge_in(url: str, clip: Clip, speech_b: bytes) -> dict:
             return item.is_audio or (isinstance(item.event, p.ResponseDone) and item.event.turn_id == turn_a)
 
         first = await s.wait_for(audio_or_end, start=created)
-        sample: dict = {"turn_ended_after_clip": after_end, "interrupted": False}
+        sample: dict = {
+            "turn_ended_after_clip": after_end,
+            "vad_turns": len(s.events(p.InputAudioCommitted, stop=committed + 1)),
+            "interrupted": False,
+        }
         if not s.received[first].is_audio:  # A's response ended with no audio: nothing to talk over
             sample.update(_describe(s, _Response(turn_a, created, None, first)))
             sample["errors"] = _errors(s)
             return sample
 
-        played_b = s.mic.queue(speech_b)
+        played_b = s.mic.queue(speech_b.pcm)
         await played_b.started.wait()
         b_at = played_b.first_sent_at
 
@@ -288,9 +339,11 @@ async def barge_in(url: str, clip: Clip, speech_b: bytes) -> dict:
         if isinstance(interrupted, p.ResponseInterrupted):
             t_interrupt = s.received[end].at
             started = [item for _, item in s.events(p.SpeechStartedEvent, start=first, stop=end) if item.at >= b_at]
+            b_speech_at = s.mic.sent_at(played_b.start_pos_ms + speech_b.speech_start_ms, first=True)
             sample.update(
                 interrupted=True,
                 barge_in_ms=_ms(t_interrupt - b_at),
+                barge_in_from_speech_ms=None if b_speech_at is None else _ms(t_interrupt - b_speech_at),
                 barge_in_audio_stop_ms=_ms(last_audio.at - b_at),
                 interrupt_after_vad_ms=_ms(t_interrupt - started[0].at) if started else None,
                 b_speech_onset_ms=(

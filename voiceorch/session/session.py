@@ -117,16 +117,17 @@ class Session:
         async for turn in self._turns_recv:
             token = turn_id_var.set(turn.turn_id)
             try:
-                await run_turn(
+                done = await run_turn(
                     turn,
                     engines=self.engines,
                     conversation=self.conversation,
                     outbox=self._outbox_send,
                     settings=self.settings,
                 )
+                if done is not None:  # (None: a dropped speculation, unknown to the client)
+                    self._last_turn = turn
             finally:
                 self._unfinished.remove(turn)
-                self._last_turn = turn
                 turn_id_var.reset(token)
 
     async def _write(self) -> None:
@@ -246,6 +247,7 @@ class Session:
     def _configure_detector(self) -> None:
         vad = self.config.turn_detection
         if vad.type == "none":
+            self._drop_speculation()
             self._detector = None
             return
         if self._detector is None:
