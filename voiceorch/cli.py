@@ -63,6 +63,15 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         "--send-timeout", type=float, default=defaults.send_timeout_s,
         help="seconds a client may take to read one message before it is disconnected (default: %(default)s)",
     )
+    sess.add_argument(
+        "--playback-lead-ms", type=int, default=defaults.playback_lead_ms,
+        help="reply audio is paced to real time, at most this far ahead of playback (default: %(default)s)",
+    )
+    sess.add_argument(
+        "--speculate-after-ms", type=int, default=defaults.speculate_after_ms,
+        help="under server VAD, start answering once a pause has lasted this long, output held until "
+        "the silence window ends the turn; 0 turns it off (default: %(default)s)",
+    )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -119,6 +128,8 @@ def _serve(args: argparse.Namespace) -> int:
             instructions=args.instructions,
             max_input_audio_ms=args.max_input_audio_ms,
             send_timeout_s=args.send_timeout,
+            playback_lead_ms=args.playback_lead_ms,
+            speculate_after_ms=args.speculate_after_ms or None,
         ),
     )
     trio.run(run_until_signalled, config)
