@@ -57,7 +57,7 @@ class TurnDetection:
     min_speech_duration_ms: int = attrs.field(default=150, validator=_ms_range)
     #: Whether speech interrupts a response in progress, and after how much speech.
     interrupt_response: bool = True
-    interrupt_min_speech_ms: int = attrs.field(default=250, validator=_ms_range)
+    interrupt_min_speech_ms: int = attrs.field(default=200, validator=_ms_range)
 
 
 def _optional(validators: list) -> object:
