@@ -61,6 +61,9 @@ def summarize(results: dict) -> dict:
                 "floor_sum_ms": stats(s["floors"]["sum_ms"] for s in rows),
                 "overhead_ms": stats(s["overhead_ms"] for s in rows),
                 "ratio": stats(s["ratio"] for s in rows),
+                "floor_sum_sentence_ms": stats(s["floors"].get("sum_sentence_ms") for s in rows),
+                "overhead_sentence_ms": stats(s.get("overhead_sentence_ms") for s in rows),
+                "ratio_sentence": stats(s.get("ratio_sentence") for s in rows),
             }
             bounded = [s for s in rows if s.get("overhead_vs_bound_ms") is not None]
             if bounded:
@@ -79,10 +82,19 @@ def summarize(results: dict) -> dict:
     floors = results.get("floors")
     if floors:
         summary["floors"] = {
-            "stt_ms": {name[len("clip:"):]: f["median_ms"] for name, f in floors["stt"].items() if name.startswith("clip:")},
-            "stt_vad_turn_ms": stats(f["median_ms"] for name, f in floors["stt"].items() if name.startswith("v2v:")),
-            "llm_ttft_ms": stats(f["median_ms"] for f in floors["llm_ttft"]),
-            "tts_first_ms": stats(f["median_ms"] for f in floors["tts_first"].values()),
+            "stt_floor_ms": {
+                name[len("clip:"):]: f["median_ms"] for name, f in floors["stt"].items() if name.startswith("clip:")
+            },
+            "stt_floor_vad_turn_ms": stats(
+                f["median_ms"] for name, f in floors["stt"].items() if name.startswith("v2v:")
+            ),
+            "llm_ttft_floor_ms": stats(f["median_ms"] for f in floors["llm_ttft"]),
+            "llm_token_interval_ms": stats(f.get("token_interval_ms") for f in floors["llm_ttft"]),
+            "tts_floor_ms": stats(f["median_ms"] for f in floors["tts_first"].values()),
+            "foreign_cpu_percent": stats(
+                f.get("foreign_cpu_percent")
+                for f in [*floors["stt"].values(), *floors["tts_first"].values(), *floors["llm_ttft"]]
+            ),
         }
     measured = [s for rows in samples.values() for s in _ok(rows)]
     loads = [s.get("foreign_cpu_percent") for s in measured]
@@ -111,6 +123,7 @@ def summarize(results: dict) -> dict:
             for level in concurrency["levels"]
         }
         summary["max_sessions_under_limit"] = concurrency["max_sessions_under_limit"]
+        summary["max_sessions_all_levels_under_limit"] = concurrency.get("max_sessions_all_levels_under_limit")
     return summary
 
 
@@ -165,47 +178,60 @@ def render(results: dict) -> str:
     if overhead:
         rows = []
         for scenario, o in overhead.items():
-            rows.append(
-                [
-                    scenario,
-                    o["overhead_ms"]["n"],
-                    _f(o["floor_sum_ms"]["p50"]),
-                    _f(o["overhead_ms"]["p50"]),
-                    _f(o["overhead_ms"]["p95"]),
-                    _f(o["overhead_ms"]["max"]),
-                    _f(o["ratio"]["p50"], 2),
-                    _f(o["ratio"]["p95"], 2),
-                ]
-            )
-        for scenario, o in overhead.items():
+            for label, floor, over, ratio in [
+                ("first token", "floor_sum_ms", "overhead_ms", "ratio"),
+                ("first sentence", "floor_sum_sentence_ms", "overhead_sentence_ms", "ratio_sentence"),
+            ]:
+                if o.get(over) is None:
+                    continue
+                rows.append(
+                    [
+                        scenario,
+                        label,
+                        o[over]["n"],
+                        _f(o[floor]["p50"]),
+                        _f(o[over]["p50"]),
+                        _f(o[over]["p95"]),
+                        _f(o[over]["max"]),
+                        _f(o[ratio]["p50"], 2),
+                        _f(o[ratio]["p95"], 2),
+                    ]
+                )
             if "overhead_vs_bound_ms" in o:
                 b = o["overhead_vs_bound_ms"]
                 rows.append(
-                    [f"{scenario} vs bound*", b["n"], _f(o["bound_with_speculation_ms"]["p50"]),
+                    [scenario, "bound*", b["n"], _f(o["bound_with_speculation_ms"]["p50"]),
                      _f(b["p50"]), _f(b["p95"]), _f(b["max"]), "-", "-"]
                 )
         parts += [
             "",
-            "Orchestration overhead = measured - sum of floors on the path; ratio = measured / sum of floors",
-            "  (voice_to_voice: 500 ms window + stt + llm_ttft + tts_first; commit: stt + llm_ttft + tts_first; text: llm_ttft + tts_first)",
-            _table(["path", "n", "floors p50", "overhead p50", "p95", "max", "ratio p50", "p95"], rows),
+            "Orchestration overhead = measured - sum of the floors on the path; ratio = measured / that sum",
+            "  voice_to_voice: 500 ms window + stt + llm + tts_first; commit: stt + llm + tts_first; text: llm + tts_first",
+            "  llm = 'first token': the LLM's time to first token (llm_ttft floor);",
+            "        'first sentence': to the end of the reply's first sentence, which TTS must wait for",
+            "        (ttft floor + (tokens of the server's first sentence - 1) x the floor's token interval)",
+            _table(["path", "llm floor", "n", "floors p50", "overhead p50", "p95", "max", "ratio p50", "p95"], rows),
         ]
         if any("overhead_vs_bound_ms" in o for o in overhead.values()):
             parts.append(
                 f"  * the server starts a turn speculatively {results['config'].get('speculate_after_ms')} ms into a pause, so STT, LLM"
-                " and TTS can run inside the silence window: bound = max(500, speculate_after + stt + llm_ttft + tts_first)"
+                " and TTS can run inside the silence window: bound = max(500, speculate_after + stt + llm (first sentence) + tts_first)"
             )
     floors = summary.get("floors")
     if floors:
-        rows = [[f"stt [{clip}] (push-to-talk audio)", _f(v)] for clip, v in floors["stt_ms"].items()]
+        rows = [[f"stt_floor [{clip}] (whole clip)", _f(v)] for clip, v in floors["stt_floor_ms"].items()]
         for label, key in [
-            ("stt (VAD turn audio), p50/max", "stt_vad_turn_ms"),
-            ("llm_ttft, p50/max over prompts", "llm_ttft_ms"),
-            ("tts_first, p50/max over sentences", "tts_first_ms"),
+            ("stt_floor (VAD turn audio), p50/max", "stt_floor_vad_turn_ms"),
+            ("llm_ttft_floor, p50/max over prompts", "llm_ttft_floor_ms"),
+            ("llm token interval, p50/max over prompts", "llm_token_interval_ms"),
+            ("tts_floor (1st sentence), p50/max", "tts_floor_ms"),
         ]:
             st = floors.get(key)
             rows.append([label, "-" if st is None else f"{_f(st['p50'])} / {_f(st['max'])}"])
         parts += ["", "Floors (ms; each model alone, median of its repeats)", _table(["floor", "ms"], rows)]
+        load = floors.get("foreign_cpu_percent")
+        if load:
+            parts.append(f"other processes on the machine during the floors: p50 {_f(load['p50'])}%, max {_f(load['max'])}% of a core")
     metrics = summary.get("server_metrics", {})
     if metrics:
         rows = []
@@ -249,10 +275,14 @@ def render(results: dict) -> str:
         if not concurrency["loop_lag_logged"]:
             parts.append("  loop lag: the server logged no loop.lag lines")
         best = concurrency["max_sessions_under_limit"]
-        parts.append(
-            f"Largest N tested with p99 added latency < {concurrency['added_p99_limit_ms']:.0f} ms: "
-            + (str(best) if best is not None else "none")
+        every = concurrency.get("max_sessions_all_levels_under_limit")
+        line = (
+            f"Largest N tested with p99 added latency < {concurrency['added_p99_limit_ms']:.0f} ms "
+            f"(and every turn completed): {best if best is not None else 'none'}"
         )
+        if every != best:
+            line += f" (but a smaller level failed: every level passed only up to {every if every is not None else 'none'})"
+        parts.append(line)
     if results.get("notes"):
         parts += ["", "Notes:"] + [f"  - {note}" for note in results["notes"]]
     return "\n".join(parts)

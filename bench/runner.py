@@ -184,7 +184,9 @@ def _stream_slice(clip: Clip, start_pos_ms: float, window: list[float]) -> bytes
     return stream[begin:end]
 
 
-async def run_floors(samples: dict[str, list[dict]], clips: list[Clip], repeat: int, log_dir: Path) -> dict:
+async def run_floors(
+    samples: dict[str, list[dict]], clips: list[Clip], repeat: int, log_dir: Path, quiet: Quiet
+) -> dict:
     rows = [s for name in report.PATHS for s in samples.get(name, []) if "error" not in s]
     by_name = {clip.name: clip for clip in clips}
     # STT: each clip whole (push-to-talk turns), and each measured VAD turn's stream span.
@@ -196,32 +198,46 @@ async def run_floors(samples: dict[str, list[dict]], clips: list[Clip], repeat: 
             key = f"v2v:{s['clip']}:{s['run']}"
             stt_inputs[key] = _stream_slice(by_name[s["clip"]], s["clip_start_pos_ms"] or 0.0, s["stt_window_ms"])
             s["stt_floor_input"] = key
-    stt = await fl.measure_stt(stt_inputs, repeat, say) if stt_inputs else {}
+
+    async def wait_quiet() -> None:
+        if quiet.max_wait_s > 0:
+            await machine.wait_quiet(quiet.max_wait_s, quiet.threshold, interval=0.5)
+
+    stt = await fl.measure_stt(stt_inputs, repeat, say, wait_quiet) if stt_inputs else {}
     sentences = sorted({s["first_sentence"] for s in rows if s.get("first_sentence")})
-    tts = await fl.measure_tts(sentences, repeat, say) if sentences else {}
+    tts = await fl.measure_tts(sentences, repeat, say, wait_quiet) if sentences else {}
     prompts: dict[tuple, list[dict]] = {}
     for s in rows:
         if s.get("llm_messages"):
-            prompts.setdefault(fl._key(s["llm_messages"]), s["llm_messages"])
-    llm = await fl.measure_llm(list(prompts.values()), repeat, say, log_dir / "floor-llama.log") if prompts else []
+            prompts.setdefault(fl.messages_key(s["llm_messages"]), s["llm_messages"])
+    llm = (
+        await fl.measure_llm(list(prompts.values()), repeat, say, log_dir / "floor-llama.log", wait_quiet)
+        if prompts
+        else []
+    )
     return {"stt": stt, "tts_first": tts, "llm_ttft": llm}
 
 
 def _apply_floors(samples: dict[str, list[dict]], floors: dict) -> None:
-    """Per sample: the floors of its own inputs, their sum on its path, overhead and ratio."""
-    llm = {fl._key(entry["messages"]): entry["median_ms"] for entry in floors["llm_ttft"]}
+    """Per sample: the floors of its own inputs, their sum on its path, overhead and ratio.
+
+    Two sums: ``sum_ms`` with the LLM's time to first token, and ``sum_sentence_ms`` with its
+    time to the end of the first sentence (TTS cannot start before): the first token's floor
+    plus (deltas in the server's first sentence - 1) x the floor's median token interval."""
+    llm = {fl.messages_key(entry["messages"]): entry for entry in floors["llm_ttft"]}
     for name, field in report.PATHS.items():
         for s in samples.get(name, []):
             if "error" in s or s.get(field) is None:
                 continue
+            entry = llm.get(fl.messages_key(s["llm_messages"])) if s.get("llm_messages") else None
             parts = {
-                "llm_ttft_ms": llm.get(fl._key(s["llm_messages"])) if s.get("llm_messages") else None,
-                "tts_first_ms": (floors["tts_first"].get(s.get("first_sentence") or "") or {}).get("median_ms"),
+                "llm_ttft_floor_ms": entry and entry["median_ms"],
+                "tts_floor_ms": (floors["tts_first"].get(s.get("first_sentence") or "") or {}).get("median_ms"),
             }
             if name == "commit":
-                parts["stt_ms"] = (floors["stt"].get(f"clip:{s['clip']}") or {}).get("median_ms")
+                parts["stt_floor_ms"] = (floors["stt"].get(f"clip:{s['clip']}") or {}).get("median_ms")
             elif name == "voice_to_voice":
-                parts["stt_ms"] = (floors["stt"].get(s.get("stt_floor_input") or "") or {}).get("median_ms")
+                parts["stt_floor_ms"] = (floors["stt"].get(s.get("stt_floor_input") or "") or {}).get("median_ms")
                 parts["silence_window_ms"] = scenarios.SILENCE_WINDOW_MS
             if any(v is None for v in parts.values()):
                 s["floors"] = {**parts, "sum_ms": None}
@@ -230,10 +246,18 @@ def _apply_floors(samples: dict[str, list[dict]], floors: dict) -> None:
             s["floors"] = {**parts, "sum_ms": total}
             s["overhead_ms"] = round(s[field] - total, 2)
             s["ratio"] = round(s[field] / total, 3) if total > 0 else None
+            deltas, interval = s.get("first_sentence_deltas"), entry.get("token_interval_ms")
+            if not deltas or interval is None:
+                continue
+            sentence = round(parts["llm_ttft_floor_ms"] + (deltas - 1) * interval, 2)
+            total_sentence = round(total - parts["llm_ttft_floor_ms"] + sentence, 2)
+            s["floors"].update(llm_first_sentence_floor_ms=sentence, sum_sentence_ms=total_sentence)
+            s["overhead_sentence_ms"] = round(s[field] - total_sentence, 2)
+            s["ratio_sentence"] = round(s[field] / total_sentence, 3) if total_sentence > 0 else None
             if name == "voice_to_voice" and SPECULATE_AFTER_MS is not None:
                 # With speculation the server may run STT, LLM and TTS inside the silence window
-                # (from SPECULATE_AFTER_MS into the pause on), so the sum above is no lower bound.
-                engines = total - scenarios.SILENCE_WINDOW_MS
+                # (from SPECULATE_AFTER_MS into the pause on), so the sums above are no lower bound.
+                engines = total_sentence - scenarios.SILENCE_WINDOW_MS
                 bound = round(max(scenarios.SILENCE_WINDOW_MS, SPECULATE_AFTER_MS + engines), 2)
                 s["floors"]["bound_with_speculation_ms"] = bound
                 s["overhead_vs_bound_ms"] = round(s[field] - bound, 2)
@@ -326,7 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_floors:
             say("floors: each model alone (the voice server is stopped)")
             before = machine.snapshot()
-            results["floors"] = trio.run(run_floors, results["samples"], clips, args.floor_repeat, log_dir)
+            results["floors"] = trio.run(
+                run_floors, results["samples"], clips, args.floor_repeat, log_dir,
+                Quiet(args.quiet_wait, args.quiet_threshold),
+            )
             results["floors"]["foreign_cpu_percent"] = machine.foreign_cpu_percent(before, machine.snapshot())
             _apply_floors(results["samples"], results["floors"])
         split = [s for s in results["samples"].get("voice_to_voice", []) if s.get("vad_turns", 1) > 1]

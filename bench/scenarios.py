@@ -102,11 +102,16 @@ def barge_in_speech() -> Clip:
     return Clip.from_pcm(f"jfk_16k[:{BARGE_IN_CLIP_MS}ms]", str(DATA / "jfk_16k.wav"), pcm)
 
 
-def first_sentence(text: str) -> str | None:
-    """The first piece the server synthesizes of a reply (its own sentence splitter)."""
+def first_sentence(deltas: list[str]) -> tuple[str | None, int]:
+    """The first piece the server synthesizes of a reply (cut by its own sentence splitter), and
+    how many text deltas (LLM tokens, as llama.cpp streams them) it took to complete it."""
     splitter = SentenceSplitter()
-    pieces = splitter.feed(text) or splitter.flush()
-    return pieces[0] if pieces else None
+    for count, delta in enumerate(deltas, start=1):
+        pieces = splitter.feed(delta)
+        if pieces:
+            return pieces[0], count
+    pieces = splitter.flush()
+    return (pieces[0] if pieces else None), len(deltas)
 
 
 def _ms(seconds: float) -> float:
@@ -117,14 +122,14 @@ def _ms(seconds: float) -> float:
 
 
 @attrs.define
-class _Response:
+class Response:
     turn_id: str
     created: int
     first_audio: int | None
     done: int
 
 
-async def _follow(s: BenchSession, turn_id: str, *, start: int = 0) -> _Response:
+async def follow(s: BenchSession, turn_id: str, *, start: int = 0) -> Response:
     """Wait for ``turn_id``'s response.created, first reply frame (if any) and response.done."""
     created = await s.wait_event(p.ResponseCreated, turn_id=turn_id, start=start)
 
@@ -134,10 +139,10 @@ async def _follow(s: BenchSession, turn_id: str, *, start: int = 0) -> _Response
     first = await s.wait_for(audio_or_done, start=created)
     first_audio = first if s.received[first].is_audio else None
     done = await s.wait_event(p.ResponseDone, turn_id=turn_id, start=created)
-    return _Response(turn_id, created, first_audio, done)
+    return Response(turn_id, created, first_audio, done)
 
 
-def _describe(s: BenchSession, r: _Response) -> dict:
+def describe(s: BenchSession, r: Response) -> dict:
     """What the server sent for one response: transcript, reply text, status and metrics."""
     transcript = None
     reply = []
@@ -152,18 +157,38 @@ def _describe(s: BenchSession, r: _Response) -> dict:
                 audio_bytes += item.audio_bytes
     done = s.received[r.done].event
     assert isinstance(done, p.ResponseDone)
-    reply_text = "".join(reply)
+    sentence, deltas = first_sentence(reply) if r.first_audio is not None else (None, None)
     return {
         "session_id": s.session_id,
         "turn_id": r.turn_id,
         "status": done.status,
         "transcript": transcript,
-        "reply_text": reply_text,
-        "first_sentence": first_sentence(reply_text) if r.first_audio is not None else None,
+        "reply_text": "".join(reply),
+        "first_sentence": sentence,
+        "first_sentence_deltas": deltas,
         "spoken_text": done.text,
         "reply_audio_received_ms": audio_bytes / p.BYTES_PER_MS,
         "metrics": attrs.asdict(done.metrics),
     }
+
+
+async def drain(s: BenchSession) -> int:
+    """Wait until every response of the session has ended (its ``response.done``), including
+    one for a turn committed but not yet started; returns how many responses there were."""
+    while True:
+        created = [item.event.turn_id for _, item in s.events(p.ResponseCreated)]
+        done = {item.event.turn_id for _, item in s.events(p.ResponseDone)}
+        unfinished = [turn_id for turn_id in created if turn_id not in done]
+        if unfinished:
+            await s.wait_event(p.ResponseDone, turn_id=unfinished[0])
+            continue
+        committed = {item.event.turn_id for _, item in s.events(p.InputAudioCommitted)}
+        if committed - set(created):  # its response.created may still be on its way
+            count = len(s.received)
+            with trio.move_on_after(1.0):
+                await s.wait_for(lambda item: True, start=count)
+                continue
+        return len(created)
 
 
 def _errors(s: BenchSession) -> list[dict]:
@@ -173,22 +198,24 @@ def _errors(s: BenchSession) -> list[dict]:
     ]
 
 
-async def _turn_after(s: BenchSession, played: Played) -> tuple[int, bool]:
-    """The ``input_audio.committed`` of the VAD turn that ended after ``played`` ended.
+async def turn_after(s: BenchSession, played: Played, clip: Clip) -> tuple[int, bool]:
+    """The ``input_audio.committed`` of the VAD turn that ended after the clip's speech ended
+    (received after the frame carrying its last speech sample was sent: earlier turns, cut at
+    pauses inside the clip, came before).
 
-    Returns its index, and False if no turn ended after the clip within a grace period, in
-    which case the last turn committed before is taken (the server judged the clip's end to be
-    silence already)."""
-    assert played.last_sent_at is not None
+    Returns its index, and False if no such turn came within a grace period, in which case the
+    last turn committed before is taken."""
+    assert played.start_pos_ms is not None and played.last_sent_at is not None
+    speech_end_at = s.mic.sent_at(played.start_pos_ms + clip.speech_end_ms) or played.last_sent_at
     with trio.move_on_after(_COMMIT_GRACE_S):
-        return await s.wait_event(p.InputAudioCommitted, after=played.last_sent_at), True
+        return await s.wait_event(p.InputAudioCommitted, after=speech_end_at), True
     earlier = s.events(p.InputAudioCommitted)
     if not earlier:
         return await s.wait_event(p.InputAudioCommitted), True
     return earlier[-1][0], False
 
 
-def _vad_details(s: BenchSession, committed: int, played: Played) -> dict:
+def vad_details(s: BenchSession, committed: int, played: Played) -> dict:
     """The server VAD's view of the turn: when it heard speech start and stop (in stream ms),
     how many turns it cut the clip into, and the stream span it transcribed (as the protocol
     defines a VAD turn: prefix padding + speech + the chunked silence window)."""
@@ -215,8 +242,8 @@ def _vad_details(s: BenchSession, committed: int, played: Played) -> dict:
     return details
 
 
-def _voice_latencies(
-    s: BenchSession, response: _Response, played: Played, speech_end_ms: float, stopped_ms: float | None
+def voice_latencies(
+    s: BenchSession, response: Response, played: Played, speech_end_ms: float, stopped_ms: float | None
 ) -> dict:
     """voice_to_voice_ms: the frame carrying the clip's last speech sample sent -> first reply
     frame received. voice_to_voice_from_clip_end_ms: the same from the clip's last frame (they
@@ -241,16 +268,17 @@ def _voice_latencies(
 
 async def voice_to_voice(url: str, clip: Clip) -> dict:
     """Server VAD, default settings: the clip at real time, then silence. From the moment the
-    clip's last frame was sent to the first reply frame received."""
+    frame carrying the clip's last speech sample was sent to the first reply frame received."""
     async with open_session(url, vad=True, silence=True) as s:
         played = await s.mic.play(clip.pcm)
-        committed, after_end = await _turn_after(s, played)
+        committed, after_end = await turn_after(s, played, clip)
         event = s.received[committed].event
-        response = await _follow(s, event.turn_id, start=committed)
-        sample = _describe(s, response)
-        sample.update(_vad_details(s, committed, played))
-        sample["turn_ended_after_clip"] = after_end
-        sample.update(_voice_latencies(s, response, played, clip.speech_end_ms, sample["speech_stopped_ms"]))
+        response = await follow(s, event.turn_id, start=committed)
+        sample = describe(s, response)
+        sample.update(vad_details(s, committed, played))
+        sample["turn_ended_after_speech"] = after_end
+        sample.update(voice_latencies(s, response, played, clip.speech_end_ms, sample["speech_stopped_ms"]))
+        sample["responses"] = await drain(s)
         sample["send_lag_p99_ms"] = _p99_ms(s.mic.lags)
         sample["errors"] = _errors(s)
     return sample
@@ -264,11 +292,12 @@ async def commit(url: str, clip: Clip) -> dict:
         start = len(s.received)
         sent_at = await s.send(p.InputAudioCommit())
         committed = await s.wait_event(p.InputAudioCommitted, start=start)
-        response = await _follow(s, s.received[committed].event.turn_id, start=committed)
-        sample = _describe(s, response)
+        response = await follow(s, s.received[committed].event.turn_id, start=committed)
+        sample = describe(s, response)
         sample["commit_ms"] = (
             _ms(s.received[response.first_audio].at - sent_at) if response.first_audio is not None else None
         )
+        sample["responses"] = await drain(s)
         sample["send_lag_p99_ms"] = _p99_ms(s.mic.lags)
         sample["errors"] = _errors(s)
     return sample
@@ -280,12 +309,13 @@ async def text(url: str, prompt: str) -> dict:
         start = len(s.received)
         sent_at = await s.send(p.InputText(text=prompt))
         created = await s.wait_event(p.ResponseCreated, start=start)
-        response = await _follow(s, s.received[created].event.turn_id, start=created)
-        sample = _describe(s, response)
+        response = await follow(s, s.received[created].event.turn_id, start=created)
+        sample = describe(s, response)
         sample["prompt"] = prompt
         sample["text_ms"] = (
             _ms(s.received[response.first_audio].at - sent_at) if response.first_audio is not None else None
         )
+        sample["responses"] = await drain(s)
         sample["errors"] = _errors(s)
     return sample
 
@@ -301,7 +331,7 @@ async def barge_in(url: str, clip: Clip, speech_b: Clip) -> dict:
     """
     async with open_session(url, vad=True, silence=True, instructions=BARGE_IN_INSTRUCTIONS) as s:
         played_a = await s.mic.play(clip.pcm)
-        committed, after_end = await _turn_after(s, played_a)
+        committed, after_end = await turn_after(s, played_a, clip)
         turn_a = s.received[committed].event.turn_id
         created = await s.wait_event(p.ResponseCreated, turn_id=turn_a, start=committed)
 
@@ -310,12 +340,13 @@ async def barge_in(url: str, clip: Clip, speech_b: Clip) -> dict:
 
         first = await s.wait_for(audio_or_end, start=created)
         sample: dict = {
-            "turn_ended_after_clip": after_end,
+            "turn_ended_after_speech": after_end,
             "vad_turns": len(s.events(p.InputAudioCommitted, stop=committed + 1)),
             "interrupted": False,
         }
         if not s.received[first].is_audio:  # A's response ended with no audio: nothing to talk over
-            sample.update(_describe(s, _Response(turn_a, created, None, first)))
+            sample.update(describe(s, Response(turn_a, created, None, first)))
+            sample["responses"] = await drain(s)
             sample["errors"] = _errors(s)
             return sample
 
@@ -328,8 +359,8 @@ async def barge_in(url: str, clip: Clip, speech_b: Clip) -> dict:
 
         end = await s.wait_for(interrupted_or_done, start=first)
         done_a = await s.wait_event(p.ResponseDone, turn_id=turn_a, start=created)
-        response_a = _Response(turn_a, created, first, done_a)
-        sample.update(_describe(s, response_a))
+        response_a = Response(turn_a, created, first, done_a)
+        sample.update(describe(s, response_a))
         audio_a = [i for i in range(created, end) if s.received[i].is_audio]
         last_audio = s.received[audio_a[-1]]
         sample["reply_audio_before_b_ms"] = (
@@ -355,12 +386,13 @@ async def barge_in(url: str, clip: Clip, speech_b: Clip) -> dict:
 
         # Drain B's own turn (it is committed once B's speech has stopped).
         await played_b.finished.wait()
-        b_commit, _ = await _turn_after(s, played_b)
+        b_commit, _ = await turn_after(s, played_b, speech_b)
         b_event = s.received[b_commit].event
         if b_event.turn_id != turn_a:
-            response_b = await _follow(s, b_event.turn_id, start=b_commit)
-            described = _describe(s, response_b)
+            response_b = await follow(s, b_event.turn_id, start=b_commit)
+            described = describe(s, response_b)
             sample["b_turn"] = {k: described[k] for k in ("turn_id", "status", "transcript", "metrics")}
+        sample["responses"] = await drain(s)
         sample["send_lag_p99_ms"] = _p99_ms(s.mic.lags)
         sample["errors"] = _errors(s)
     return sample

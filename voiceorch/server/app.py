@@ -115,7 +115,6 @@ def _fake_engines() -> Engines:
 async def run_server(config: ServerConfig, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Run until cancelled; ``task_status.started`` gets the voice port once sessions are served."""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_loop_lag)
         close = None
         try:
             if config.fake_engines:
@@ -129,6 +128,7 @@ async def run_server(config: ServerConfig, *, task_status: trio.TaskStatus[int] 
                 )
             )
             port = server.port
+            nursery.start_soon(watch_loop_lag)  # from now on: model loading would skew it
             log_event(log, "server.ready", port=port)
             _say(f"ready: ws://{config.host}:{port}{VOICE_PATH}")
             task_status.started(port)

@@ -1,0 +1,112 @@
+"""The bench runs end to end and writes a complete JSON file (``python -m bench``).
+
+These tests prove that the bench works; they assert the structure and sanity of its results
+(present, non-null, non-negative), never a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run_bench(tmp_path: Path, *args: str, timeout: float) -> tuple[dict, str]:
+    out = tmp_path / "run.json"
+    process = subprocess.run(
+        [sys.executable, "-m", "bench", *args, "--quiet-wait", "0", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert process.returncode == 0, process.stderr[-4000:]
+    return json.loads(out.read_text()), process.stdout
+
+
+def _sane(stats: dict | None) -> None:
+    assert stats is not None
+    assert stats["n"] > 0
+    for key in ("p50", "p95", "max"):
+        assert stats[key] is not None
+
+
+def test_concurrency_against_the_fake_engine_server(tmp_path):
+    results, table = _run_bench(tmp_path, "--scenarios", "none", "--sessions", "1,2", "--turns", "1", timeout=150)
+
+    assert results["machine"]["cpu_count"] == os.cpu_count()
+    assert "samples" not in results  # no real-model scenario was asked for
+    concurrency = results["concurrency"]
+    assert concurrency["vad"]
+    assert [level["sessions"] for level in concurrency["levels"]] == [1, 2]
+    for level in concurrency["levels"]:
+        assert level["errors"] == []
+        assert level["turns_completed"] == level["turns_expected"] == level["sessions"]
+        assert level["server_exit_code"] == 0
+        assert level["server_log_errors"] == []
+        for key in ("send_lag_ms", "voice_to_voice_ms", "added_latency_ms", "after_vad_window_ms", "server_ttfb_ms"):
+            _sane(level[key])
+            assert level[key]["p99"] is not None
+        assert level["send_lag_ms"]["p50"] >= 0
+        assert level["voice_to_voice_ms"]["p50"] > 0
+        assert level["after_vad_window_ms"]["p50"] >= 0
+        assert isinstance(level["kept_real_time"], bool)
+        assert level["rss_kb"]["idle"] > 0
+        assert level["rss_kb"]["peak"] >= level["rss_kb"]["idle"]
+        assert level["rss_kb"]["per_session"] >= 0
+        assert level["server_cpu_percent"] >= 0 and level["client_cpu_percent"] >= 0
+        if level["loop_lag"] is not None and level["loop_lag"]["lines"]:
+            assert level["loop_lag"]["p99_ms_max"] >= 0
+        for session in level["raw"]["sessions"]:
+            assert session["frames_sent"] > 0
+            for turn in session["turns"]:
+                assert turn["status"] == "completed"
+                assert turn["voice_to_voice_ms"] > 0
+    assert set(results["summary"]["concurrency"]) == {"1", "2"}
+    assert "max_sessions_under_limit" in results["summary"]
+    assert "Concurrency" in table and "Largest N tested" in table
+
+
+@pytest.mark.models
+def test_a_quick_text_scenario_with_the_real_models(tmp_path):
+    results, table = _run_bench(
+        tmp_path, "--scenarios", "text", "--repeat", "1", "--sessions", "none", "--floor-repeat", "1", timeout=300
+    )
+
+    assert results["server"]["started_by_bench"] is True
+    assert results["server"]["exit_code"] == 0
+    assert results["warmup"]["status"] == "completed"
+    clips = [clip["name"] for clip in results["config"]["clips"]]
+    samples = results["samples"]["text"]
+    assert [sample["clip"] for sample in samples] == clips
+    for sample in samples:
+        assert "error" not in sample, sample.get("error")
+        assert sample["status"] == "completed"
+        assert sample["errors"] == []
+        assert sample["text_ms"] > 0
+        assert sample["reply_text"] and sample["first_sentence"]
+        metrics = sample["metrics"]
+        assert metrics["stt_ms"] is None  # a typed turn
+        for key in ("llm_ttft_ms", "tts_first_audio_ms", "ttfb_ms", "total_ms"):
+            assert metrics[key] is not None and metrics[key] >= 0
+        assert sample["llm_messages_source"] == "server log"
+        floors = sample["floors"]
+        assert floors["llm_ttft_floor_ms"] > 0 and floors["tts_floor_ms"] > 0
+        assert floors["sum_ms"] == pytest.approx(floors["llm_ttft_floor_ms"] + floors["tts_floor_ms"], abs=0.05)
+        assert floors["llm_first_sentence_floor_ms"] >= floors["llm_ttft_floor_ms"]
+        assert floors["sum_sentence_ms"] >= floors["sum_ms"]
+        assert sample["overhead_ms"] is not None and sample["overhead_sentence_ms"] is not None
+        assert sample["ratio"] > 0 and sample["ratio_sentence"] > 0
+    assert results["floors"]["llm_ttft"] and results["floors"]["tts_first"]
+    assert all(entry["median_ms"] > 0 for entry in results["floors"]["llm_ttft"])
+    summary = results["summary"]
+    assert summary["latency"]["text_ms"]["all"]["n"] == len(clips)
+    _sane(summary["overhead"]["text"]["overhead_ms"])
+    _sane(summary["server_metrics"]["text"]["llm_ttft_ms"])
+    assert "text_ms [all]" in table and "Floors" in table
