@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -73,17 +74,23 @@ async def run_turn(
     """Send one turn and collect its response until ``response.done``.
 
     With ``vad`` the audio goes at real time followed by 1.5 s of silence and no commit (the
-    session must use server VAD); otherwise it is committed (the session must not)."""
-    report = TurnReport()
+    session must use server VAD), while the replies are read; otherwise it is committed (the
+    session must not)."""
+    if turn.wav is not None and vad:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(send_audio, ws, read_as_wire_pcm(turn.wav) + bytes(48_000), realtime=True))
+            return await _collect(ws, vad=True, out=out)
     if turn.wav is not None:
-        pcm = read_as_wire_pcm(turn.wav)
-        if vad:
-            await send_audio(ws, pcm + bytes(48_000), realtime=True)
-        else:
-            await send_audio(ws, pcm, realtime=realtime)
-            await ws.send_message(p.encode(p.InputAudioCommit()))
+        await send_audio(ws, read_as_wire_pcm(turn.wav), realtime=realtime)
+        await ws.send_message(p.encode(p.InputAudioCommit()))
     else:
         await ws.send_message(p.encode(p.InputText(text=turn.text or "")))
+    return await _collect(ws, vad=vad, out=out)
+
+
+async def _collect(ws: trio_websocket.WebSocketConnection, *, vad: bool, out: TextIO) -> TurnReport:
+    """Read the response to the turn just sent, until its ``response.done``."""
+    report = TurnReport()
     started = time.monotonic()
     while True:
         event = await _receive_event(ws, report, started)
@@ -106,6 +113,11 @@ async def run_turn(
                 report.done = done
                 metrics = ", ".join(f"{k}={v}" for k, v in attrs.asdict(done.metrics).items() if v is not None)
                 print(f"\n[{done.status}] {metrics}", file=out)
+                if vad and done.status == "interrupted":
+                    # Server VAD ended a turn at a pause and the speech went on: the answer to
+                    # the whole utterance is still to come.
+                    report = TurnReport()
+                    continue
                 return report
 
 
