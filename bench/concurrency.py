@@ -122,7 +122,9 @@ async def _converse(
     async with open_session(url, vad=True, silence=True, start_mic=False) as s:
         record["session_id"] = s.session_id
         await start.wait()
-        s.start_microphone(clock["start"] + index * 0.020 / n)
+        # Independent users do not speak in lockstep: the microphones start spread evenly over
+        # one clip's length, so turns end at different moments (as they would in production).
+        s.start_microphone(clock["start"] + index * (len(speech.pcm) / 32_000) / n)
         try:
             for _ in range(turns):
                 record["turns"].append(await _one_turn(s, speech))
