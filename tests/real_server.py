@@ -43,7 +43,7 @@ def start_server(*args: str, ready_timeout: float = 240) -> RunningServer:
     """Run ``python -m voiceorch serve --port 0 ARGS`` and wait for its ready line."""
     log_file = tempfile.NamedTemporaryFile(prefix="voiceorch-server-", suffix=".log", delete=False)
     process = subprocess.Popen(
-        [sys.executable, "-m", "voiceorch", "serve", "--port", "0", "--log-level", "debug", *args],
+        [sys.executable, "-m", "voiceorch", "serve", "--port", "0", "--http-port", "0", "--log-level", "debug", *args],
         stdout=subprocess.PIPE,
         stderr=log_file,
         text=True,

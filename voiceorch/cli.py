@@ -21,12 +21,20 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
             "Serve the voice WebSocket (ws://HOST:PORT/v1/voice). By default speech-to-text "
             "(faster-whisper tiny.en), text-to-speech (Piper en_US-joe-medium) and the LLM "
             "(SmolLM2-135M served by llama-cpp-python as a child process) come from PyPI packages "
-            "installed with voiceorch: nothing is downloaded at run time. Logs are JSON lines on "
-            "stderr; progress and the address to connect to are printed on stdout."
+            "installed with voiceorch: nothing is downloaded at run time. A second, HTTP port serves "
+            "the browser page (http://HTTP_HOST:HTTP_PORT/), /healthz, /readyz and Prometheus "
+            "/metrics. Logs are JSON lines on stderr; progress and the addresses to connect to are "
+            "printed on stdout."
         ),
     )
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     s.add_argument("--port", type=int, default=8765, help="voice WebSocket port; 0 picks a free one (default: %(default)s)")
+    s.add_argument(
+        "--http-port", type=int, default=8766,
+        help="HTTP port of the browser page, /healthz, /readyz and /metrics; 0 picks a free one, "
+        "-1 turns it off (default: %(default)s)",
+    )
+    s.add_argument("--http-host", help="address of the HTTP server (default: the same as --host)")
     llm = s.add_argument_group("LLM")
     llm.add_argument(
         "--llm-url",
@@ -114,6 +122,8 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         host=args.host,
         port=args.port,
+        http_host=args.http_host,
+        http_port=None if args.http_port < 0 else args.http_port,
         llm_url=args.llm_url,
         llm_api_key=args.llm_api_key,
         llm_model=args.llm_model,

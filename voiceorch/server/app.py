@@ -1,8 +1,9 @@
 """``voiceorch serve``: load the engines once, start the embedded LLM server, serve sessions.
 
 Everything runs in one nursery: the supervised llama.cpp child process (unless an external
-``llm_url`` is given) and the voice WebSocket server. Cancelling :func:`run_server` closes
-every session, stops the server and terminates the child.
+``llm_url`` is given), the voice WebSocket server and the HTTP server (browser page, health
+checks, Prometheus metrics; supervised, so it never takes the voice server down). Cancelling
+:func:`run_server` closes every session, stops the servers and terminates the child.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import trio
 
 from ..engines import embedded
 from ..engines.base import Engines
+from .. import metrics
 from ..logs import log_event
 from ..session import SessionSettings
+from .http import DEFAULT_HTTP_PORT, HttpApp, run_http_server
 from .loop_lag import watch_loop_lag
 from .voice_ws import VOICE_PATH, serve_voice
 
@@ -31,6 +34,10 @@ log = logging.getLogger(__name__)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
+    #: The HTTP server (page, /healthz, /readyz, /metrics): None means the same host as
+    #: ``host``; port 0 picks a free one; ``http_port=None`` disables it.
+    http_host: str | None = None
+    http_port: int | None = DEFAULT_HTTP_PORT
     #: An OpenAI-compatible base URL ending in /v1; None starts the embedded llama.cpp server.
     llm_url: str | None = None
     llm_api_key: str | None = attrs.field(default=None, repr=False)
@@ -43,6 +50,10 @@ class ServerConfig:
     warm_up: bool = True
     fake_engines: bool = False
     session: SessionSettings = SessionSettings()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _say(line: str) -> None:
@@ -112,8 +123,19 @@ def _fake_engines() -> Engines:
     )
 
 
-async def run_server(config: ServerConfig, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run until cancelled; ``task_status.started`` gets the voice port once sessions are served."""
+@attrs.frozen(kw_only=True)
+class ServerPorts:
+    """The ports :func:`run_server` bound; ``http_port`` is None if HTTP is off or failed."""
+
+    voice_port: int
+    http_port: int | None
+
+
+async def run_server(
+    config: ServerConfig, *, task_status: trio.TaskStatus[ServerPorts] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run until cancelled; ``task_status.started`` gets the :class:`ServerPorts` once
+    sessions are served."""
     async with trio.open_nursery() as nursery:
         close = None
         try:
@@ -128,10 +150,30 @@ async def run_server(config: ServerConfig, *, task_status: trio.TaskStatus[int] 
                 )
             )
             port = server.port
+            for name in ("stt", "tts"):
+                limiter = getattr(getattr(engines, name), "limiter", None)
+                if limiter is not None:  # the fakes have none
+                    metrics.watch_limiter(name, limiter)
+            http_port = None
+            if config.http_port is not None:
+                http_host = config.http_host or config.host
+                http_port = await nursery.start(
+                    lambda task_status: run_http_server(
+                        HttpApp(engines, voice_port=port),
+                        host=http_host,
+                        port=config.http_port,
+                        task_status=task_status,
+                    )
+                )
+                if http_port is None:
+                    _say(f"page: unavailable (could not listen on {http_host}:{config.http_port}; retrying)")
+                else:
+                    _say(f"page: http://{_url_host(http_host)}:{http_port}/")
+                    _say(f"metrics: http://{_url_host(http_host)}:{http_port}/metrics")
             nursery.start_soon(watch_loop_lag)  # from now on: model loading would skew it
-            log_event(log, "server.ready", port=port)
-            _say(f"ready: ws://{config.host}:{port}{VOICE_PATH}")
-            task_status.started(port)
+            log_event(log, "server.ready", port=port, http_port=http_port)
+            _say(f"ready: ws://{config.host}:{port}{VOICE_PATH}")  # printed last: tests wait for it
+            task_status.started(ServerPorts(voice_port=port, http_port=http_port))
             await trio.sleep_forever()
         finally:
             if close is not None:

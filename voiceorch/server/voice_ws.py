@@ -51,7 +51,10 @@ async def _handle(request: trio_websocket.WebSocketRequest, *, engines: Engines,
     if request.path.split("?", 1)[0] != VOICE_PATH:
         await request.reject(404, body=f"no such endpoint; the voice endpoint is {VOICE_PATH}\n".encode())
         return
-    ws = await request.accept()
+    try:
+        ws = await request.accept()
+    except trio_websocket.ConnectionClosed:
+        return  # the client went away during the handshake: nothing to serve
     session = Session(WebSocketTransport(ws), engines, settings)
     try:
         await session.run()  # closes the connection itself: 1011 after a crash

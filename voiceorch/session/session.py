@@ -22,6 +22,7 @@ import uuid
 
 import trio
 
+from .. import metrics
 from .. import protocol as p
 from ..engines.base import Engines
 from ..logs import log_event, session_id_var, turn_id_var
@@ -81,6 +82,8 @@ class Session:
         """
         token = session_id_var.set(self.session_id)
         log_event(log, "session.start")
+        metrics.SESSIONS_TOTAL.inc()
+        metrics.SESSIONS_ACTIVE.inc()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -98,6 +101,7 @@ class Session:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await self.transport.close(*self._close)
             log_event(log, "session.end", turns=self._turn_count)
+            metrics.SESSIONS_ACTIVE.dec()
             session_id_var.reset(token)
 
     # --- the three tasks ------------------------------------------------------------------
@@ -153,6 +157,7 @@ class Session:
 
     async def _error(self, code: str, message: str) -> None:
         log_event(log, "client.error", logging.INFO, code=code, message=message)
+        metrics.ERRORS.labels(code=code).inc()
         await self._emit(p.Error(code=code, message=message))
 
     async def _on_audio(self, data: bytes) -> None:
@@ -161,6 +166,7 @@ class Session:
         except p.ProtocolError as exc:
             await self._error(exc.code, exc.message)
             return
+        metrics.AUDIO_IN_SECONDS.inc(len(data) / p.BYTES_PER_MS / 1000)
         limit = self.settings.max_input_audio_ms * p.BYTES_PER_MS
         if self._input_overflowed or len(self._input) + len(data) > limit:
             if not self._input_overflowed:

@@ -27,6 +27,7 @@ import logging
 import attrs
 import trio
 
+from .. import metrics as stats
 from .. import protocol as p
 from ..engines.base import EngineError, Engines
 from ..logs import log_event
@@ -174,6 +175,7 @@ async def run_turn(
     if error is not None:
         status = "failed"
         played_ms = turn.playback.played_ms(trio.current_time())
+        stats.ERRORS.labels(code=error.code).inc()
         await out.send(p.Error(code=error.code, message=error.message, turn_id=turn.turn_id))
     elif turn.scope.cancelled_caught:
         status = "interrupted" if turn.interrupted else "cancelled"
@@ -199,6 +201,7 @@ async def run_turn(
     )
     done = p.ResponseDone(turn_id=turn.turn_id, status=status, text=heard, metrics=metrics)
     log_event(log, "turn.done", status=status, error=error and error.code, **attrs.asdict(metrics))
+    stats.observe_response(status, metrics)
     await out.send(done)
     return done
 
@@ -258,6 +261,7 @@ async def _split_reply(
         async for delta in deltas:
             if progress.llm_ttft_ms is None and progress.llm_started is not None:
                 progress.llm_ttft_ms = _ms(trio.current_time() - progress.llm_started)
+            stats.LLM_DELTAS.inc()
             await out.send(p.ResponseTextDelta(turn_id=turn_id, delta=delta))
             for sentence in splitter.feed(delta):
                 await sentences.send(sentence)
