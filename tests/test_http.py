@@ -40,13 +40,18 @@ async def one_text_turn(voice_port: int, text: str = "hi") -> dict:
         created = json.loads(await ws.get_message())
         assert created["type"] == "session.created"
         await ws.send_message(json.dumps({"type": "session.update", "session": {"turn_detection": {"type": "none"}}}))
-        await ws.send_message(json.dumps({"type": "input_text", "text": text}))
-        while True:
-            message = await ws.get_message()
-            if isinstance(message, str):
-                event = json.loads(message)
-                if event["type"] == "response.done":
-                    return event
+        return await typed_turn(ws, text)
+
+
+async def typed_turn(ws, text: str) -> dict:
+    """Send one typed turn on an open session; returns its ``response.done`` event."""
+    await ws.send_message(json.dumps({"type": "input_text", "text": text}))
+    while True:
+        message = await ws.get_message()
+        if isinstance(message, str):
+            event = json.loads(message)
+            if event["type"] == "response.done":
+                return event
 
 
 def sample(metrics_text: str, name: str, labels: str = "") -> float | None:
@@ -153,15 +158,24 @@ async def test_garbage_and_resets_do_not_hurt_the_servers():
     )
     with trio.fail_after(TIMEOUT):
         async with running_server() as (ports, client):
-            answer = await _raw(ports.http_port, upgrade + b"\x00\xff garbage \x81\x7f" * 50)
-            assert not answer.startswith(b"HTTP/1.1 101")
-            await _raw(ports.http_port, b"BLAH / / HTTP/9.9 nonsense\r\n\r\n")
-            await _raw(ports.http_port, b"\x16\x03\x01\x02\x00garbage that looks like TLS\r\n\r\n")
-            await _raw(ports.http_port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Le", reset=True)
-            async with trio.open_nursery() as nursery:  # several at once, all reset
-                for _ in range(5):
-                    nursery.start_soon(lambda: _raw(ports.http_port, b"GET /metrics HTTP/1.1\r\n", reset=True))
+            # A voice session that is open while the HTTP port is attacked, and goes on after.
+            async with trio_websocket.open_websocket_url(f"ws://{HOST}:{ports.voice_port}/v1/voice") as ws:
+                assert json.loads(await ws.get_message())["type"] == "session.created"
+                await ws.send_message(
+                    json.dumps({"type": "session.update", "session": {"turn_detection": {"type": "none"}}})
+                )
+                assert (await typed_turn(ws, "before"))["status"] == "completed"
 
+                answer = await _raw(ports.http_port, upgrade + b"\x00\xff garbage \x81\x7f" * 50)
+                assert not answer.startswith(b"HTTP/1.1 101")
+                await _raw(ports.http_port, b"BLAH / / HTTP/9.9 nonsense\r\n\r\n")
+                await _raw(ports.http_port, b"\x16\x03\x01\x02\x00garbage that looks like TLS\r\n\r\n")
+                await _raw(ports.http_port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Le", reset=True)
+                async with trio.open_nursery() as nursery:  # several at once, all reset
+                    for _ in range(5):
+                        nursery.start_soon(lambda: _raw(ports.http_port, b"GET /metrics HTTP/1.1\r\n", reset=True))
+
+                assert (await typed_turn(ws, "after"))["status"] == "completed"
             assert (await client.get("/healthz")).status_code == 200
             assert (await client.get("/readyz")).status_code == 200
             done = await one_text_turn(ports.voice_port)
