@@ -308,3 +308,57 @@ def test_sentence_splitter_cuts_streamed_text_into_sentences():
     long = SentenceSplitter(max_chars=30)
     pieces = long.feed("This is a clause that runs on, and on, and it goes on without end")
     assert pieces and all(len(x) <= 40 for x in pieces)
+
+
+async def test_an_idle_session_is_closed_but_not_while_a_reply_plays(autojump_clock):
+    from voiceorch.session import Session, memory_transport_pair
+
+    server_end, client_end = memory_transport_pair()
+    settings = SessionSettings(idle_timeout_s=2, turn_detection=PUSH_TO_TALK.turn_detection)
+    session = Session(server_end, fake_engines(tts=FakeTTS(ms_per_char=100)), settings)
+    received = []
+    done_at = []
+
+    async def client() -> None:
+        await client_end.receive()  # session.created
+        await client_end.send('{"type": "input_text", "text": "talk to me"}')
+        while True:  # then only listen: the reply lasts ~5 s, longer than the idle timeout
+            try:
+                received.append(await client_end.receive())
+            except trio.EndOfChannel:
+                return
+            if isinstance(received[-1], str) and '"response.done"' in received[-1]:
+                done_at.append(trio.current_time())
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client)
+            await session.run()
+            closed_at = trio.current_time()
+    done = [m for m in received if isinstance(m, str) and '"response.done"' in m]
+    assert done and '"completed"' in done[0]  # the reply played out in full
+    assert done_at[0] > 4.8  # it lasted longer than the idle timeout
+    assert (server_end.close_code, server_end.close_reason) == (1000, "idle timeout")
+    assert closed_at - done_at[0] == pytest.approx(2, abs=0.05)  # idle counts from its end
+
+
+async def test_a_session_ends_at_its_maximum_duration(autojump_clock):
+    from voiceorch.session import Session, memory_transport_pair
+
+    server_end, client_end = memory_transport_pair()
+    settings = SessionSettings(max_session_s=30, idle_timeout_s=1000, turn_detection=PUSH_TO_TALK.turn_detection)
+    session = Session(server_end, fake_engines(), settings)
+
+    async def chatty_client() -> None:
+        await client_end.receive()
+        while True:
+            await client_end.send(b"\x00\x00" * 320)
+            await trio.sleep(0.02)
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(chatty_client)
+            await session.run()
+            nursery.cancel_scope.cancel()
+    assert server_end.close_code == 1008
+    assert "maximum session duration" in server_end.close_reason

@@ -72,6 +72,7 @@ class Session:
         self._turns_send, self._turns_recv = trio.open_memory_channel[Turn](settings.max_pending_turns)
         self._outbox_send, self._outbox_recv = trio.open_memory_channel[p.ServerEvent | bytes](0)
         self._close = (CLOSE_NORMAL, "")
+        self._quiet_since = trio.current_time()  # last client message or end of a response
 
     async def run(self) -> None:
         """Serve the client until it goes away, then close the transport.
@@ -92,7 +93,11 @@ class Session:
                     p.SessionCreated(session_id=self.session_id, audio=p.AUDIO_FORMAT, session=self.config)
                 )
                 nursery.start_soon(self._respond)
-                await self._read()
+                with trio.move_on_after(self.settings.max_session_s) as limit:
+                    await self._read()
+                if limit.cancelled_caught:
+                    log_event(log, "session.max_duration", max_session_s=self.settings.max_session_s)
+                    self._close = (CLOSE_POLICY, f"maximum session duration ({self.settings.max_session_s:g} s) reached")
                 nursery.cancel_scope.cancel()
         except Exception:
             self._close = (CLOSE_INTERNAL_ERROR, "internal error")
@@ -107,11 +112,23 @@ class Session:
     # --- the three tasks ------------------------------------------------------------------
 
     async def _read(self) -> None:
+        """Until the client goes, or sends nothing for ``idle_timeout_s`` while no response is
+        in progress (then the session closes with 1000 "idle timeout")."""
         while True:
-            try:
-                message = await self.transport.receive()
-            except trio.EndOfChannel:
+            with trio.move_on_at(self._quiet_since + self.settings.idle_timeout_s) as idle:
+                try:
+                    message = await self.transport.receive()
+                except trio.EndOfChannel:
+                    return
+            if idle.cancelled_caught:
+                if self._unfinished:
+                    self._quiet_since = trio.current_time()  # a reply is playing: not idle
+                if trio.current_time() < self._quiet_since + self.settings.idle_timeout_s:
+                    continue
+                log_event(log, "session.idle_timeout", idle_timeout_s=self.settings.idle_timeout_s)
+                self._close = (CLOSE_NORMAL, "idle timeout")
                 return
+            self._quiet_since = trio.current_time()
             if isinstance(message, bytes):
                 await self._on_audio(message)
             else:
@@ -132,6 +149,7 @@ class Session:
                     self._last_turn = turn
             finally:
                 self._unfinished.remove(turn)
+                self._quiet_since = trio.current_time()
                 turn_id_var.reset(token)
 
     async def _write(self) -> None:

@@ -26,7 +26,12 @@ class SessionSettings:
     audio_frame_ms: int = 40
     #: ... paced to real time, at most this far ahead of the client's playback.
     playback_lead_ms: int = 200
-    #: A client that does not take a message within this many seconds is disconnected.
+    #: A client that does not take a message within this many seconds is disconnected (1008).
     send_timeout_s: float = 10.0
+    #: A session whose client sends nothing for this long, with no response in progress,
+    #: is closed (1000, "idle timeout").
+    idle_timeout_s: float = 300.0
+    #: No session lasts longer than this (then: 1008, "maximum session duration").
+    max_session_s: float = 3600.0
     #: User turns waiting to be answered (each new turn cancels the response in progress).
     max_pending_turns: int = 4
