@@ -72,6 +72,28 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="seconds a client may take to read one message before it is disconnected (default: %(default)s)",
     )
     sess.add_argument(
+        "--idle-timeout", type=float, default=defaults.idle_timeout_s,
+        help="close a session whose client sends nothing this many seconds, no reply playing (default: %(default)s)",
+    )
+    sess.add_argument(
+        "--max-session", type=float, default=defaults.max_session_s,
+        help="close any session after this many seconds (default: %(default)s)",
+    )
+    access = s.add_argument_group("access")
+    access.add_argument(
+        "--max-sessions", type=int, default=32,
+        help="sessions at once; more are closed at once with 1013, try again later (default: %(default)s)",
+    )
+    access.add_argument(
+        "--auth-token", default=os.environ.get("VOICEORCH_AUTH_TOKEN"),
+        help="require this token: Authorization: Bearer TOKEN, or ?token=TOKEN for browsers "
+        "(default: $VOICEORCH_AUTH_TOKEN; none: no authentication); never logged",
+    )
+    access.add_argument(
+        "--allowed-origin", action="append", default=[],
+        help="accept browser connections only from this Origin, e.g. https://app.example.com (repeatable)",
+    )
+    sess.add_argument(
         "--playback-lead-ms", type=int, default=defaults.playback_lead_ms,
         help="reply audio is paced to real time, at most this far ahead of playback (default: %(default)s)",
     )
@@ -116,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .server.access import AccessPolicy
     from .server.app import ServerConfig, run_until_signalled
 
     logs.configure(args.log_level)
@@ -139,7 +162,14 @@ def _serve(args: argparse.Namespace) -> int:
             max_input_audio_ms=args.max_input_audio_ms,
             send_timeout_s=args.send_timeout,
             playback_lead_ms=args.playback_lead_ms,
+            idle_timeout_s=args.idle_timeout,
+            max_session_s=args.max_session,
             speculate_after_ms=args.speculate_after_ms or None,
+        ),
+        access=AccessPolicy(
+            token=args.auth_token or None,
+            allowed_origins=frozenset(args.allowed_origin),
+            max_sessions=args.max_sessions,
         ),
     )
     trio.run(run_until_signalled, config)

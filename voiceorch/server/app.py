@@ -25,6 +25,7 @@ from ..logs import log_event
 from ..session import SessionSettings
 from .http import DEFAULT_HTTP_PORT, HttpApp, run_http_server
 from .loop_lag import watch_loop_lag
+from .access import AccessPolicy
 from .voice_ws import VOICE_PATH, serve_voice
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class ServerConfig:
     warm_up: bool = True
     fake_engines: bool = False
     session: SessionSettings = SessionSettings()
+    access: AccessPolicy = AccessPolicy()
 
 
 def _url_host(host: str) -> str:
@@ -146,7 +148,12 @@ async def run_server(
                 engines, close = await _real_engines(config, nursery)
             server = await nursery.start(
                 lambda task_status: serve_voice(
-                    engines, config.session, host=config.host, port=config.port, task_status=task_status
+                    engines,
+                    config.session,
+                    host=config.host,
+                    port=config.port,
+                    policy=config.access,
+                    task_status=task_status,
                 )
             )
             port = server.port

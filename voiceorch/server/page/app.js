@@ -251,7 +251,10 @@ async function voiceUrl() {
   } catch (err) {
     throw new Error("The voiceorch server is unreachable: its configuration could not be loaded.");
   }
-  return `ws://${location.hostname}:${config.voice_port}${config.voice_path}`;
+  // A server that requires a token gets it from this page's own URL: open /?token=...
+  const token = new URLSearchParams(location.search).get("token");
+  const query = token ? `?token=${encodeURIComponent(token)}` : "";
+  return `ws://${location.hostname}:${config.voice_port}${config.voice_path}${query}`;
 }
 
 // Open the WebSocket and resolve once the server's session.created has arrived.
