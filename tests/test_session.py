@@ -362,3 +362,13 @@ async def test_a_session_ends_at_its_maximum_duration(autojump_clock):
             nursery.cancel_scope.cancel()
     assert server_end.close_code == 1008
     assert "maximum session duration" in server_end.close_reason
+
+
+async def test_a_session_cancelled_from_outside_closes_with_1001(autojump_clock):
+    from voiceorch.session import Session, memory_transport_pair
+
+    server_end, client_end = memory_transport_pair(buffer=16)
+    session = Session(server_end, fake_engines(), PUSH_TO_TALK)
+    with trio.move_on_after(5):  # the server shutting down
+        await session.run()
+    assert (server_end.close_code, server_end.close_reason) == (1001, "server shutting down")

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 #: Close codes (RFC 6455) a session uses.
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL_ERROR = 1011
 
@@ -71,7 +72,8 @@ class Session:
         self._last_turn: Turn | None = None  # the last turn answered
         self._turns_send, self._turns_recv = trio.open_memory_channel[Turn](settings.max_pending_turns)
         self._outbox_send, self._outbox_recv = trio.open_memory_channel[p.ServerEvent | bytes](0)
-        self._close = (CLOSE_NORMAL, "")
+        # Until the session ends for a reason of its own, an end means the server is going.
+        self._close = (CLOSE_GOING_AWAY, "server shutting down")
         self._quiet_since = trio.current_time()  # last client message or end of a response
 
     async def run(self) -> None:
@@ -119,6 +121,7 @@ class Session:
                 try:
                     message = await self.transport.receive()
                 except trio.EndOfChannel:
+                    self._close = (CLOSE_NORMAL, "")
                     return
             if idle.cancelled_caught:
                 if self._unfinished:
