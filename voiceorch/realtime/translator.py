@@ -1,0 +1,608 @@
+"""A translator between the Realtime API's dialect and voiceorch's wire protocol v1, sans-I/O.
+
+An unchanged voiceorch :class:`~voiceorch.session.Session` speaks protocol v1
+(docs/protocol.md); a Realtime client speaks the events of :mod:`.events`. One
+:class:`RealtimeTranslator` per connection sits between them:
+
+- :meth:`RealtimeTranslator.from_client` takes a client text frame and returns the v1 frames for
+  the session (control events as JSON text, audio as 16 kHz s16le binary frames) and any
+  Realtime frames to answer the client with at once (errors, the items it created).
+- :meth:`RealtimeTranslator.from_session` takes one v1 frame the session sends (an event, or a
+  binary frame of reply audio) and returns the Realtime frames for the client.
+
+It holds what the dialect needs and v1 does not carry: the ids (``event_id`` on every event,
+``item_id`` of user and assistant items, ``response_id``), the Realtime-only session fields it
+echoes, and one soxr resampler per direction (24 kHz base64 PCM16 in, 16 kHz frames to the
+session; 16 kHz reply frames to 24 kHz base64 out). It never blocks and never awaits.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import math
+import uuid
+from typing import Any, Callable
+
+import attrs
+import numpy as np
+import soxr
+
+from .. import protocol as p
+from . import events as ev
+from .codec import RealtimeProtocolError, encode, parse_client_event
+
+Message = str | bytes
+V1_RATE = p.AUDIO_FORMAT.sample_rate
+
+#: v1 error codes that have an upstream name of their own.
+_UPSTREAM_CODES = {
+    "input_audio_buffer_empty": "input_audio_buffer_commit_empty",
+    "no_active_response": "response_cancel_not_active",
+}
+#: Fields of the beta API's session, and where the GA API has them.
+_BETA_FIELDS = {
+    "input_audio_format": "audio.input.format",
+    "output_audio_format": "audio.output.format",
+    "turn_detection": "audio.input.turn_detection",
+    "modalities": "output_modalities",
+    "voice": "audio.output.voice",
+    "input_audio_transcription": "audio.input.transcription",
+}
+_DEFAULTS = p.TurnDetection()
+
+
+def random_id(prefix: str) -> str:
+    """An id like upstream's: ``prefix_`` and 20 random hex digits."""
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+@attrs.frozen
+class Translation:
+    """What one client frame turns into."""
+
+    to_session: list[Message] = attrs.Factory(list)  # v1 frames, in order
+    to_client: list[str] = attrs.Factory(list)  # Realtime frames, in order
+
+
+@attrs.frozen(kw_only=True)
+class _Echo:
+    """Realtime-only session fields: accepted, echoed in the session, without effect."""
+
+    voice: Any = "voiceorch"
+    transcription: Any = attrs.Factory(lambda: {"model": "voiceorch", "language": None, "prompt": None})
+    noise_reduction: Any = None
+
+
+@attrs.define
+class _AssistantItem:
+    item_id: str
+    turn_id: str
+    samples: int = 0  # 24 kHz samples of its audio sent to the client
+
+    @property
+    def sent_ms(self) -> float:
+        return self.samples * 1000 / ev.SAMPLE_RATE
+
+
+@attrs.define
+class _Response:
+    """The response in progress (v1 guarantees there is only ever one)."""
+
+    turn_id: str
+    response_id: str
+    resampler: soxr.ResampleStream
+    item: _AssistantItem | None = None
+    transcript: list[str] = attrs.Factory(list)
+    error: p.Error | None = None
+
+
+def _error(code: str, message: str, param: str | None = None) -> RealtimeProtocolError:
+    return RealtimeProtocolError(code, message, param=param)
+
+
+def _unsupported(param: str, message: str) -> RealtimeProtocolError:
+    return RealtimeProtocolError("unsupported", message, param=param)
+
+
+def _check_format(fmt: ev.AudioFormatIn | None, param: str) -> None:
+    if fmt is None:
+        return
+    if fmt.type not in (None, "audio/pcm") or fmt.rate not in (None, ev.SAMPLE_RATE):
+        raise RealtimeProtocolError(
+            "unsupported_audio_format",
+            f"only audio/pcm at {ev.SAMPLE_RATE} Hz (PCM16 mono) is supported; got {fmt.type} at {fmt.rate}",
+            param=param,
+        )
+
+
+class RealtimeTranslator:
+    """One connection's translation state. Not thread-safe (one Trio connection)."""
+
+    def __init__(self, *, model: str = "voiceorch", new_id: Callable[[str], str] = random_id) -> None:
+        self.model = model
+        self._new_id = new_id
+        self._conversation_id = new_id("conv")
+        self._session_id: str | None = None
+        self._config: p.SessionConfig | None = None
+        self._echo = _Echo()  # as the last session.update set it
+        self._echo_pending: collections.deque[_Echo] = collections.deque()  # one per update sent
+        self._echo_shown = _Echo()  # as the last session.updated showed it
+        # Input audio.
+        self._in_resampler = self._input_resampler()
+        self._vad_on = True  # the session starts with server VAD (SessionSettings)
+        self._forwarded_bytes = 0  # 16 kHz audio given to the session so far
+        self._vad_origin_bytes = 0  # where the session's speech detector started counting
+        self._uncommitted_bytes = 0  # since the last commit or clear
+        self._commit_unclaimed = False  # a commit whose response no response.create claimed
+        # Items and responses.
+        self._last_item_id: str | None = None
+        self._speech_item_id: str | None = None  # the user item the current speech will become
+        self._user_audio: dict[str, tuple[str, float]] = {}  # v1 turn_id -> (item_id, audio_ms)
+        self._pending_texts: list[str] = []  # user text items waiting for response.create
+        self._items: set[str] = set()
+        self._assistant_items: dict[str, _AssistantItem] = {}
+        self._latest_assistant: str | None = None
+        self._current: _Response | None = None
+
+    # --- client -> session ----------------------------------------------------------------
+
+    def from_client(self, frame: Message) -> Translation:
+        """Translate one client frame. Never raises: a bad frame becomes an ``error`` event."""
+        out = Translation()
+        if isinstance(frame, bytes):
+            error = _error(
+                "invalid_event",
+                "binary frames are not part of the Realtime API: send audio in input_audio_buffer.append",
+            )
+            out.to_client.append(self._error_frame(error))
+            return out
+        try:
+            event = parse_client_event(frame)
+            try:
+                self._on_client(event, out)
+            except RealtimeProtocolError as exc:
+                exc.event_id = event.event_id
+                raise
+        except RealtimeProtocolError as exc:
+            out.to_session.clear()
+            out.to_client.append(self._error_frame(exc))
+        return out
+
+    def _on_client(self, event: ev.ClientEvent, out: Translation) -> None:
+        match event:
+            case ev.SessionUpdate(session=session):
+                self._on_session_update(session, out)
+            case ev.InputAudioBufferAppend(audio=audio):
+                self._on_append(audio, out)
+            case ev.InputAudioBufferCommit():
+                tail = self._flush_input()
+                if not self._vad_on and self._uncommitted_bytes + len(tail) == 0:
+                    raise _error("input_audio_buffer_commit_empty", "the input audio buffer is empty: nothing to commit")
+                if tail:
+                    self._to_session_audio(tail, out)
+                out.to_session.append(p.encode(p.InputAudioCommit()))
+                self._uncommitted_bytes = 0
+                self._commit_unclaimed = True  # the session answers a commit at once
+            case ev.InputAudioBufferClear():
+                self._in_resampler = self._input_resampler()  # drop what it held
+                out.to_session.append(p.encode(p.InputAudioClear()))
+                self._uncommitted_bytes = 0
+                self._speech_item_id = None
+                if self._vad_on:
+                    self._vad_origin_bytes = self._forwarded_bytes  # the detector starts afresh
+            case ev.ConversationItemCreate(item=item, previous_item_id=previous):
+                self._on_item_create(item, previous, out)
+            case ev.ResponseCreate(response=params):
+                self._on_response_create(params, out)
+            case ev.ResponseCancel(response_id=response_id):
+                current = self._current.response_id if self._current else None
+                if response_id is not None and response_id != current:
+                    raise RealtimeProtocolError(
+                        "response_cancel_not_active", f"response {response_id!r} is not in progress", param="response_id"
+                    )
+                out.to_session.append(p.encode(p.ResponseCancel()))
+            case ev.ConversationItemTruncate():
+                self._on_truncate(event, out)
+
+    def _on_session_update(self, session: ev.SessionIn, out: Translation) -> None:
+        if session.type not in (None, "realtime"):
+            raise _unsupported("session.type", "only realtime sessions are supported (not transcription sessions)")
+        for name, place in _BETA_FIELDS.items():
+            if getattr(session, name) is not None:
+                raise _error("invalid_event", f"session.{name} is a beta API field; use session.{place}", f"session.{name}")
+        if session.output_modalities is not None and session.output_modalities != ["audio"]:
+            raise _unsupported(
+                "session.output_modalities", 'voiceorch always answers with audio and its transcript: use ["audio"]'
+            )
+        if session.tools:
+            raise _unsupported("session.tools", "tools (function calling) are not supported")
+        audio = session.audio or ev.AudioIn()
+        audio_in = audio.input or ev.AudioInputIn()
+        audio_out = audio.output or ev.AudioOutputIn()
+        _check_format(audio_in.format, "session.audio.input.format")
+        _check_format(audio_out.format, "session.audio.output.format")
+        if audio_out.speed not in (None, 1.0):
+            raise _unsupported("session.audio.output.speed", "only speed 1.0 is supported")
+        turn_detection = self._turn_detection(audio_in.turn_detection)
+        echo = self._echo
+        if audio_out.voice is not None:
+            echo = attrs.evolve(echo, voice=audio_out.voice)
+        if audio_in.transcription is not None:
+            echo = attrs.evolve(echo, transcription=audio_in.transcription)
+        if audio_in.noise_reduction is not None:
+            echo = attrs.evolve(echo, noise_reduction=audio_in.noise_reduction)
+        # Checked: from here on nothing fails, so the session answers with session.updated.
+        self._echo = echo
+        self._echo_pending.append(echo)
+        if turn_detection is not None:
+            vad_on = turn_detection.type == "server_vad"
+            if vad_on and not self._vad_on:
+                self._vad_origin_bytes = self._forwarded_bytes  # the session starts a fresh detector
+            if not vad_on:
+                self._speech_item_id = None
+            self._vad_on = vad_on
+        patch = p.SessionPatch(instructions=session.instructions, turn_detection=turn_detection)
+        out.to_session.append(p.encode(p.SessionUpdate(session=patch)))
+
+    def _turn_detection(self, value: ev.TurnDetectionIn | None) -> p.TurnDetectionPatch | None:
+        """The v1 patch for ``audio.input.turn_detection``: an object replaces the whole
+        setting (omitted fields take their defaults), as upstream."""
+        param = "session.audio.input.turn_detection"
+        if value is None:
+            return None
+        if value.type == "none":
+            return p.TurnDetectionPatch(type="none")
+        if value.type == "semantic_vad":
+            raise _unsupported(f"{param}.type", "semantic_vad is not supported: use server_vad or null")
+        if value.type != "server_vad":
+            raise _error("invalid_event", f"unknown turn detection type {value.type!r}", f"{param}.type")
+        if value.create_response is False:
+            raise _unsupported(f"{param}.create_response", "voiceorch always answers the end of a spoken turn")
+        if value.idle_timeout_ms is not None:
+            raise _unsupported(f"{param}.idle_timeout_ms", "idle_timeout_ms is not supported")
+        fields = {
+            "threshold": _DEFAULTS.threshold if value.threshold is None else value.threshold,
+            "prefix_padding_ms": value.prefix_padding_ms,
+            "silence_duration_ms": value.silence_duration_ms,
+            "interrupt_response": value.interrupt_response,
+        }
+        for name in ("prefix_padding_ms", "silence_duration_ms", "interrupt_response"):
+            if fields[name] is None:
+                fields[name] = getattr(_DEFAULTS, name)
+        try:
+            return p.TurnDetectionPatch(type="server_vad", **fields)
+        except ValueError as exc:
+            raise _error("invalid_value", f"turn_detection out of range: {exc}", param) from None
+
+    def _on_append(self, audio: str, out: Translation) -> None:
+        try:
+            pcm = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise _error("invalid_audio", "audio is not valid base64", "audio") from None
+        if len(pcm) % 2:
+            raise _error("invalid_audio", f"audio must hold whole 16-bit samples; got {len(pcm)} bytes", "audio")
+        if not pcm:
+            return
+        samples = self._in_resampler.resample_chunk(np.frombuffer(pcm, dtype="<i2"))
+        self._to_session_audio(samples.astype("<i2").tobytes(), out)
+
+    def _to_session_audio(self, data: bytes, out: Translation) -> None:
+        if data:
+            out.to_session.append(data)
+            self._forwarded_bytes += len(data)
+            self._uncommitted_bytes += len(data)
+
+    def _flush_input(self) -> bytes:
+        """What the input resampler still holds; it starts afresh."""
+        tail = self._in_resampler.resample_chunk(np.zeros(0, dtype="<i2"), last=True)
+        self._in_resampler = self._input_resampler()
+        return tail.astype("<i2").tobytes()
+
+    def _on_item_create(self, item: ev.ItemIn, previous: str | None, out: Translation) -> None:
+        if item.type != "message":
+            raise _unsupported("item.type", "only message items are supported (no function calls)")
+        if item.role != "user":
+            raise _unsupported("item.role", "only user messages can be added; voiceorch keeps the conversation itself")
+        if previous is not None and previous != self._last_item_id:
+            raise _unsupported("previous_item_id", "items can only be added at the end of the conversation")
+        texts = []
+        for index, part in enumerate(item.content or []):
+            if part.type != "input_text" or part.text is None:
+                raise _unsupported(
+                    f"item.content[{index}].type",
+                    "only input_text content is supported; send audio with input_audio_buffer.append",
+                )
+            texts.append(part.text)
+        if not "".join(texts).strip():
+            raise _error("invalid_event", "a user message needs some text", "item.content")
+        item_id = item.id or self._new_id("item")
+        if item_id in self._items:
+            raise _error("invalid_event", f"an item with id {item_id!r} exists already", "item.id")
+        self._pending_texts.append("\n".join(text.strip() for text in texts if text.strip()))
+        user = ev.UserMessage(id=item_id, content=tuple(ev.InputTextContent(text=text) for text in texts))
+        self._add_user_item(user, out.to_client)
+
+    def _on_response_create(self, params: ev.ResponseParamsIn | None, out: Translation) -> None:
+        if params is not None:
+            if params.conversation not in (None, "auto"):
+                raise _unsupported("response.conversation", "out-of-band responses are not supported")
+            if params.input is not None:
+                raise _unsupported("response.input", "a response answers the conversation; input is not supported")
+            if params.tools:
+                raise _unsupported("response.tools", "tools (function calling) are not supported")
+            if params.instructions is not None:
+                raise _unsupported(
+                    "response.instructions", "per-response instructions are not supported: use session.update"
+                )
+            if params.output_modalities is not None and params.output_modalities != ["audio"]:
+                raise _unsupported("response.output_modalities", 'voiceorch always answers with audio: use ["audio"]')
+            if params.audio is not None and params.audio.output is not None:
+                _check_format(params.audio.output.format, "response.audio.output.format")
+        if self._pending_texts:
+            text = "\n".join(self._pending_texts)
+            self._pending_texts.clear()
+            out.to_session.append(p.encode(p.InputText(text=text)))
+        elif not self._commit_unclaimed:
+            raise _error(
+                "no_new_input",
+                "response.create needs a user message added since the last one: "
+                "conversation.item.create or input_audio_buffer.commit",
+            )
+        self._commit_unclaimed = False  # a committed buffer is answered already
+
+    def _on_truncate(self, event: ev.ConversationItemTruncate, out: Translation) -> None:
+        item = self._assistant_items.get(event.item_id)
+        if item is None:
+            raise _error("invalid_item_id", f"there is no assistant item {event.item_id!r}", "item_id")
+        if event.item_id != self._latest_assistant:
+            raise _unsupported("item_id", "only the latest assistant item can be truncated")
+        if event.content_index != 0:
+            raise _error("invalid_value", "an assistant item has one content part: use content_index 0", "content_index")
+        if event.audio_end_ms < 0 or event.audio_end_ms > math.ceil(item.sent_ms):
+            raise _error(
+                "invalid_value",
+                f"audio_end_ms {event.audio_end_ms} is beyond the {item.sent_ms:.0f} ms of audio sent for this item",
+                "audio_end_ms",
+            )
+        out.to_session.append(p.encode(p.PlaybackPosition(turn_id=item.turn_id, played_ms=float(event.audio_end_ms))))
+        self._emit(
+            out.to_client,
+            ev.ConversationItemTruncated,
+            item_id=item.item_id,
+            content_index=0,
+            audio_end_ms=event.audio_end_ms,
+        )
+
+    # --- session -> client ----------------------------------------------------------------
+
+    def from_session(self, message: Message) -> list[str]:
+        """Translate one v1 frame of the session into Realtime frames for the client."""
+        frames: list[str] = []
+        if isinstance(message, bytes):
+            self._on_reply_audio(message, frames)
+            return frames
+        event = p.parse_server_event(message)
+        match event:
+            case p.SessionCreated(session_id=session_id, session=config):
+                self._session_id, self._config = session_id, config
+                self._emit(frames, ev.SessionCreated, session=self._session())
+            case p.SessionUpdated(session=config):
+                self._config = config
+                if self._echo_pending:
+                    self._echo_shown = self._echo_pending.popleft()
+                self._emit(frames, ev.SessionUpdated, session=self._session())
+            case p.SpeechStartedEvent(audio_ms=audio_ms):
+                self._speech_item_id = self._new_id("item")
+                self._emit(
+                    frames,
+                    ev.InputAudioBufferSpeechStarted,
+                    audio_start_ms=self._session_ms(audio_ms),
+                    item_id=self._speech_item_id,
+                )
+            case p.SpeechStoppedEvent(audio_ms=audio_ms):
+                self._speech_item_id = self._speech_item_id or self._new_id("item")
+                self._emit(
+                    frames,
+                    ev.InputAudioBufferSpeechStopped,
+                    audio_end_ms=self._session_ms(audio_ms),
+                    item_id=self._speech_item_id,
+                )
+            case p.InputAudioCommitted(turn_id=turn_id, audio_ms=audio_ms):
+                item_id = self._speech_item_id or self._new_id("item")
+                self._speech_item_id = None
+                self._user_audio[turn_id] = (item_id, audio_ms)
+                self._emit(frames, ev.InputAudioBufferCommitted, item_id=item_id, previous_item_id=self._last_item_id)
+                self._add_user_item(ev.UserMessage(id=item_id, content=(ev.InputAudioContent(),)), frames)
+            case p.InputAudioCleared():
+                self._emit(frames, ev.InputAudioBufferCleared)
+            case p.ResponseCreated(turn_id=turn_id):
+                self._current = _Response(turn_id, self._new_id("resp"), self._output_resampler())
+                self._emit(frames, ev.ResponseCreated, response=self._response(self._current, "in_progress"))
+            case p.TranscriptFinal(turn_id=turn_id, text=text):
+                if turn_id in self._user_audio:  # (a typed turn's text is its item already)
+                    item_id, audio_ms = self._user_audio[turn_id]
+                    usage = ev.DurationUsage(seconds=round(audio_ms / 1000, 3))
+                    self._emit(frames, ev.TranscriptionCompleted, item_id=item_id, transcript=text, usage=usage)
+            case p.ResponseTextDelta(delta=delta):
+                response = self._current
+                if response is not None:
+                    item = self._start_output(response, frames)
+                    response.transcript.append(delta)
+                    self._emit(
+                        frames,
+                        ev.ResponseOutputAudioTranscriptDelta,
+                        response_id=response.response_id,
+                        item_id=item.item_id,
+                        delta=delta,
+                    )
+            case p.Error(turn_id=None, code=code, message=text):
+                info = ev.ErrorInfo(type="invalid_request_error", code=_UPSTREAM_CODES.get(code, code), message=text)
+                self._emit(frames, ev.Error, error=info)
+            case p.Error(turn_id=turn_id, code=code, message=text):
+                if self._current is not None and self._current.turn_id == turn_id:
+                    self._current.error = event
+                if code == "stt_failed" and turn_id in self._user_audio:
+                    failure = ev.TranscriptionError(type="server_error", code=code, message=text)
+                    self._emit(frames, ev.TranscriptionFailed, item_id=self._user_audio[turn_id][0], error=failure)
+                self._emit(frames, ev.Error, error=ev.ErrorInfo(type="server_error", code=code, message=text))
+            case p.ResponseDone():
+                self._on_response_done(event, frames)
+            case p.ResponseInterrupted():
+                pass  # response.done (cancelled, turn_detected) follows
+        return frames
+
+    def _on_reply_audio(self, data: bytes, frames: list[str]) -> None:
+        response = self._current
+        if response is None or not data:
+            return
+        item = self._start_output(response, frames)
+        samples = response.resampler.resample_chunk(np.frombuffer(data, dtype="<i2"))
+        self._send_audio(response, item, samples, frames)
+
+    def _send_audio(self, response: _Response, item: _AssistantItem, samples: np.ndarray, frames: list[str]) -> None:
+        if len(samples):
+            item.samples += len(samples)
+            delta = base64.b64encode(samples.astype("<i2").tobytes()).decode("ascii")
+            self._emit(
+                frames, ev.ResponseOutputAudioDelta, response_id=response.response_id, item_id=item.item_id, delta=delta
+            )
+
+    def _start_output(self, response: _Response, frames: list[str]) -> _AssistantItem:
+        """The response's assistant item, announced on its first text or audio."""
+        if response.item is not None:
+            return response.item
+        item = response.item = _AssistantItem(self._new_id("item"), response.turn_id)
+        self._items.add(item.item_id)
+        self._assistant_items[item.item_id] = item
+        self._latest_assistant = item.item_id
+        message = ev.AssistantMessage(id=item.item_id, status="in_progress", content=())
+        self._emit(frames, ev.ResponseOutputItemAdded, response_id=response.response_id, item=message)
+        self._emit(frames, ev.ConversationItemAdded, item=message, previous_item_id=self._last_item_id)
+        self._last_item_id = item.item_id
+        self._emit(
+            frames,
+            ev.ResponseContentPartAdded,
+            response_id=response.response_id,
+            item_id=item.item_id,
+            part=ev.ContentPart(),
+        )
+        return item
+
+    def _on_response_done(self, done: p.ResponseDone, frames: list[str]) -> None:
+        response = self._current
+        if response is None or response.turn_id != done.turn_id:
+            return
+        self._current = None
+        status = {"interrupted": "cancelled"}.get(done.status, done.status)
+        output: tuple[ev.AssistantMessage, ...] = ()
+        item = response.item
+        if item is not None:
+            if done.status == "completed":  # the end of the audio the resampler still holds
+                tail = response.resampler.resample_chunk(np.zeros(0, dtype="<i2"), last=True)
+                self._send_audio(response, item, tail, frames)
+            transcript = "".join(response.transcript)
+            ids = {"response_id": response.response_id, "item_id": item.item_id}
+            self._emit(frames, ev.ResponseOutputAudioDone, **ids)
+            self._emit(frames, ev.ResponseOutputAudioTranscriptDone, **ids, transcript=transcript)
+            self._emit(frames, ev.ResponseContentPartDone, **ids, part=ev.ContentPart(transcript=transcript))
+            message = ev.AssistantMessage(
+                id=item.item_id,
+                status="completed" if status == "completed" else "incomplete",
+                content=(ev.OutputAudioContent(transcript=transcript),),
+            )
+            self._emit(frames, ev.ResponseOutputItemDone, response_id=response.response_id, item=message)
+            self._emit(frames, ev.ConversationItemDone, item=message)
+            output = (message,)
+        details = None
+        if done.status == "cancelled":
+            details = ev.StatusDetails(type="cancelled", reason="client_cancelled")
+        elif done.status == "interrupted":
+            details = ev.StatusDetails(type="cancelled", reason="turn_detected")
+        elif done.status == "failed":
+            error = response.error
+            details = ev.StatusDetails(
+                type="failed",
+                error=ev.StatusError(
+                    type="server_error",
+                    code=error.code if error else "internal_error",
+                    message=error.message if error else None,
+                ),
+            )
+        extension = ev.VoiceorchDetails(
+            status=done.status, heard_text=done.text, metrics=ev.Metrics(**attrs.asdict(done.metrics))
+        )
+        self._emit(
+            frames,
+            ev.ResponseDone,
+            response=self._response(response, status, details=details, output=output, extension=extension),
+        )
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _emit(self, frames: list[str], cls: type, **fields: Any) -> None:
+        frames.append(encode(cls(event_id=self._new_id("event"), **fields)))
+
+    def _error_frame(self, exc: RealtimeProtocolError) -> str:
+        kind = "invalid_request_error"
+        info = ev.ErrorInfo(type=kind, code=exc.code, message=exc.message, param=exc.param, event_id=exc.event_id)
+        return encode(ev.Error(event_id=self._new_id("event"), error=info))
+
+    def _add_user_item(self, user: ev.UserMessage, frames: list[str]) -> None:
+        self._items.add(user.id)
+        self._emit(frames, ev.ConversationItemAdded, item=user, previous_item_id=self._last_item_id)
+        self._emit(frames, ev.ConversationItemDone, item=user, previous_item_id=self._last_item_id)
+        self._last_item_id = user.id
+
+    def _session_ms(self, detector_ms: float) -> int:
+        """A speech event's date, in ms of all the input audio of the session."""
+        return round(self._vad_origin_bytes / p.BYTES_PER_MS + detector_ms)
+
+    def _session(self) -> ev.Session:
+        config = self._config
+        assert config is not None and self._session_id is not None
+        vad = config.turn_detection
+        turn_detection = None
+        if vad.type == "server_vad":
+            turn_detection = ev.ServerVad(
+                threshold=vad.threshold,
+                prefix_padding_ms=vad.prefix_padding_ms,
+                silence_duration_ms=vad.silence_duration_ms,
+                interrupt_response=vad.interrupt_response,
+            )
+        echo = self._echo_shown
+        audio = ev.Audio(
+            input=ev.AudioInput(
+                transcription=echo.transcription, noise_reduction=echo.noise_reduction, turn_detection=turn_detection
+            ),
+            output=ev.AudioOutput(voice=echo.voice),
+        )
+        return ev.Session(id=self._session_id, model=self.model, instructions=config.instructions, audio=audio)
+
+    def _response(
+        self,
+        response: _Response,
+        status: str,
+        *,
+        details: ev.StatusDetails | None = None,
+        output: tuple[ev.AssistantMessage, ...] = (),
+        extension: ev.VoiceorchDetails | None = None,
+    ) -> ev.Response:
+        return ev.Response(
+            id=response.response_id,
+            status=status,
+            status_details=details,
+            output=output,
+            conversation_id=self._conversation_id,
+            audio=ev.ResponseAudio(output=ev.ResponseAudioOutput(voice=self._echo_shown.voice)),
+            voiceorch=extension,
+        )
+
+    @staticmethod
+    def _input_resampler() -> soxr.ResampleStream:
+        return soxr.ResampleStream(ev.SAMPLE_RATE, V1_RATE, 1, dtype="int16")
+
+    @staticmethod
+    def _output_resampler() -> soxr.ResampleStream:
+        return soxr.ResampleStream(V1_RATE, ev.SAMPLE_RATE, 1, dtype="int16")
