@@ -1,0 +1,27 @@
+"""Audio from a remote engine to the engine interface's format (16 kHz mono s16le), with soxr."""
+
+from __future__ import annotations
+
+import numpy as np
+import soxr
+
+from .base import SAMPLE_RATE, SAMPLE_WIDTH
+
+
+def to_engine_pcm(pcm: bytes, *, rate: int, width: int, channels: int) -> bytes:
+    """Mix ``pcm`` (signed 16-bit little-endian, ``channels`` interleaved, at ``rate``) down
+    to mono and resample it to 16 kHz. Raises ``ValueError`` for other sample widths, a
+    rate or channel count below 1, or a length that is not a whole number of frames."""
+    if width != SAMPLE_WIDTH:
+        raise ValueError(f"unsupported sample width {width} (only 16-bit audio is accepted)")
+    if rate < 1 or channels < 1:
+        raise ValueError(f"bad audio format: rate {rate}, channels {channels}")
+    if len(pcm) % (width * channels):
+        raise ValueError("audio is not a whole number of frames")
+    if rate == SAMPLE_RATE and channels == 1:
+        return pcm
+    samples = np.frombuffer(pcm, dtype="<i2").reshape(-1, channels).astype(np.float32) / 32768.0
+    mono = samples.mean(axis=1)
+    if rate != SAMPLE_RATE and len(mono):
+        mono = soxr.resample(mono, rate, SAMPLE_RATE)
+    return (np.clip(mono, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
