@@ -8,7 +8,9 @@ port chosen by the OS and serves until the nursery is cancelled. ``server.mode``
 - ``"error500"``: a 500 with a JSON error body that echoes the request's Authorization header;
 - ``"malformed"``: one delta, then an SSE event whose data is not JSON;
 - ``"drop"``: one delta, then the connection is closed mid-body;
-- ``"stall"``: one delta, then nothing until the client goes away.
+- ``"stall"``: one delta, then nothing until the client goes away;
+- ``"keepalive"``: no delta at all, only an SSE comment every ``delay`` (at least 50 ms) until
+  the client goes away (a server that is up but stuck).
 
 ``GET /v1/models`` answers a model list. Every chat request's JSON body and headers are
 recorded; ``client_disconnected`` is set when a client leaves while a stream is still going;
@@ -24,7 +26,7 @@ import attrs
 import h11
 import trio
 
-Mode = Literal["stream", "error500", "malformed", "drop", "stall"]
+Mode = Literal["stream", "error500", "malformed", "drop", "stall", "keepalive"]
 
 _MAX_RECEIVE = 65536
 
@@ -101,8 +103,12 @@ class FakeOpenAIServer:
     async def _stream_reply(self, conn: h11.Connection, stream: trio.SocketStream) -> bool:
         sse_headers = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
         await stream.send_all(conn.send(h11.Response(status_code=200, headers=sse_headers)))
-        deltas = self.deltas if self.mode == "stream" else self.deltas[:1]
+        deltas = {"stream": self.deltas, "keepalive": []}.get(self.mode, self.deltas[:1])
         try:
+            if self.mode == "keepalive":
+                while True:
+                    await trio.sleep(max(self.delay, 0.05))
+                    await stream.send_all(conn.send(h11.Data(data=b": keep-alive\n\n")))
             for delta in deltas:
                 await self._send_event(conn, stream, json.dumps(_chunk(delta, None)))
             if self.mode == "malformed":

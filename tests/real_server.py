@@ -19,6 +19,8 @@ class RunningServer:
     process: subprocess.Popen
     url: str
     log_path: Path
+    #: The HTTP side's base URL (``http://127.0.0.1:PORT``), if it printed one.
+    http_url: str | None = None
 
     def log_lines(self) -> list[dict]:
         lines = []
@@ -58,7 +60,8 @@ def start_server(*args: str, ready_timeout: float = 240) -> RunningServer:
         seen.append(line)
         match = re.search(r"ready: (ws://\S+)", line)
         if match:
-            return RunningServer(process, match.group(1), Path(log_file.name))
+            page = next((m.group(1) for m in map(re.compile(r"page: (http://[^/\s]+)").search, seen) if m), None)
+            return RunningServer(process, match.group(1), Path(log_file.name), http_url=page)
     process.kill()
     raise RuntimeError(
         "voiceorch serve did not become ready:\n" + "".join(seen) + Path(log_file.name).read_text()[-3000:]

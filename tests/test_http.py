@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio_websocket
 
-from voiceorch.server.app import ServerConfig, ServerPorts, run_server
+from voiceorch.server.app import RunningServer, ServerConfig, run_server
 from voiceorch.server.http import PAGE_DIR
 
 HOST = "127.0.0.1"
@@ -27,7 +27,7 @@ TIMEOUT = 30
 async def running_server():
     async with trio.open_nursery() as nursery:
         config = ServerConfig(fake_engines=True, host=HOST, port=0, http_port=0, warm_up=False)
-        ports: ServerPorts = await nursery.start(run_server, config)
+        ports: RunningServer = await nursery.start(run_server, config)
         assert ports.http_port is not None
         async with httpx.AsyncClient(base_url=f"http://{HOST}:{ports.http_port}", timeout=10) as client:
             yield ports, client

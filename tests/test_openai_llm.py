@@ -134,13 +134,25 @@ async def test_early_drop_is_llm_bad_response(
         await expect_error(llm, "llm_bad_response")
 
 
-async def test_read_timeout_is_llm_unavailable(fake: FakeOpenAIServer) -> None:
+async def test_read_timeout_is_llm_timeout(fake: FakeOpenAIServer) -> None:
     fake.mode = "stall"
     llm = OpenAICompatibleLLM(base_url=fake.base_url, api_key=API_KEY, read_timeout=0.3)
     try:
         with trio.fail_after(TIMEOUT):
-            await expect_error(llm, "llm_unavailable")
+            await expect_error(llm, "llm_timeout")
             await fake.client_disconnected.wait()
+    finally:
+        await llm.aclose()
+
+
+async def test_a_server_that_sends_no_text_fails_after_the_first_token_timeout(fake: FakeOpenAIServer) -> None:
+    fake.mode = "keepalive"  # headers and SSE comments, so no read ever times out
+    llm = OpenAICompatibleLLM(base_url=fake.base_url, read_timeout=5, first_token_timeout=0.5)
+    try:
+        with trio.fail_after(TIMEOUT):
+            error = await expect_error(llm, "llm_timeout")
+            await fake.client_disconnected.wait()  # the request was closed, not left running
+        assert "0.5 s" in error.message
     finally:
         await llm.aclose()
 
@@ -220,3 +232,67 @@ async def test_check_ready_does_not_disturb_a_streaming_reply(
             nursery.cancel_scope.cancel()
         assert await llm.check_ready() is None
     assert fake.models_requests == 1
+
+
+# --- failover and retries -------------------------------------------------------------------
+
+
+async def _free_port_url() -> str:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    await listeners[0].aclose()  # nothing listens on that port now
+    return f"http://127.0.0.1:{port}/v1"
+
+
+async def test_a_failing_server_fails_over_to_the_next_which_is_then_tried_first(nursery: trio.Nursery) -> None:
+    broken, healthy = FakeOpenAIServer(mode="error500"), FakeOpenAIServer()
+    for server in (broken, healthy):
+        await nursery.start(server.serve)
+    llm = OpenAICompatibleLLM(base_url=broken.base_url, fallback_urls=[healthy.base_url], retries=0)
+    try:
+        with trio.fail_after(TIMEOUT):
+            assert "".join(await collect(llm)) == "Hello, world!"
+            assert "".join(await collect(llm)) == "Hello, world!"
+            assert await llm.check_ready() is None
+    finally:
+        await llm.aclose()
+    assert (len(broken.requests), len(healthy.requests)) == (1, 2)  # sticky after the failover
+
+
+async def test_an_unreachable_server_fails_over(fake: FakeOpenAIServer) -> None:
+    llm = OpenAICompatibleLLM(base_url=await _free_port_url(), fallback_urls=[fake.base_url], retries=0)
+    try:
+        with trio.fail_after(TIMEOUT):
+            assert "".join(await collect(llm)) == "Hello, world!"
+    finally:
+        await llm.aclose()
+
+
+async def test_a_request_is_never_sent_again_once_text_was_delivered(nursery: trio.Nursery) -> None:
+    dropping, spare = FakeOpenAIServer(mode="drop"), FakeOpenAIServer()
+    for server in (dropping, spare):
+        await nursery.start(server.serve)
+    llm = OpenAICompatibleLLM(base_url=dropping.base_url, fallback_urls=[spare.base_url], retries=3)
+    try:
+        with trio.fail_after(TIMEOUT):
+            await expect_error(llm, "llm_bad_response")
+    finally:
+        await llm.aclose()
+    assert (len(dropping.requests), len(spare.requests)) == (1, 0)
+
+
+@pytest.mark.parametrize("retries, expected_requests", [(0, 1), (2, 3)])
+async def test_one_server_is_retried_for_retryable_failures_only(
+    fake: FakeOpenAIServer, retries: int, expected_requests: int
+) -> None:
+    fake.mode = "error500"
+    llm = OpenAICompatibleLLM(base_url=fake.base_url, retries=retries)
+    try:
+        with trio.fail_after(TIMEOUT):
+            await expect_error(llm, "llm_error")
+            assert len(fake.requests) == expected_requests
+            fake.mode = "malformed"  # not retryable: a second request would not help
+            await expect_error(llm, "llm_bad_response")
+            assert len(fake.requests) == expected_requests + 1
+    finally:
+        await llm.aclose()

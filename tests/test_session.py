@@ -372,3 +372,48 @@ async def test_a_session_cancelled_from_outside_closes_with_1001(autojump_clock)
     with trio.move_on_after(5):  # the server shutting down
         await session.run()
     assert (server_end.close_code, server_end.close_reason) == (1001, "server shutting down")
+
+
+@pytest.mark.parametrize("engine, code", [("stt", "stt_timeout"), ("tts", "tts_timeout")])
+async def test_an_engine_that_hangs_fails_the_turn_within_its_timeout(autojump_clock, engine, code):
+    engines = fake_engines(stt=FakeSTT(delay=1000), tts=FakeTTS(delay=1000))
+    settings = SessionSettings(turn_detection=PUSH_TO_TALK.turn_detection, stt_timeout_s=5, tts_timeout_s=3)
+    if engine == "tts":
+        engines.stt.delay = 0.1
+    async with connected(engines, settings) as client:
+        await client.send(audio(200))
+        await client.send({"type": "input_audio.commit"})
+        started = trio.current_time()
+        error = await client.until("error")
+        done = await client.until("response.done")
+        failed_after = trio.current_time() - started
+        engines.stt.delay, engines.tts.delay = 0.1, 0.05  # the engine is back
+        await client.send({"type": "input_text", "text": "still there?"})
+        nxt = await client.until("response.done")
+    assert (error.code, error.turn_id, done.status) == (code, done.turn_id, "failed")
+    assert failed_after == pytest.approx(5 if engine == "stt" else 3.1, abs=0.2)
+    assert nxt.status == "completed"
+
+
+async def test_while_draining_responses_in_progress_finish_and_no_new_one_starts(autojump_clock):
+    async with connected() as client:
+        await client.send({"type": "input_text", "text": "tell me"})
+        await client.until("response.text.delta")
+        client.session.stop_new_turns()
+        async with trio.open_nursery() as nursery:
+            waited = trio.Event()
+
+            async def wait_for_responses() -> None:
+                await client.session.wait_responses_done()
+                waited.set()
+
+            nursery.start_soon(wait_for_responses)
+            await client.send({"type": "input_text", "text": "and another thing"})
+            refused = await client.until("error")
+            assert not waited.is_set()
+            done = await client.until("response.done")
+        assert waited.is_set()
+        await client.session.wait_responses_done()  # nothing in progress: returns at once
+    assert refused.code == "server_shutting_down"
+    assert (done.turn_id, done.status, done.text) == ("turn_1", "completed", REPLY)
+    assert [e.turn_id for e in client.events("response.created")] == ["turn_1"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 
 from voiceorch.engines.openai_llm import OpenAICompatibleLLM
@@ -14,11 +15,11 @@ from session_harness import connected, fake_engines
 
 
 @asynccontextmanager
-async def session_with_http_llm(server: FakeOpenAIServer):
+async def session_with_http_llm(server: FakeOpenAIServer, **llm_options):
     """Serve ``server`` on loopback; yield a session client whose LLM is the HTTP client."""
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            llm = OpenAICompatibleLLM(base_url=await nursery.start(server.serve))
+            llm = OpenAICompatibleLLM(base_url=await nursery.start(server.serve), **llm_options)
             async with connected(fake_engines(llm=llm)) as client:
                 yield client
             await llm.aclose()
@@ -43,20 +44,50 @@ async def test_the_reply_streams_from_the_http_llm_and_the_history_goes_with_the
     assert all(r["stream"] is True for r in server.requests)
 
 
-async def test_an_erroring_llm_server_gives_an_error_event_and_the_session_stays_usable():
-    server = FakeOpenAIServer(mode="error500")
-    async with session_with_http_llm(server) as client:
+@pytest.mark.parametrize(
+    "mode, code",
+    [
+        ("error500", "llm_error"),
+        ("malformed", "llm_bad_response"),
+        ("drop", "llm_bad_response"),
+        ("stall", "llm_timeout"),  # one delta, then silence past read_timeout
+        ("keepalive", "llm_timeout"),  # up but sends no text within first_token_timeout
+    ],
+)
+async def test_a_failing_llm_server_gives_an_error_event_and_the_session_stays_usable(mode, code):
+    server = FakeOpenAIServer(mode=mode)
+    async with session_with_http_llm(server, read_timeout=1.0, first_token_timeout=1.0) as client:
         await client.send({"type": "input_text", "text": "hello?"})
         error = await client.until("error")
         failed = await client.until("response.done")
         server.mode = "stream"  # the backend is back
         await client.send({"type": "input_text", "text": "hello again"})
         done = await client.until("response.done")
-    assert error.code == "llm_error" and "500" in error.message and error.turn_id == failed.turn_id
+    assert error.code == code and error.turn_id == failed.turn_id, error
     assert failed.status == "failed"
     assert done.status == "completed" and done.text == "Hello, world!"
-    # The failed turn left nothing in the history; the good one did.
-    assert [m["content"] for m in server.requests[-1]["messages"][1:]] == ["hello again"]
+    # A failed turn stays in the history only with what the user heard of it (here: nothing
+    # was synthesized and played before the failure, or just the first word).
+    history = [m["content"] for m in server.requests[-1]["messages"][1:]]
+    assert history[-1] == "hello again"
+    assert history[:-1] in ([], ["hello?", failed.text]), history
+
+
+async def test_an_llm_server_that_is_down_gives_llm_unavailable_then_recovers():
+    server = FakeOpenAIServer()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            llm = OpenAICompatibleLLM(base_url="http://127.0.0.1:9/v1", connect_timeout=1.0)  # nothing listens
+            async with connected(fake_engines(llm=llm)) as client:
+                await client.send({"type": "input_text", "text": "anyone there?"})
+                error = await client.until("error")
+                failed = await client.until("response.done")
+                llm.base_url = await nursery.start(server.serve)  # the backend is back
+                await client.send({"type": "input_text", "text": "now?"})
+                done = await client.until("response.done")
+            await llm.aclose()
+            nursery.cancel_scope.cancel()
+    assert (error.code, failed.status, done.status) == ("llm_unavailable", "failed", "completed")
 
 
 async def test_cancelling_a_response_closes_the_http_stream():

@@ -37,9 +37,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--http-host", help="address of the HTTP server (default: the same as --host)")
     llm = s.add_argument_group("LLM")
     llm.add_argument(
-        "--llm-url",
+        "--llm-url", action="append", default=[],
         help="use this OpenAI-compatible server instead of the embedded one: the base URL ending "
-        "in /v1, e.g. http://127.0.0.1:8000/v1 (llama.cpp, vLLM, Ollama, OpenAI)",
+        "in /v1, e.g. http://127.0.0.1:8000/v1 (llama.cpp, vLLM, Ollama, OpenAI). Repeat it for "
+        "failover: a request that fails before any text arrived goes to the next server",
     )
     llm.add_argument(
         "--llm-api-key",
@@ -48,11 +49,25 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     llm.add_argument("--llm-model", default="default", help="model name sent to the LLM server (default: %(default)s)")
     llm.add_argument("--llm-max-tokens", type=int, default=120, help="reply length limit in tokens (default: %(default)s)")
+    llm.add_argument(
+        "--llm-timeout", type=float, default=15.0,
+        help="seconds allowed for the first text of a reply; past it the turn fails with llm_timeout "
+        "(default: %(default)s)",
+    )
     llm.add_argument("--llm-gguf", type=Path, help="GGUF file for the embedded LLM server (default: SmolLM2-135M-Instruct)")
     llm.add_argument("--llm-log", type=Path, help="file for the embedded LLM server's output (default: a temporary file)")
     models = s.add_argument_group("speech models")
     models.add_argument("--stt-model", type=Path, help="faster-whisper (CTranslate2) model folder (default: embedded tiny.en)")
     models.add_argument("--tts-voice", type=Path, help="Piper voice .onnx file, with its .onnx.json beside it (default: embedded en_US-joe-medium)")
+    models.add_argument(
+        "--stt-timeout", type=float, default=SessionSettings().stt_timeout_s,
+        help="seconds allowed for one transcription; past it the turn fails with stt_timeout (default: %(default)s)",
+    )
+    models.add_argument(
+        "--tts-timeout", type=float, default=SessionSettings().tts_timeout_s,
+        help="seconds allowed to synthesize one sentence; past it the turn fails with tts_timeout "
+        "(default: %(default)s)",
+    )
     models.add_argument("--no-warm-up", dest="warm_up", action="store_false", help="skip running each model once at start-up")
     models.add_argument(
         "--fake-engines",
@@ -102,6 +117,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="under server VAD, start answering once a pause has lasted this long, output held until "
         "the silence window ends the turn; 0 turns it off (default: %(default)s)",
     )
+    s.add_argument(
+        "--shutdown-grace", type=float, default=10.0,
+        help="on SIGINT/SIGTERM, stop accepting and give responses in progress this many seconds to "
+        "finish before closing every session with 1001; a second signal stops at once (default: %(default)s)",
+    )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -147,17 +167,22 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         http_host=args.http_host,
         http_port=None if args.http_port < 0 else args.http_port,
-        llm_url=args.llm_url,
+        llm_url=args.llm_url[0] if args.llm_url else None,
+        llm_fallback_urls=tuple(args.llm_url[1:]),
         llm_api_key=args.llm_api_key,
         llm_model=args.llm_model,
         llm_max_tokens=args.llm_max_tokens,
+        llm_timeout_s=args.llm_timeout,
         llm_gguf=args.llm_gguf,
         llm_log=args.llm_log,
         stt_model=args.stt_model,
         tts_voice=args.tts_voice,
         warm_up=args.warm_up,
         fake_engines=args.fake_engines,
+        shutdown_grace_s=args.shutdown_grace,
         session=SessionSettings(
+            stt_timeout_s=args.stt_timeout,
+            tts_timeout_s=args.tts_timeout,
             instructions=args.instructions,
             max_input_audio_ms=args.max_input_audio_ms,
             send_timeout_s=args.send_timeout,

@@ -31,12 +31,15 @@ class EngineError(Exception):
 
     ``code`` is a short machine-readable reason that reaches the client in an ``error`` event
     (for instance ``llm_unavailable``, ``llm_error``, ``stt_failed``, ``tts_failed``).
+    ``retryable`` says the same request may succeed if sent again (to another server): the
+    request never reached a server that could answer it, or the server said it was overloaded.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retryable = retryable
 
 
 class SpeechToText(Protocol):

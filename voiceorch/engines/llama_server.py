@@ -1,18 +1,22 @@
 """Supervision of llama-cpp-python's OpenAI-compatible server (``llama_cpp.server``).
 
-The server runs as a child process of ours; :func:`run_llama_server` starts it, waits until it
-answers, reports its ``/v1`` base URL, and terminates and reaps it when cancelled. If our
-process dies without running that clean-up (SIGKILL, an unhandled SIGTERM), the child notices
-that its parent is gone within a second and exits, so no orphan server is left running.
+The server runs as a child process of ours; :func:`run_llama_server` runs one life of it:
+starts it, waits until it answers, reports its ``/v1`` base URL, and terminates and reaps it
+when cancelled. :func:`supervise_llama_server` keeps it running: a child that dies is started
+again on the same port, after a backoff. If our process dies without running that clean-up
+(SIGKILL, an unhandled SIGTERM), the child notices that its parent is gone within a second and
+exits, so no orphan server is left running.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from functools import partial
 from pathlib import Path
 from typing import IO
@@ -20,6 +24,10 @@ from typing import IO
 import attrs
 import httpx
 import trio
+
+from ..logs import log_event
+
+log = logging.getLogger(__name__)
 
 _LOG_TAIL_BYTES = 2000
 _POLL_INTERVAL = 0.25
@@ -110,6 +118,7 @@ async def run_llama_server(
             except OSError as exc:
                 failure = f"cannot start llama server: {exc}"
             else:
+                log_event(log, "llm.child.started", pid=process.pid, port=port)
                 failure = await _wait_until_ready(process, base_url, config.start_timeout)
                 if not failure:
                     task_status.started(base_url)
@@ -119,6 +128,57 @@ async def run_llama_server(
             nursery.cancel_scope.cancel()
         tail = _read_tail(log, log_start)
     raise RuntimeError(f"{failure} (model {config.model_path}); last output:\n{tail}")
+
+
+async def supervise_llama_server(
+    config: LlamaServerConfig,
+    *,
+    restart_backoff: float = 1.0,
+    max_backoff: float = 30.0,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Keep the server running until cancelled; ``task_status.started(base_url)`` once it first
+    answers.
+
+    The first start must succeed (else ``RuntimeError``, as from :func:`run_llama_server`: a
+    missing model or a broken install will not mend itself). After that, a child that exits is
+    logged (``llm.child.exited``, with the tail of its output) and started again on the same
+    port, so the LLM client's base URL stays valid; the backoff doubles from
+    ``restart_backoff`` up to ``max_backoff`` and resets once a child has served for a minute.
+    While it is down, requests fail with ``llm_unavailable`` and ``/readyz`` says so.
+    Cancellation terminates and reaps the current child.
+    """
+    config = attrs.evolve(config, port=config.port or _pick_free_port(config.host))
+    backoff = restart_backoff
+    first = True
+    while True:
+        started_at = time.monotonic()
+        failure: RuntimeError | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                base_url = await nursery.start(run_llama_server, config)
+                if first:
+                    first = False
+                    task_status.started(base_url)
+                else:
+                    log_event(log, "llm.child.restarted", port=config.port)
+        except* RuntimeError as group:
+            failure = _first_leaf(group)
+        if failure is None:
+            continue  # (run_llama_server only returns by raising)
+        if first:
+            raise failure
+        if time.monotonic() - started_at > 60:
+            backoff = restart_backoff
+        log_event(log, "llm.child.exited", logging.ERROR, reason=str(failure), retry_s=backoff)
+        await trio.sleep(backoff)
+        backoff = min(backoff * 2, max_backoff)
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _wait_until_ready(process: trio.Process, base_url: str, timeout: float) -> str:

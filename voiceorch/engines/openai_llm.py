@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ import httpx
 import trio
 from httpx_sse import EventSource, SSEError
 
+from ..logs import log_event
 from .base import ChatMessage, EngineError
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,14 @@ class OpenAICompatibleLLM:
     call :meth:`aclose` when done. The API key travels only in the ``Authorization`` header;
     it is never logged, never shown in ``repr`` and never put in an error message.
 
+    **Failover and retries.** ``fallback_urls`` are further servers of the same model. A
+    request that fails before any text reached the caller (the server cannot be reached, or
+    answers 5xx or 429) is sent again to the next server in turn, ``len(urls) + retries``
+    attempts in all (so with one server it is retried ``retries`` times: a pooled connection
+    the server had closed is the usual case). A request is never repeated once some of its
+    text was delivered, so the user never hears a reply twice, and a timeout is not retried
+    (the user has waited enough). The server that answered last is tried first next time.
+
     ``max_concurrent_requests`` (default 1) queues requests on our side, in a
     ``trio.CapacityLimiter`` (:attr:`limiter`): llama-cpp-python's server runs one request
     at a time, and a second one arriving while a reply streams cuts that reply off (or, with
@@ -37,6 +47,12 @@ class OpenAICompatibleLLM:
     """
 
     base_url: str = attrs.field(converter=lambda url: str(url).rstrip("/"))
+    fallback_urls: tuple[str, ...] = attrs.field(
+        default=(), converter=lambda urls: tuple(str(url).rstrip("/") for url in urls)
+    )
+    retries: int = 1
+    #: Pooled connections per server (more requests wait for one, within ``connect_timeout``).
+    max_connections: int = 16
     api_key: str | None = attrs.field(default=None, repr=False)
     model: str = "default"
     max_tokens: int = 120
@@ -44,10 +60,14 @@ class OpenAICompatibleLLM:
     connect_timeout: float = 5.0
     #: Time allowed between two chunks of the stream (and for the response headers).
     read_timeout: float = 10.0
+    #: Time allowed from sending the request to the reply's first text (a server that is up
+    #: but stuck, or trickles keep-alives, fails with ``llm_timeout`` after it).
+    first_token_timeout: float = 15.0
     max_concurrent_requests: int | None = 1
     #: Queue of our requests (``None`` if unlimited); ``limiter.statistics()`` shows waiters.
     limiter: trio.CapacityLimiter | None = attrs.field(init=False, repr=False)
     _client: httpx.AsyncClient = attrs.field(init=False, repr=False)
+    _preferred: str | None = attrs.field(init=False, default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.limiter = (
@@ -58,6 +78,7 @@ class OpenAICompatibleLLM:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         self._client = httpx.AsyncClient(
             headers=headers,
+            limits=httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections),
             timeout=httpx.Timeout(
                 connect=self.connect_timeout,
                 read=self.read_timeout,
@@ -79,8 +100,10 @@ class OpenAICompatibleLLM:
         when it returns or raises. Cancelling the call closes the HTTP response (and its
         connection), so the server sees the client go and stops generating.
         If the receiving side of ``deltas`` is closed, the request is dropped the same way and
-        the call returns quietly. Raises :class:`EngineError` with code ``llm_unavailable``,
-        ``llm_error`` or ``llm_bad_response``.
+        the call returns quietly. Raises :class:`EngineError` with code ``llm_unavailable``
+        (cannot connect), ``llm_timeout`` (no first text within :attr:`first_token_timeout`, or
+        a silence longer than :attr:`read_timeout`), ``llm_error`` (an error status or error
+        chunk) or ``llm_bad_response`` (not SSE, bad JSON, or the stream broke off).
         """
         with deltas:
             try:
@@ -88,8 +111,17 @@ class OpenAICompatibleLLM:
             except trio.BrokenResourceError:
                 log.debug("reply consumer went away; LLM request dropped")
 
+    @property
+    def urls(self) -> list[str]:
+        """Every server, the one to try first at the front."""
+        urls = [self.base_url, *self.fallback_urls]
+        if self._preferred in urls:
+            index = urls.index(self._preferred)
+            urls = urls[index:] + urls[:index]
+        return urls
+
     async def check_ready(self) -> str | None:
-        """``GET {base_url}/models``: ``None`` if the server answers 200, else a short reason.
+        """``GET {url}/models``: ``None`` if a server answers 200, else a short reason.
 
         If every request slot is taken by a streaming reply, the server is evidently up: returns
         ``None`` at once rather than send a request that would disturb that reply.
@@ -106,13 +138,17 @@ class OpenAICompatibleLLM:
             self.limiter.release()
 
     async def _probe(self) -> str | None:
-        try:
-            response = await self._client.get(f"{self.base_url}/models")
-        except httpx.HTTPError as exc:
-            return f"cannot reach LLM server at {self.base_url} ({type(exc).__name__})"
-        if response.status_code != 200:
-            return f"LLM server at {self.base_url} answered {response.status_code}"
-        return None
+        reasons = []
+        for url in self.urls:
+            try:
+                response = await self._client.get(f"{url}/models")
+            except httpx.HTTPError as exc:
+                reasons.append(f"cannot reach LLM server at {url} ({type(exc).__name__})")
+                continue
+            if response.status_code == 200:
+                return None
+            reasons.append(f"LLM server at {url} answered {response.status_code}")
+        return "; ".join(reasons)
 
     async def warm_up(self) -> None:
         """Ask for a reply a couple of tokens long and discard it (loads the model's caches)."""
@@ -130,15 +166,62 @@ class OpenAICompatibleLLM:
     ) -> None:
         try:
             async with self.limiter if self.limiter is not None else contextlib.nullcontext():
-                await self._request(messages, max_tokens, on_delta)
+                await self._request_with_failover(messages, max_tokens, on_delta)
         except EngineError as exc:
             # Server text (an error body, an error chunk) may echo the key: never pass it on.
             if self.api_key and self.api_key in exc.message:
-                raise EngineError(exc.code, exc.message.replace(self.api_key, "***")) from None
+                raise EngineError(exc.code, exc.message.replace(self.api_key, "***"), retryable=exc.retryable) from None
             raise
+
+    async def _request_with_failover(
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        on_delta: Callable[[str], Awaitable[None]],
+    ) -> None:
+        delivered = False
+
+        async def deliver(delta: str) -> None:
+            nonlocal delivered
+            delivered = True
+            await on_delta(delta)
+
+        urls = self.urls
+        attempts = len(urls) + self.retries
+        for attempt in range(attempts):
+            url = urls[attempt % len(urls)]
+            try:
+                await self._request_with_first_token_deadline(url, messages, max_tokens, deliver)
+            except EngineError as exc:
+                if delivered or not exc.retryable or attempt == attempts - 1:
+                    raise
+                next_url = urls[(attempt + 1) % len(urls)]
+                log_event(log, "llm.retry", code=exc.code, failed_url=url, next_url=next_url, attempt=attempt + 1)
+            else:
+                self._preferred = url
+                return
+
+    async def _request_with_first_token_deadline(
+        self,
+        url: str,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        on_delta: Callable[[str], Awaitable[None]],
+    ) -> None:
+        async def first_delta_lifts_the_deadline(delta: str) -> None:
+            deadline.deadline = math.inf
+            await on_delta(delta)
+
+        with trio.CancelScope(deadline=trio.current_time() + self.first_token_timeout) as deadline:
+            await self._request(url, messages, max_tokens, first_delta_lifts_the_deadline)
+        if deadline.cancelled_caught:
+            raise EngineError(
+                "llm_timeout", f"the LLM server sent no reply within {self.first_token_timeout:g} s"
+            )
 
     async def _request(
         self,
+        base_url: str,
         messages: Sequence[ChatMessage],
         max_tokens: int,
         on_delta: Callable[[str], Awaitable[None]],
@@ -150,7 +233,7 @@ class OpenAICompatibleLLM:
             "max_tokens": max_tokens,
             "temperature": self.temperature,
         }
-        url = f"{self.base_url}/chat/completions"
+        url = f"{base_url}/chat/completions"
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
         responded = False
         try:
@@ -161,21 +244,21 @@ class OpenAICompatibleLLM:
                         "llm_error",
                         f"LLM server answered {response.status_code}: "
                         f"{await self._short_body(response)}",
+                        retryable=response.status_code >= 500 or response.status_code == 429,
                     )
                 await self._read_events(EventSource(response), on_delta)
         except httpx.TimeoutException as exc:
-            raise EngineError(
-                "llm_unavailable", f"LLM server at {self.base_url} timed out ({type(exc).__name__})"
-            ) from exc
+            if not isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+                raise EngineError(
+                    "llm_timeout", f"LLM server at {base_url} timed out ({type(exc).__name__})"
+                ) from exc
+            raise _unavailable(base_url, exc) from exc
         except httpx.HTTPError as exc:
             if responded:
                 raise EngineError(
                     "llm_bad_response", f"LLM stream broke off ({type(exc).__name__}: {exc})"
                 ) from exc
-            raise EngineError(
-                "llm_unavailable",
-                f"cannot reach LLM server at {self.base_url} ({type(exc).__name__})",
-            ) from exc
+            raise _unavailable(base_url, exc) from exc
 
     async def _read_events(
         self, source: EventSource, on_delta: Callable[[str], Awaitable[None]]
@@ -207,6 +290,13 @@ class OpenAICompatibleLLM:
             text = text.replace(self.api_key, "***")
         text = " ".join(text.split())
         return text[:_BODY_SNIPPET] + ("..." if len(text) > _BODY_SNIPPET else "")
+
+
+def _unavailable(base_url: str, exc: Exception) -> EngineError:
+    """``llm_unavailable``: the request never reached a server that answered (retryable)."""
+    return EngineError(
+        "llm_unavailable", f"cannot reach LLM server at {base_url} ({type(exc).__name__})", retryable=True
+    )
 
 
 def _parse_chunk(data: str) -> tuple[str | None, str | None]:

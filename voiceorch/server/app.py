@@ -1,9 +1,12 @@
 """``voiceorch serve``: load the engines once, start the embedded LLM server, serve sessions.
 
 Everything runs in one nursery: the supervised llama.cpp child process (unless an external
-``llm_url`` is given), the voice WebSocket server and the HTTP server (browser page, health
-checks, Prometheus metrics; supervised, so it never takes the voice server down). Cancelling
-:func:`run_server` closes every session, stops the servers and terminates the child.
+``llm_url`` is given; restarted with a backoff if it dies), the voice WebSocket server and the
+HTTP server (browser page, health checks, Prometheus metrics; supervised, so it never takes the
+voice server down). Cancelling :func:`run_server` closes every session, stops the servers and
+terminates the child. :func:`run_until_signalled` adds the graceful part of a shutdown: on
+SIGINT/SIGTERM it stops accepting, lets the responses in progress finish (up to
+``shutdown_grace_s``), then cancels the rest.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ..session import SessionSettings
 from .http import DEFAULT_HTTP_PORT, HttpApp, run_http_server
 from .loop_lag import watch_loop_lag
 from .access import AccessPolicy
-from .voice_ws import VOICE_PATH, serve_voice
+from .voice_ws import VOICE_PATH, VoiceServer, serve_voice
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,8 @@ class ServerConfig:
     http_port: int | None = DEFAULT_HTTP_PORT
     #: An OpenAI-compatible base URL ending in /v1; None starts the embedded llama.cpp server.
     llm_url: str | None = None
+    #: Further servers of the same model, for failover (with ``llm_url`` only).
+    llm_fallback_urls: tuple[str, ...] = ()
     llm_api_key: str | None = attrs.field(default=None, repr=False)
     llm_model: str = "default"
     llm_max_tokens: int = 120
@@ -48,8 +53,12 @@ class ServerConfig:
     llm_log: Path | None = None
     stt_model: Path | None = None
     tts_voice: Path | None = None
+    #: The LLM's time limit for the first text of a reply (``llm_timeout`` after it).
+    llm_timeout_s: float = 15.0
     warm_up: bool = True
     fake_engines: bool = False
+    #: On SIGINT/SIGTERM, responses in progress get this long to finish before being cut off.
+    shutdown_grace_s: float = 10.0
     session: SessionSettings = SessionSettings()
     access: AccessPolicy = AccessPolicy()
 
@@ -76,7 +85,7 @@ async def _load_in_thread(load: Callable, *args) -> object:
 
 async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[Engines, Callable]:
     """Load STT and TTS in threads while the LLM server starts; returns engines and a closer."""
-    from ..engines.llama_server import LlamaServerConfig, run_llama_server
+    from ..engines.llama_server import LlamaServerConfig, supervise_llama_server
     from ..engines.openai_llm import OpenAICompatibleLLM
     from ..engines.piper_tts import PiperTTS
     from ..engines.silero_vad import SileroVAD
@@ -98,10 +107,15 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
             gguf = config.llm_gguf or embedded.smollm2_gguf_path()
             llama = LlamaServerConfig(model_path=gguf, log_path=config.llm_log)
             llm_url = await _timed(
-                f"starting the embedded LLM server (llama.cpp, {gguf.name})", nursery.start, run_llama_server, llama
+                f"starting the embedded LLM server (llama.cpp, {gguf.name})", nursery.start, supervise_llama_server, llama
             )
     llm = OpenAICompatibleLLM(
-        base_url=llm_url, api_key=config.llm_api_key, model=config.llm_model, max_tokens=config.llm_max_tokens
+        base_url=llm_url,
+        fallback_urls=config.llm_fallback_urls,
+        api_key=config.llm_api_key,
+        model=config.llm_model,
+        max_tokens=config.llm_max_tokens,
+        first_token_timeout=config.llm_timeout_s,
     )
     engines = Engines(stt=loaded["stt"], llm=llm, tts=loaded["tts"], vad=loaded["vad"])
     if config.warm_up:
@@ -126,17 +140,24 @@ def _fake_engines() -> Engines:
 
 
 @attrs.frozen(kw_only=True)
-class ServerPorts:
-    """The ports :func:`run_server` bound; ``http_port`` is None if HTTP is off or failed."""
+class RunningServer:
+    """What :func:`run_server` reports once it serves: the ports it bound (``http_port`` is
+    None if HTTP is off or failed) and the voice server, for a graceful shutdown."""
 
     voice_port: int
     http_port: int | None
+    voice: VoiceServer
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop accepting sessions (``/readyz`` says so), let the responses in progress finish,
+        up to ``grace_s``. Then cancel :func:`run_server`."""
+        await self.voice.drain(grace_s)
 
 
 async def run_server(
-    config: ServerConfig, *, task_status: trio.TaskStatus[ServerPorts] = trio.TASK_STATUS_IGNORED
+    config: ServerConfig, *, task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Run until cancelled; ``task_status.started`` gets the :class:`ServerPorts` once
+    """Run until cancelled; ``task_status.started`` gets the :class:`RunningServer` once
     sessions are served."""
     async with trio.open_nursery() as nursery:
         close = None
@@ -166,7 +187,7 @@ async def run_server(
                 http_host = config.http_host or config.host
                 http_port = await nursery.start(
                     lambda task_status: run_http_server(
-                        HttpApp(engines, voice_port=port),
+                        HttpApp(engines, voice_port=port, is_draining=lambda: server.draining),
                         host=http_host,
                         port=config.http_port,
                         task_status=task_status,
@@ -180,7 +201,7 @@ async def run_server(
             nursery.start_soon(watch_loop_lag)  # from now on: model loading would skew it
             log_event(log, "server.ready", port=port, http_port=http_port)
             _say(f"ready: ws://{config.host}:{port}{VOICE_PATH}")  # printed last: tests wait for it
-            task_status.started(ServerPorts(voice_port=port, http_port=http_port))
+            task_status.started(RunningServer(voice_port=port, http_port=http_port, voice=server))
             await trio.sleep_forever()
         finally:
             if close is not None:
@@ -189,13 +210,30 @@ async def run_server(
 
 
 async def run_until_signalled(config: ServerConfig) -> None:
-    """Run the server until SIGINT or SIGTERM, then cancel it all: sessions close, the LLM
-    child is terminated, and this returns."""
+    """Run the server until SIGINT or SIGTERM, then shut down gracefully and return: accept no
+    more sessions, let the responses in progress finish (up to ``config.shutdown_grace_s``),
+    then cancel everything: every session closes with 1001, the LLM child is terminated. A
+    signal during start-up, or a second signal, stops at once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_server, config)
-            async for signum in signals:
-                log_event(log, "server.stop", signal=signal.Signals(signum).name)
-                _say(f"{signal.Signals(signum).name}: stopping")
+            running: list[RunningServer] = []
+
+            async def serve() -> None:
+                running.append(await nursery.start(run_server, config))
+
+            async def drain_then_stop(server: RunningServer) -> None:
+                await server.drain(config.shutdown_grace_s)
                 nursery.cancel_scope.cancel()
-                break
+
+            nursery.start_soon(serve)
+            draining = False
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                log_event(log, "server.stop", signal=name, graceful=bool(running) and not draining)
+                if not running or draining:
+                    _say(f"{name}: stopping now")
+                    break
+                _say(f"{name}: stopping (responses in progress get {config.shutdown_grace_s:g} s to finish)")
+                draining = True
+                nursery.start_soon(drain_then_stop, running[0])
+            nursery.cancel_scope.cancel()

@@ -8,8 +8,9 @@ beside the voice WebSocket (which stays on trio-websocket):
   (``{"voice_path": "/v1/voice", "voice_port": N}``; it connects to
   ``ws://<the page's host>:<voice_port><voice_path>``).
 - ``GET /healthz``: 200 while the process is alive.
-- ``GET /readyz``: 200 when the engines are loaded and the LLM answers, else 503 with
-  ``{"ready": false, "reason": ...}``.
+- ``GET /readyz``: 200 when the engines are loaded and their backends answer, else 503 with
+  ``{"ready": false, "reason": ...}`` (also while the server shuts down, so a load balancer
+  sends no new sessions, and while the embedded LLM process is down or restarting).
 - ``GET /metrics``: Prometheus text format (:mod:`voiceorch.metrics`).
 
 :func:`run_http_server` supervises hypercorn: if it fails it is logged and restarted after a
@@ -64,10 +65,18 @@ Send = Callable[[dict], Awaitable[None]]
 class HttpApp:
     """The ASGI application. ``voice_port`` is the bound port of the voice WebSocket."""
 
-    def __init__(self, engines: Engines, *, voice_port: int, page_dir: Path = PAGE_DIR) -> None:
+    def __init__(
+        self,
+        engines: Engines,
+        *,
+        voice_port: int,
+        page_dir: Path = PAGE_DIR,
+        is_draining: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.engines = engines
         self.voice_port = voice_port
         self.page_dir = page_dir
+        self.is_draining = is_draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -141,18 +150,26 @@ class HttpApp:
         return _json(503, {"ready": False, "reason": reason})
 
     async def not_ready_reason(self) -> str | None:
-        """``None`` if ready: the engines are loaded (they are, once this app exists) and the
-        LLM answers. An engine without ``check_ready`` (the fakes) counts as ready."""
-        check = getattr(self.engines.llm, "check_ready", None)
-        if check is None:
-            return None
-        try:
-            with trio.fail_after(READY_TIMEOUT_S):
-                return await check()
-        except trio.TooSlowError:
-            return f"the LLM did not answer within {READY_TIMEOUT_S:g} s"
-        except Exception as exc:  # a health check reports, it does not crash
-            return f"the LLM check failed: {exc!r}"
+        """``None`` if ready: the server is not shutting down, the engines are loaded (they
+        are, once this app exists) and every engine that can check its backend (``check_ready``:
+        the LLM client, remote STT/TTS) says it is reachable. An engine without it (in-process
+        models, the fakes) counts as ready."""
+        if self.is_draining():
+            return "shutting down: no new sessions"
+        for name in ("llm", "stt", "tts"):
+            check = getattr(getattr(self.engines, name), "check_ready", None)
+            if check is None:
+                continue
+            try:
+                with trio.fail_after(READY_TIMEOUT_S):
+                    reason = await check()
+            except trio.TooSlowError:
+                reason = f"the {name.upper()} did not answer within {READY_TIMEOUT_S:g} s"
+            except Exception as exc:  # a health check reports, it does not crash
+                reason = f"the {name.upper()} check failed: {exc!r}"
+            if reason is not None:
+                return reason
+        return None
 
     async def _metrics(self, path: str):
         return 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], generate_latest()

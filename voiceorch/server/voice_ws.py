@@ -3,6 +3,10 @@
 Each accepted connection runs one :class:`~voiceorch.session.Session`. Whatever goes wrong in
 one session is logged and ends that connection only (close code 1011); it never reaches the
 server's nursery, so the server and every other session go on.
+
+:meth:`VoiceServer.drain` is the graceful half of a shutdown: it stops accepting connections
+and lets the responses in progress finish, up to a grace period; cancelling
+:func:`serve_voice` afterwards closes every session with 1001.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 from functools import partial
 
+import attrs
 import trio
 import trio_websocket
 import wsproto.utilities
@@ -17,8 +22,10 @@ import wsproto.utilities
 from ..engines.base import Engines
 from ..logs import log_event
 from ..session import Session, SessionSettings
+from ..session.session import CLOSE_GOING_AWAY
 from ..session.transport import Message
 from .access import CLOSE_TRY_AGAIN_LATER, AccessPolicy, Admission
+from .realtime_ws import REALTIME_PATH, realtime_transport
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,78 @@ class WebSocketTransport:
         await self._ws.aclose(code, reason)
 
 
+class StoppableListener(trio.abc.Listener[trio.SocketStream]):
+    """A TCP listener that can stop accepting without ending the server.
+
+    After :meth:`stop_accepting` its socket is closed (the kernel refuses new connections) and
+    :meth:`accept` waits forever, so ``trio.serve_listeners`` keeps running the handlers of the
+    connections already accepted (closing a listener it uses would end them all).
+    """
+
+    def __init__(self, inner: trio.SocketListener) -> None:
+        self.inner = inner
+        self._stopped = False
+        self._waiting: trio.CancelScope | None = None
+
+    async def accept(self) -> trio.SocketStream:
+        if not self._stopped:
+            with trio.CancelScope() as self._waiting:
+                return await self.inner.accept()  # (atomic with respect to cancellation)
+        await self.inner.aclose()
+        await trio.sleep_forever()
+
+    def stop_accepting(self) -> None:
+        """Accept no more connections. Not a checkpoint."""
+        self._stopped = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@attrs.define(eq=False)
+class VoiceServer:
+    """The running voice server: its bound port, its sessions, and its graceful shutdown."""
+
+    port: int
+    listeners: list[StoppableListener]
+    sessions: set[Session] = attrs.field(factory=set)
+    draining: bool = False
+    #: Set when the last session has gone (replaced when one starts).
+    _no_sessions: trio.Event = attrs.field(factory=trio.Event)
+
+    def add(self, session: Session) -> None:
+        self.sessions.add(session)
+        self._no_sessions = trio.Event()
+
+    def discard(self, session: Session) -> None:
+        self.sessions.discard(session)
+        if not self.sessions:
+            self._no_sessions.set()
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop accepting connections, let no session start a new response, wait until the
+        responses in progress have finished (played to the end) or ``grace_s`` seconds have
+        passed, then close every session with 1001 and wait (a few seconds at most) for the
+        closing handshakes. Cancel :func:`serve_voice` after it."""
+        self.draining = True
+        for listener in self.listeners:
+            listener.stop_accepting()
+        for session in self.sessions:
+            session.stop_new_turns()
+        log_event(log, "voice.draining", sessions=len(self.sessions), grace_s=grace_s)
+        with trio.move_on_after(grace_s) as grace:
+            for session in list(self.sessions):
+                await session.wait_responses_done()
+        log_event(log, "voice.drained", responses_cut_off=grace.cancelled_caught)
+        for session in self.sessions:
+            session.end(CLOSE_GOING_AWAY, "server shutting down")
+        with trio.move_on_after(5):
+            if self.sessions:
+                await self._no_sessions.wait()
+
+
 async def _handle(
     request: trio_websocket.WebSocketRequest,
     *,
@@ -55,9 +134,12 @@ async def _handle(
     settings: SessionSettings,
     policy: AccessPolicy,
     admission: Admission,
+    server: VoiceServer,
 ) -> None:
-    if request.path.split("?", 1)[0] != VOICE_PATH:
-        await request.reject(404, body=f"no such endpoint; the voice endpoint is {VOICE_PATH}\n".encode())
+    path = request.path.split("?", 1)[0]
+    if path not in (VOICE_PATH, REALTIME_PATH):
+        body = f"no such endpoint; the voice endpoints are {VOICE_PATH} and {REALTIME_PATH}\n"
+        await request.reject(404, body=body.encode())
         return
     headers = [(bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in request.headers]
     refusal = policy.refusal(request.path, headers)
@@ -70,17 +152,25 @@ async def _handle(
         ws = await request.accept()
     except trio_websocket.ConnectionClosed:
         return  # the client went away during the handshake: nothing to serve
+    if server.draining:  # accepted just before the listener stopped
+        await ws.aclose(CLOSE_GOING_AWAY, "server shutting down")
+        return
     if not admission.try_enter():
         log_event(log, "voice.busy", max_sessions=admission.max_sessions)
         await ws.aclose(CLOSE_TRY_AGAIN_LATER, f"server busy: at most {admission.max_sessions} sessions")
         return
+    if path == REALTIME_PATH:  # the OpenAI Realtime dialect over the same session core
+        transport, settings = realtime_transport(ws, request.path, settings)
+    else:
+        transport = WebSocketTransport(ws)
+    session = Session(transport, engines, settings)
+    server.add(session)
     try:
-        session = Session(WebSocketTransport(ws), engines, settings)
-        try:
-            await session.run()  # closes the connection itself: 1011 after a crash
-        except* Exception as group:
-            log.error("session.crashed", exc_info=group, extra={"fields": {"session_id": session.session_id}})
+        await session.run()  # closes the connection itself: 1011 after a crash
+    except* Exception as group:
+        log.error("session.crashed", exc_info=group, extra={"fields": {"session_id": session.session_id}})
     finally:
+        server.discard(session)
         admission.leave()
 
 
@@ -91,21 +181,22 @@ async def serve_voice(
     host: str,
     port: int,
     policy: AccessPolicy = AccessPolicy(),
-    task_status: trio.TaskStatus[trio_websocket.WebSocketServer] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[VoiceServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``/v1/voice`` on ``host:port`` (0 picks a free port) until cancelled, admitting
     connections by ``policy``.
 
-    ``task_status.started`` receives the ``WebSocketServer`` (its ``port`` is the bound one).
-    Cancellation stops accepting and cancels every session.
+    ``task_status.started`` receives the :class:`VoiceServer` (its ``port`` is the bound one).
+    Cancellation stops accepting and cancels every session (each closes with 1001).
     """
-    log_event(log, "voice.listen", host=host, port=port, max_sessions=policy.max_sessions, auth=policy.token is not None)
-    admission = Admission(policy.max_sessions)
-    await trio_websocket.serve_websocket(
-        partial(_handle, engines=engines, settings=settings, policy=policy, admission=admission),
-        host,
-        port,
-        ssl_context=None,
-        max_message_size=1 << 20,
-        task_status=task_status,
+    listeners = [StoppableListener(inner) for inner in await trio.open_tcp_listeners(port, host=host)]
+    server = VoiceServer(port=listeners[0].inner.socket.getsockname()[1], listeners=listeners)
+    log_event(
+        log, "voice.listen", host=host, port=server.port, max_sessions=policy.max_sessions, auth=policy.token is not None
     )
+    admission = Admission(policy.max_sessions)
+    handler = partial(_handle, engines=engines, settings=settings, policy=policy, admission=admission, server=server)
+    websocket_server = trio_websocket.WebSocketServer(handler, listeners, max_message_size=1 << 20)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(websocket_server.run)
+        task_status.started(server)

@@ -23,6 +23,8 @@ conversation history keeps only the words the user heard.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import attrs
 import trio
@@ -206,6 +208,17 @@ async def run_turn(
     return done
 
 
+@contextmanager
+def _time_limit(seconds: float, code: str, what: str) -> Iterator[None]:
+    """Cancel the block after ``seconds`` and raise :class:`EngineError` ``code`` instead (an
+    engine that hangs fails the turn; the session goes on)."""
+    try:
+        with trio.fail_after(seconds):
+            yield
+    except trio.TooSlowError:
+        raise EngineError(code, f"{what} took longer than {seconds:g} s") from None
+
+
 def _leaves(exc: BaseException):
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
@@ -224,7 +237,8 @@ async def _respond(
 ) -> None:
     if turn.audio is not None:
         started = trio.current_time()
-        user_text = await engines.stt.transcribe(turn.audio)
+        with _time_limit(settings.stt_timeout_s, "stt_timeout", "speech-to-text"):
+            user_text = await engines.stt.transcribe(turn.audio)
         progress.stt_ms = _ms(trio.current_time() - started)
     else:
         user_text = turn.text or ""
@@ -244,7 +258,7 @@ async def _respond(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(engines.llm.stream_reply, messages, deltas_send)
         nursery.start_soon(_split_reply, turn.turn_id, deltas_recv, sentences_send, out, progress)
-        nursery.start_soon(_synthesize, engines, sentences_recv, speech_send, progress)
+        nursery.start_soon(_synthesize, engines, sentences_recv, speech_send, settings, progress)
         nursery.start_soon(_send_audio, speech_recv, out, settings, turn.playback, progress)
 
 
@@ -273,13 +287,15 @@ async def _synthesize(
     engines: Engines,
     sentences: trio.MemoryReceiveChannel[str],
     speech: trio.MemorySendChannel[tuple[str, bytes]],
+    settings: SessionSettings,
     progress: _Progress,
 ) -> None:
     """Speak each sentence as soon as it is complete, one at a time."""
     with speech:
         async for sentence in sentences:
             started = trio.current_time()
-            pcm = await engines.tts.synthesize(sentence)
+            with _time_limit(settings.tts_timeout_s, "tts_timeout", "text-to-speech of one sentence"):
+                pcm = await engines.tts.synthesize(sentence)
             if progress.tts_first_audio_ms is None:
                 progress.tts_first_audio_ms = _ms(trio.current_time() - started)
             await speech.send((sentence, pcm))
