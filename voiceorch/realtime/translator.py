@@ -35,6 +35,9 @@ from .codec import RealtimeProtocolError, encode, parse_client_event
 
 Message = str | bytes
 V1_RATE = p.AUDIO_FORMAT.sample_rate
+#: Input audio goes to the session in frames of at most 40 ms, as a microphone would send it
+#: (speech detection judges audio frame by frame).
+V1_FRAME_BYTES = 40 * p.BYTES_PER_MS
 
 #: v1 error codes that have an upstream name of their own.
 _UPSTREAM_CODES = {
@@ -79,6 +82,7 @@ class _Echo:
 class _AssistantItem:
     item_id: str
     turn_id: str
+    previous_item_id: str | None
     samples: int = 0  # 24 kHz samples of its audio sent to the client
 
     @property
@@ -131,9 +135,9 @@ class RealtimeTranslator:
         self._echo_shown = _Echo()  # as the last session.updated showed it
         # Input audio.
         self._in_resampler = self._input_resampler()
-        self._vad_on = True  # the session starts with server VAD (SessionSettings)
-        self._forwarded_bytes = 0  # 16 kHz audio given to the session so far
-        self._vad_origin_bytes = 0  # where the session's speech detector started counting
+        self._vad_on = True  # as session.created will tell
+        self._appended_samples = 0  # 24 kHz audio the client has appended so far
+        self._vad_origin_samples = 0  # where the session's speech detector started counting
         self._uncommitted_bytes = 0  # since the last commit or clear
         self._commit_unclaimed = False  # a commit whose response no response.create claimed
         # Items and responses.
@@ -191,7 +195,7 @@ class RealtimeTranslator:
                 self._uncommitted_bytes = 0
                 self._speech_item_id = None
                 if self._vad_on:
-                    self._vad_origin_bytes = self._forwarded_bytes  # the detector starts afresh
+                    self._vad_origin_samples = self._appended_samples  # the detector starts afresh
             case ev.ConversationItemCreate(item=item, previous_item_id=previous):
                 self._on_item_create(item, previous, out)
             case ev.ResponseCreate(response=params):
@@ -239,7 +243,7 @@ class RealtimeTranslator:
         if turn_detection is not None:
             vad_on = turn_detection.type == "server_vad"
             if vad_on and not self._vad_on:
-                self._vad_origin_bytes = self._forwarded_bytes  # the session starts a fresh detector
+                self._vad_origin_samples = self._appended_samples  # the session starts a fresh detector
             if not vad_on:
                 self._speech_item_id = None
             self._vad_on = vad_on
@@ -285,14 +289,14 @@ class RealtimeTranslator:
             raise _error("invalid_audio", f"audio must hold whole 16-bit samples; got {len(pcm)} bytes", "audio")
         if not pcm:
             return
+        self._appended_samples += len(pcm) // 2
         samples = self._in_resampler.resample_chunk(np.frombuffer(pcm, dtype="<i2"))
         self._to_session_audio(samples.astype("<i2").tobytes(), out)
 
     def _to_session_audio(self, data: bytes, out: Translation) -> None:
-        if data:
-            out.to_session.append(data)
-            self._forwarded_bytes += len(data)
-            self._uncommitted_bytes += len(data)
+        for offset in range(0, len(data), V1_FRAME_BYTES):
+            out.to_session.append(data[offset : offset + V1_FRAME_BYTES])
+        self._uncommitted_bytes += len(data)
 
     def _flush_input(self) -> bytes:
         """What the input resampler still holds; it starts afresh."""
@@ -387,6 +391,7 @@ class RealtimeTranslator:
         match event:
             case p.SessionCreated(session_id=session_id, session=config):
                 self._session_id, self._config = session_id, config
+                self._vad_on = config.turn_detection.type == "server_vad"
                 self._emit(frames, ev.SessionCreated, session=self._session())
             case p.SessionUpdated(session=config):
                 self._config = config
@@ -473,13 +478,13 @@ class RealtimeTranslator:
         """The response's assistant item, announced on its first text or audio."""
         if response.item is not None:
             return response.item
-        item = response.item = _AssistantItem(self._new_id("item"), response.turn_id)
+        item = response.item = _AssistantItem(self._new_id("item"), response.turn_id, self._last_item_id)
         self._items.add(item.item_id)
         self._assistant_items[item.item_id] = item
         self._latest_assistant = item.item_id
         message = ev.AssistantMessage(id=item.item_id, status="in_progress", content=())
         self._emit(frames, ev.ResponseOutputItemAdded, response_id=response.response_id, item=message)
-        self._emit(frames, ev.ConversationItemAdded, item=message, previous_item_id=self._last_item_id)
+        self._emit(frames, ev.ConversationItemAdded, item=message, previous_item_id=item.previous_item_id)
         self._last_item_id = item.item_id
         self._emit(
             frames,
@@ -513,7 +518,7 @@ class RealtimeTranslator:
                 content=(ev.OutputAudioContent(transcript=transcript),),
             )
             self._emit(frames, ev.ResponseOutputItemDone, response_id=response.response_id, item=message)
-            self._emit(frames, ev.ConversationItemDone, item=message)
+            self._emit(frames, ev.ConversationItemDone, item=message, previous_item_id=item.previous_item_id)
             output = (message,)
         details = None
         if done.status == "cancelled":
@@ -557,7 +562,7 @@ class RealtimeTranslator:
 
     def _session_ms(self, detector_ms: float) -> int:
         """A speech event's date, in ms of all the input audio of the session."""
-        return round(self._vad_origin_bytes / p.BYTES_PER_MS + detector_ms)
+        return round(self._vad_origin_samples * 1000 / ev.SAMPLE_RATE + detector_ms)
 
     def _session(self) -> ev.Session:
         config = self._config
