@@ -100,8 +100,8 @@ async def run_llama_server(
     host = f"[{config.host}]" if ":" in config.host else config.host
     base_url = f"http://{host}:{port}/v1"
 
-    with _open_log(config.log_path) as log:
-        log_start = os.fstat(log.fileno()).st_size
+    with _open_log(config.log_path) as output:
+        log_start = os.fstat(output.fileno()).st_size
         failure: str
         async with trio.open_nursery() as nursery:
             try:
@@ -111,7 +111,7 @@ async def run_llama_server(
                         command,
                         check=False,
                         stdin=subprocess.DEVNULL,
-                        stdout=log,
+                        stdout=output,
                         stderr=subprocess.STDOUT,
                     )
                 )
@@ -126,7 +126,7 @@ async def run_llama_server(
                     failure = f"llama server exited unexpectedly with code {process.returncode}"
             # On a start-up time-out the child still runs: run_process terminates and reaps it.
             nursery.cancel_scope.cancel()
-        tail = _read_tail(log, log_start)
+        tail = _read_tail(output, log_start)
     raise RuntimeError(f"{failure} (model {config.model_path}); last output:\n{tail}")
 
 
