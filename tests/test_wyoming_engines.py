@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
+import trio_websocket
 from wyoming.asr import Transcript
 from wyoming.audio import AudioChunk
 from wyoming.event import read_event
@@ -457,3 +458,30 @@ async def test_real_wyoming_piper_cancel_closes_both_ends(wyoming_servers: Wyomi
         while any(side == "server" and state in ("01", "08") for side, state in tcp_connections(port)):
             await trio.sleep(0.05)
         assert await tts.synthesize("Still here.")  # the server is fine
+
+
+@pytest.mark.models
+async def test_serve_with_remote_wyoming_stt_and_tts_holds_a_spoken_turn(wyoming_servers: WyomingServers) -> None:
+    """``voiceorch serve --stt-url wyoming://... --tts-url wyoming://...``: the remote servers
+    do the speech work (whisper's own log has the words), the embedded LLM answers."""
+    from real_server import start_server
+    from voiceorch.talk import TurnInput, configure, run_turn
+
+    running = start_server("--stt-url", wyoming_servers.stt_url, "--tts-url", wyoming_servers.tts_url)
+    try:
+        with trio.fail_after(120):
+            async with trio_websocket.open_websocket_url(running.url) as ws:
+                await ws.get_message()  # session.created
+                await configure(ws, vad=False)
+                report = await run_turn(ws, TurnInput(wav=DATA / "jfk_16k.wav"))
+                again = await run_turn(ws, TurnInput(text="Say that again, please."))
+    finally:
+        assert running.stop() == 0
+    assert "ask not what your country can do for you" in report.transcript.lower()
+    for turn in (report, again):
+        assert turn.done.status == "completed", turn.errors
+        assert turn.done.metrics.audio_ms > 500
+        samples = np.frombuffer(bytes(turn.audio), dtype="<i2")
+        assert np.abs(samples).max() > 1000  # speech, not silence
+    assert "ask not what your country" in (wyoming_servers.dir / "stt.log").read_text().lower()
+    assert not [line for line in running.log_lines() if line.get("level") == "error"]

@@ -60,6 +60,25 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     models.add_argument("--stt-model", type=Path, help="faster-whisper (CTranslate2) model folder (default: embedded tiny.en)")
     models.add_argument("--tts-voice", type=Path, help="Piper voice .onnx file, with its .onnx.json beside it (default: embedded en_US-joe-medium)")
     models.add_argument(
+        "--stt-url", type=_engine_url("stt"), metavar="URL",
+        help="use this speech-to-text server instead of the embedded model: wyoming://HOST:PORT "
+        "(wyoming-faster-whisper), wyoming+unix:///PATH, or an OpenAI-compatible http(s)://HOST:PORT/v1; "
+        "engine options as ?name=value (docs/deploy.md, Remote engines)",
+    )
+    models.add_argument(
+        "--tts-url", type=_engine_url("tts"), metavar="URL",
+        help="use this text-to-speech server instead of the embedded voice: wyoming://HOST:PORT "
+        "(wyoming-piper), wyoming+unix:///PATH, or an OpenAI-compatible http(s)://HOST:PORT/v1 (?voice=...)",
+    )
+    models.add_argument(
+        "--stt-api-key", default=os.environ.get("VOICEORCH_STT_API_KEY"),
+        help="API key for an http(s) --stt-url (default: $VOICEORCH_STT_API_KEY); never logged",
+    )
+    models.add_argument(
+        "--tts-api-key", default=os.environ.get("VOICEORCH_TTS_API_KEY"),
+        help="API key for an http(s) --tts-url (default: $VOICEORCH_TTS_API_KEY); never logged",
+    )
+    models.add_argument(
         "--stt-timeout", type=float, default=SessionSettings().stt_timeout_s,
         help="seconds allowed for one transcription; past it the turn fails with stt_timeout (default: %(default)s)",
     )
@@ -125,6 +144,20 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
+def _engine_url(kind: str):
+    """An argparse type: a remote engine URL, parsed (a clear message if it is not one)."""
+
+    def parse(url: str):
+        from .engines.remote import parse_engine_url
+
+        try:
+            return parse_engine_url(kind, url)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
 def _talk_parser(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
         "talk",
@@ -153,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     _talk_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
+        for kind, model in (("stt", "--stt-model"), ("tts", "--tts-voice")):
+            if getattr(args, f"{kind}_url") and getattr(args, model[2:].replace("-", "_")):
+                parser.error(f"--{kind}-url and {model} exclude each other (a remote engine has no local model)")
         return _serve(args)
     return _talk(args)
 
@@ -177,6 +213,10 @@ def _serve(args: argparse.Namespace) -> int:
         llm_log=args.llm_log,
         stt_model=args.stt_model,
         tts_voice=args.tts_voice,
+        remote_stt=args.stt_url,
+        remote_tts=args.tts_url,
+        stt_api_key=args.stt_api_key,
+        tts_api_key=args.tts_api_key,
         warm_up=args.warm_up,
         fake_engines=args.fake_engines,
         shutdown_grace_s=args.shutdown_grace,

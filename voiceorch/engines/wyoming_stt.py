@@ -71,11 +71,11 @@ class WyomingSTT:
                     return await _read_transcript(conn)
 
     async def describe(self) -> Info:
-        """Ask the server what it offers (``describe`` → ``info``)."""
-        async with self.limiter:
-            with remote_call("stt", f"Wyoming STT server {self.address}", self.timeout):
-                async with open_wyoming(self.address, connect_timeout=self.connect_timeout) as conn:
-                    return await describe(conn)
+        """Ask the server what it offers (``describe`` → ``info``); not queued behind
+        :attr:`limiter`, so a health check answers while transcriptions run."""
+        with remote_call("stt", f"Wyoming STT server {self.address}", self.timeout):
+            async with open_wyoming(self.address, connect_timeout=self.connect_timeout) as conn:
+                return await describe(conn)
 
     async def check_ready(self) -> str | None:
         """``None`` if the server answers ``describe`` with a speech-to-text program, else why not."""

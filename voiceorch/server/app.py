@@ -23,6 +23,7 @@ import trio
 
 from ..engines import embedded
 from ..engines.base import Engines
+from ..engines.remote import RemoteEngineSpec
 from .. import metrics
 from ..logs import log_event
 from ..session import SessionSettings
@@ -53,6 +54,11 @@ class ServerConfig:
     llm_log: Path | None = None
     stt_model: Path | None = None
     tts_voice: Path | None = None
+    #: Remote STT/TTS servers (``--stt-url``/``--tts-url``); None keeps the embedded model.
+    remote_stt: RemoteEngineSpec | None = None
+    remote_tts: RemoteEngineSpec | None = None
+    stt_api_key: str | None = attrs.field(default=None, repr=False)
+    tts_api_key: str | None = attrs.field(default=None, repr=False)
     #: The LLM's time limit for the first text of a reply (``llm_timeout`` after it).
     llm_timeout_s: float = 15.0
     warm_up: bool = True
@@ -91,17 +97,19 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
     from ..engines.silero_vad import SileroVAD
     from ..engines.whisper_stt import WhisperSTT
 
-    loaded: dict[str, object] = {}
-    stt_dir = config.stt_model or embedded.whisper_model_dir()
-    voice = config.tts_voice or embedded.piper_voice_path()
+    loaded: dict[str, object] = _remote_engines(config)
 
     async def load(key: str, what: str, fn: Callable, *args) -> None:
         loaded[key] = await _timed(what, _load_in_thread, fn, *args)
 
     llm_url = config.llm_url
     async with trio.open_nursery() as loading:
-        loading.start_soon(load, "stt", f"loading speech-to-text (faster-whisper, {stt_dir})", WhisperSTT.load, stt_dir)
-        loading.start_soon(load, "tts", f"loading text-to-speech (Piper, {voice})", PiperTTS.load, voice)
+        if "stt" not in loaded:
+            stt_dir = config.stt_model or embedded.whisper_model_dir()
+            loading.start_soon(load, "stt", f"loading speech-to-text (faster-whisper, {stt_dir})", WhisperSTT.load, stt_dir)
+        if "tts" not in loaded:
+            voice = config.tts_voice or embedded.piper_voice_path()
+            loading.start_soon(load, "tts", f"loading text-to-speech (Piper, {voice})", PiperTTS.load, voice)
         loading.start_soon(load, "vad", "loading speech detection (Silero VAD v6)", SileroVAD.load)
         if llm_url is None:
             gguf = config.llm_gguf or embedded.smollm2_gguf_path()
@@ -120,7 +128,31 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
     engines = Engines(stt=loaded["stt"], llm=llm, tts=loaded["tts"], vad=loaded["vad"])
     if config.warm_up:
         await _timed("warming up the models", _warm_up, engines)
-    return engines, llm.aclose
+
+    async def close() -> None:
+        for engine in (engines.stt, engines.tts, llm):
+            aclose = getattr(engine, "aclose", None)  # the HTTP clients' pools
+            if aclose is not None:
+                await aclose()
+
+    return engines, close
+
+
+def _remote_engines(config: ServerConfig) -> dict[str, object]:
+    """The remote STT/TTS engines the config names (each call bounded by the session's
+    ``stt_timeout_s``/``tts_timeout_s``), by ``"stt"``/``"tts"``."""
+    from ..engines.remote import build_stt, build_tts
+
+    engines: dict[str, object] = {}
+    if config.remote_stt is not None:
+        timeout = config.session.stt_timeout_s
+        engines["stt"] = build_stt(config.remote_stt, timeout=timeout, api_key=config.stt_api_key)
+        _say(config.remote_stt.describe())
+    if config.remote_tts is not None:
+        timeout = config.session.tts_timeout_s
+        engines["tts"] = build_tts(config.remote_tts, timeout=timeout, api_key=config.tts_api_key)
+        _say(config.remote_tts.describe())
+    return engines
 
 
 async def _warm_up(engines: Engines) -> None:
@@ -187,7 +219,7 @@ async def run_server(
                 http_host = config.http_host or config.host
                 http_port = await nursery.start(
                     lambda task_status: run_http_server(
-                        HttpApp(engines, voice_port=port, is_draining=lambda: server.draining),
+                        HttpApp(engines, voice_port=port, refusal_reason=server.refusal_reason),
                         host=http_host,
                         port=config.http_port,
                         task_status=task_status,
