@@ -150,6 +150,9 @@ class Session:
                 )
                 if done is not None:  # (None: a dropped speculation, unknown to the client)
                     self._last_turn = turn
+                    if turn.reported_played_ms is not None and turn.scope.cancelled_caught:
+                        # A report that came while the response was ending counts too.
+                        self.conversation.revise_reply(turn.turn_id, turn.heard_text(turn.reported_played_ms))
             finally:
                 self._unfinished.remove(turn)
                 self._quiet_since = trio.current_time()
@@ -332,8 +335,8 @@ class Session:
             if turn.turn_id == turn_id:
                 turn.reported_played_ms = played_ms  # used if the response ends interrupted
                 return
-        turn = self._last_turn
-        if turn is not None and turn.turn_id == turn_id and turn.scope.cancelled_caught:
+        turn = self._last_turn  # whatever its status: a completed reply may not have been all heard
+        if turn is not None and turn.turn_id == turn_id:
             self.conversation.revise_reply(turn_id, turn.heard_text(played_ms))
 
     async def _commit(self, *, supersede: bool = True) -> None:
