@@ -22,7 +22,7 @@ import trio
 
 from .base import SAMPLE_RATE, SAMPLE_WIDTH, EngineError
 from .pcm import to_engine_pcm
-from .remote_errors import remote_call
+from .remote_errors import remote_call, warm_up_or_warn
 
 _BODY_SNIPPET = 200
 
@@ -103,8 +103,9 @@ class OpenAISTT:
         return text.strip()
 
     async def warm_up(self) -> None:
-        """Transcribe one second of silence (checks the server and loads its model)."""
-        await self.transcribe(bytes(SAMPLE_RATE * SAMPLE_WIDTH))
+        """Transcribe one second of silence (checks the server and loads its model); a failure
+        is logged as a warning, not raised (see :func:`warm_up_or_warn`)."""
+        await warm_up_or_warn("stt", self.base_url, lambda: self.transcribe(bytes(SAMPLE_RATE * SAMPLE_WIDTH)))
 
 
 @attrs.define(kw_only=True)
@@ -169,8 +170,9 @@ class OpenAITTS:
         return to_engine_pcm(np.ascontiguousarray(samples).astype("<i2").tobytes(), rate=rate, width=2, channels=channels)
 
     async def warm_up(self) -> None:
-        """Synthesize one short sentence (checks the server and loads its voice)."""
-        await self.synthesize("Hello.")
+        """Synthesize one short sentence (checks the server and loads its voice); a failure
+        is logged as a warning, not raised (see :func:`warm_up_or_warn`)."""
+        await warm_up_or_warn("tts", self.base_url, lambda: self.synthesize("Hello."))
 
 
 def _wav_bytes(pcm: bytes) -> bytes:

@@ -7,14 +7,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
 import trio
 
+from ..logs import log_event
 from .base import EngineError
 from .wyoming_client import WyomingClosed, WyomingProtocolError, WyomingServerError, WyomingUnreachable
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -41,3 +45,16 @@ def remote_call(kind: str, where: str, timeout: float) -> Iterator[None]:
         raise EngineError(f"{kind}_timeout", f"{where} timed out ({type(exc).__name__})") from exc
     except httpx.HTTPError as exc:
         raise EngineError(f"{kind}_failed", f"{where}: {type(exc).__name__}: {exc}") from exc
+
+
+async def warm_up_or_warn(kind: str, where: str, warm_up: Callable[[], Awaitable[object]]) -> None:
+    """Run ``warm_up``; if it fails, log a warning (``{kind}.warm_up_failed``) and return.
+
+    A remote server may start after the orchestrator (or restart): ``serve`` comes up anyway,
+    ``/readyz`` answers 503 while the server is unreachable, and turns fail with the engine's
+    code until it is back.
+    """
+    try:
+        await warm_up()
+    except EngineError as exc:
+        log_event(log, f"{kind}.warm_up_failed", logging.WARNING, server=where, code=exc.code, reason=exc.message)

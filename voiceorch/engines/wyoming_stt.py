@@ -9,7 +9,7 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.info import Info
 
 from .base import SAMPLE_RATE, SAMPLE_WIDTH, EngineError
-from .remote_errors import remote_call
+from .remote_errors import remote_call, warm_up_or_warn
 from .wyoming_client import (
     WyomingAddress,
     WyomingClosed,
@@ -89,7 +89,11 @@ class WyomingSTT:
 
     async def warm_up(self) -> None:
         """Check the server offers speech-to-text, then transcribe one second of silence (a
-        server that loads its model on first use, as wyoming-faster-whisper does, loads it now)."""
+        server that loads its model on first use, as wyoming-faster-whisper does, loads it now).
+        A failure is logged as a warning, not raised (see :func:`warm_up_or_warn`)."""
+        await warm_up_or_warn("stt", str(self.address), self._warm_up)
+
+    async def _warm_up(self) -> None:
         reason = await self.check_ready()
         if reason is not None:
             raise EngineError("stt_unavailable", reason)

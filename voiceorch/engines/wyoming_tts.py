@@ -18,7 +18,7 @@ from wyoming.tts import (
 
 from .base import EngineError
 from .pcm import to_engine_pcm
-from .remote_errors import remote_call
+from .remote_errors import remote_call, warm_up_or_warn
 from .wyoming_client import (
     WyomingAddress,
     WyomingConnection,
@@ -107,7 +107,11 @@ class WyomingTTS:
         return None
 
     async def warm_up(self) -> None:
-        """Check the server offers text-to-speech, then synthesize one short sentence."""
+        """Check the server offers text-to-speech, then synthesize one short sentence. A
+        failure is logged as a warning, not raised (see :func:`warm_up_or_warn`)."""
+        await warm_up_or_warn("tts", str(self.address), self._warm_up)
+
+    async def _warm_up(self) -> None:
         reason = await self.check_ready()
         if reason is not None:
             raise EngineError("tts_unavailable", reason)
