@@ -71,10 +71,14 @@ class Session:
         self._unfinished: list[Turn] = []  # queued or in progress, oldest first
         self._last_turn: Turn | None = None  # the last turn answered
         self._turns_send, self._turns_recv = trio.open_memory_channel[Turn](settings.max_pending_turns)
-        self._outbox_send, self._outbox_recv = trio.open_memory_channel[p.ServerEvent | bytes](0)
+        # (A trio.Event in the outbox is set by the writer when it gets there: see wait_responses_done.)
+        self._outbox_send, self._outbox_recv = trio.open_memory_channel[p.ServerEvent | bytes | trio.Event](0)
         # Until the session ends for a reason of its own, an end means the server is going.
         self._close = (CLOSE_GOING_AWAY, "server shutting down")
         self._quiet_since = trio.current_time()  # last client message or end of a response
+        self._scope = trio.CancelScope()  # the whole session's: see end()
+        self._draining = False  # the server is shutting down: no new responses
+        self._turn_ended = trio.Event()  # set (and replaced) each time a turn ends
 
     async def run(self) -> None:
         """Serve the client until it goes away, then close the transport.
@@ -88,19 +92,8 @@ class Session:
         metrics.SESSIONS_TOTAL.inc()
         metrics.SESSIONS_ACTIVE.inc()
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._write)
-                await self._emit(
-                    p.SessionCreated(session_id=self.session_id, audio=p.AUDIO_FORMAT, session=self.config)
-                )
-                nursery.start_soon(self._respond)
-                with trio.move_on_after(self.settings.max_session_s) as limit:
-                    await self._read()
-                if limit.cancelled_caught:
-                    log_event(log, "session.max_duration", max_session_s=self.settings.max_session_s)
-                    self._close = (CLOSE_POLICY, f"maximum session duration ({self.settings.max_session_s:g} s) reached")
-                nursery.cancel_scope.cancel()
+            with self._scope:
+                await self._serve()
         except Exception:
             self._close = (CLOSE_INTERNAL_ERROR, "internal error")
             raise
@@ -110,6 +103,48 @@ class Session:
             log_event(log, "session.end", turns=self._turn_count)
             metrics.SESSIONS_ACTIVE.dec()
             session_id_var.reset(token)
+
+    async def _serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._write)
+            await self._emit(
+                p.SessionCreated(session_id=self.session_id, audio=p.AUDIO_FORMAT, session=self.config)
+            )
+            nursery.start_soon(self._respond)
+            with trio.move_on_after(self.settings.max_session_s) as limit:
+                await self._read()
+            if limit.cancelled_caught:
+                log_event(log, "session.max_duration", max_session_s=self.settings.max_session_s)
+                self._close = (CLOSE_POLICY, f"maximum session duration ({self.settings.max_session_s:g} s) reached")
+            nursery.cancel_scope.cancel()
+
+    # --- graceful shutdown -------------------------------------------------------------------
+
+    def stop_new_turns(self) -> None:
+        """The server is shutting down: responses in progress go on, but no new one starts
+        (a turn ending now gets an ``error`` ``server_shutting_down``). Not a checkpoint."""
+        self._draining = True
+        self._drop_speculation()
+
+    def end(self, code: int, reason: str) -> None:
+        """End the session now, closing the connection with ``code`` and ``reason`` (a response
+        in progress is cut off). :meth:`run` returns once the close is done. Not a checkpoint."""
+        self._close = (code, reason)
+        self._scope.cancel()
+
+    async def wait_responses_done(self) -> None:
+        """Return once no response is queued or in progress and all they sent has been written
+        to the transport (at once if there is none, or the session has ended). Cancellable; it
+        changes nothing."""
+        while self._unfinished:
+            await self._turn_ended.wait()
+        written = trio.Event()  # the writer takes it only after writing all that came before
+        try:
+            await self._outbox_send.send(written)
+        except trio.BrokenResourceError:
+            return  # the writer is gone: nothing more will be written
+        await written.wait()
 
     # --- the three tasks ------------------------------------------------------------------
 
@@ -156,23 +191,29 @@ class Session:
             finally:
                 self._unfinished.remove(turn)
                 self._quiet_since = trio.current_time()
+                self._turn_ended.set()
+                self._turn_ended = trio.Event()
                 turn_id_var.reset(token)
 
     async def _write(self) -> None:
-        async for item in self._outbox_recv:
-            data = item if isinstance(item, bytes) else p.encode(item)
-            try:
-                with trio.fail_after(self.settings.send_timeout_s):
-                    await self.transport.send(data)
-            except trio.BrokenResourceError:
-                log_event(log, "session.client_gone")
-                self._nursery.cancel_scope.cancel()
-                return
-            except trio.TooSlowError:
-                log_event(log, "session.send_timeout", logging.WARNING, timeout_s=self.settings.send_timeout_s)
-                self._close = (CLOSE_POLICY, "send timeout: the client stopped reading")
-                self._nursery.cancel_scope.cancel()
-                return
+        with self._outbox_recv:  # closed when the writer ends, so no one waits on it in vain
+            async for item in self._outbox_recv:
+                if isinstance(item, trio.Event):
+                    item.set()  # all that came before it has been written
+                    continue
+                data = item if isinstance(item, bytes) else p.encode(item)
+                try:
+                    with trio.fail_after(self.settings.send_timeout_s):
+                        await self.transport.send(data)
+                except trio.BrokenResourceError:
+                    log_event(log, "session.client_gone")
+                    self._nursery.cancel_scope.cancel()
+                    return
+                except trio.TooSlowError:
+                    log_event(log, "session.send_timeout", logging.WARNING, timeout_s=self.settings.send_timeout_s)
+                    self._close = (CLOSE_POLICY, "send timeout: the client stopped reading")
+                    self._nursery.cancel_scope.cancel()
+                    return
 
     # --- what the reader does ---------------------------------------------------------------
 
@@ -258,7 +299,7 @@ class Session:
         """A pause began: start answering the audio so far, output held back until the turn
         really ends (or dropped if the user speaks on)."""
         busy = self._turns_send.statistics().current_buffer_used >= self.settings.max_pending_turns
-        if self.settings.speculate_after_ms is None or not self._input or busy:
+        if self.settings.speculate_after_ms is None or not self._input or busy or self._draining:
             return
         self._turn_count += 1
         turn = Turn.speculative(f"turn_{self._turn_count}", self._turn_audio())
@@ -378,6 +419,9 @@ class Session:
     async def _start(self, turn: Turn, *, supersede: bool = True) -> None:
         """Queue ``turn``; unless told otherwise, the response in progress and any queued turn
         are cancelled first (the newer turn supersedes them)."""
+        if self._draining:
+            await self._error("server_shutting_down", "the server is shutting down; no new response starts")
+            return
         try:
             self._turns_send.send_nowait(turn)
         except trio.WouldBlock:

@@ -33,5 +33,10 @@ class SessionSettings:
     idle_timeout_s: float = 300.0
     #: No session lasts longer than this (then: 1008, "maximum session duration").
     max_session_s: float = 3600.0
+    #: A transcription (or one sentence's synthesis) taking longer than this fails the turn
+    #: with ``stt_timeout`` (``tts_timeout``); the session goes on. The wait for the engine's
+    #: thread counts too.
+    stt_timeout_s: float = 30.0
+    tts_timeout_s: float = 30.0
     #: User turns waiting to be answered (each new turn cancels the response in progress).
     max_pending_turns: int = 4
