@@ -24,9 +24,9 @@ TIMEOUT = 30
 
 
 @contextlib.asynccontextmanager
-async def running_server():
+async def running_server(**options):
     async with trio.open_nursery() as nursery:
-        config = ServerConfig(fake_engines=True, host=HOST, port=0, http_port=0, warm_up=False)
+        config = ServerConfig(fake_engines=True, host=HOST, port=0, http_port=0, warm_up=False, **options)
         ports: RunningServer = await nursery.start(run_server, config)
         assert ports.http_port is not None
         async with httpx.AsyncClient(base_url=f"http://{HOST}:{ports.http_port}", timeout=10) as client:
@@ -105,6 +105,22 @@ async def test_readyz_reports_an_llm_that_does_not_answer():
             response = await client.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"ready": False, "reason": "connection refused"}
+
+
+async def test_readyz_says_so_while_the_server_is_full():
+    from voiceorch.server.access import AccessPolicy
+
+    with trio.fail_after(TIMEOUT):
+        async with running_server(access=AccessPolicy(max_sessions=1)) as (ports, client):
+            url = f"ws://{HOST}:{ports.voice_port}/v1/voice"
+            async with trio_websocket.open_websocket_url(url) as ws:
+                await ws.get_message()  # session.created: the one place is taken
+                full = await client.get("/readyz")
+            while (again := await client.get("/readyz")).status_code != 200:
+                await trio.sleep(0.01)  # until the server has seen the session go
+    assert full.status_code == 503
+    assert full.json() == {"ready": False, "reason": "full: 1 of 1 sessions"}
+    assert again.json() == {"ready": True}
 
 
 async def test_metrics_count_sessions_and_turns():

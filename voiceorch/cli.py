@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -141,6 +142,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="on SIGINT/SIGTERM, stop accepting and give responses in progress this many seconds to "
         "finish before closing every session with 1001; a second signal stops at once (default: %(default)s)",
     )
+    s.add_argument(
+        "--instance-id", default=f"{socket.gethostname()}-{os.getpid()}",
+        help="name of this process among several behind a load balancer: every log line carries it as "
+        "\"instance\", and /readyz answers it (default: HOSTNAME-PID)",
+    )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -198,6 +204,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .server.app import ServerConfig, run_until_signalled
 
     logs.configure(args.log_level)
+    logs.instance_id_var.set(args.instance_id)  # trio.run's tasks inherit it
     config = ServerConfig(
         host=args.host,
         port=args.port,
@@ -220,6 +227,7 @@ def _serve(args: argparse.Namespace) -> int:
         warm_up=args.warm_up,
         fake_engines=args.fake_engines,
         shutdown_grace_s=args.shutdown_grace,
+        instance_id=args.instance_id,
         session=SessionSettings(
             stt_timeout_s=args.stt_timeout,
             tts_timeout_s=args.tts_timeout,

@@ -65,6 +65,8 @@ class ServerConfig:
     fake_engines: bool = False
     #: On SIGINT/SIGTERM, responses in progress get this long to finish before being cut off.
     shutdown_grace_s: float = 10.0
+    #: This process's name among several behind a load balancer (``/readyz`` answers it).
+    instance_id: str | None = None
     session: SessionSettings = SessionSettings()
     access: AccessPolicy = AccessPolicy()
 
@@ -219,7 +221,7 @@ async def run_server(
                 http_host = config.http_host or config.host
                 http_port = await nursery.start(
                     lambda task_status: run_http_server(
-                        HttpApp(engines, voice_port=port, refusal_reason=server.refusal_reason),
+                        HttpApp(engines, voice_port=port, refusal_reason=server.refusal_reason, instance_id=config.instance_id),
                         host=http_host,
                         port=config.http_port,
                         task_status=task_status,

@@ -9,8 +9,9 @@ beside the voice WebSocket (which stays on trio-websocket):
   ``ws://<the page's host>:<voice_port><voice_path>``).
 - ``GET /healthz``: 200 while the process is alive.
 - ``GET /readyz``: 200 when the engines are loaded and their backends answer, else 503 with
-  ``{"ready": false, "reason": ...}`` (also while the server shuts down, so a load balancer
-  sends no new sessions, and while the embedded LLM process is down or restarting).
+  ``{"ready": false, "reason": ...}``: also while the server shuts down or has
+  ``--max-sessions`` sessions (so a load balancer sends new sessions elsewhere), and while the
+  embedded LLM process is down or restarting.
 - ``GET /metrics``: Prometheus text format (:mod:`voiceorch.metrics`).
 
 :func:`run_http_server` supervises hypercorn: if it fails it is logged and restarted after a
@@ -71,12 +72,15 @@ class HttpApp:
         *,
         voice_port: int,
         page_dir: Path = PAGE_DIR,
-        is_draining: Callable[[], bool] = lambda: False,
+        refusal_reason: Callable[[], str | None] = lambda: None,
+        instance_id: str | None = None,
     ) -> None:
+        self.instance_id = instance_id
         self.engines = engines
         self.voice_port = voice_port
         self.page_dir = page_dir
-        self.is_draining = is_draining
+        #: Why the voice server would refuse a new session now (shutting down, full), or None.
+        self.refusal_reason = refusal_reason
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -145,17 +149,19 @@ class HttpApp:
 
     async def _readyz(self, path: str):
         reason = await self.not_ready_reason()
+        instance = {} if self.instance_id is None else {"instance": self.instance_id}
         if reason is None:
-            return _json(200, {"ready": True})
-        return _json(503, {"ready": False, "reason": reason})
+            return _json(200, {"ready": True, **instance})
+        return _json(503, {"ready": False, "reason": reason, **instance})
 
     async def not_ready_reason(self) -> str | None:
-        """``None`` if ready: the server is not shutting down, the engines are loaded (they
-        are, once this app exists) and every engine that can check its backend (``check_ready``:
-        the LLM client, remote STT/TTS) says it is reachable. An engine without it (in-process
-        models, the fakes) counts as ready."""
-        if self.is_draining():
-            return "shutting down: no new sessions"
+        """``None`` if ready: the voice server takes new sessions (it is neither shutting down
+        nor full), the engines are loaded (they are, once this app exists) and every engine
+        that can check its backend (``check_ready``: the LLM client, remote STT/TTS) says it is
+        reachable. An engine without it (in-process models, the fakes) counts as ready."""
+        refusal = self.refusal_reason()
+        if refusal is not None:
+            return refusal
         for name in ("llm", "stt", "tts"):
             check = getattr(getattr(self.engines, name), "check_ready", None)
             if check is None:

@@ -91,10 +91,20 @@ class VoiceServer:
 
     port: int
     listeners: list[StoppableListener]
+    admission: Admission
     sessions: set[Session] = attrs.field(factory=set)
     draining: bool = False
     #: Set when the last session has gone (replaced when one starts).
     _no_sessions: trio.Event = attrs.field(factory=trio.Event)
+
+    def refusal_reason(self) -> str | None:
+        """Why a new session would be refused now (shutting down, or full), else None: for
+        ``/readyz``, so a load balancer sends new sessions elsewhere. Not a checkpoint."""
+        if self.draining:
+            return "shutting down: no new sessions"
+        if self.admission.active >= self.admission.max_sessions:
+            return f"full: {self.admission.active} of {self.admission.max_sessions} sessions"
+        return None
 
     def add(self, session: Session) -> None:
         self.sessions.add(session)
@@ -190,11 +200,11 @@ async def serve_voice(
     Cancellation stops accepting and cancels every session (each closes with 1001).
     """
     listeners = [StoppableListener(inner) for inner in await trio.open_tcp_listeners(port, host=host)]
-    server = VoiceServer(port=listeners[0].inner.socket.getsockname()[1], listeners=listeners)
+    admission = Admission(policy.max_sessions)
+    server = VoiceServer(port=listeners[0].inner.socket.getsockname()[1], listeners=listeners, admission=admission)
     log_event(
         log, "voice.listen", host=host, port=server.port, max_sessions=policy.max_sessions, auth=policy.token is not None
     )
-    admission = Admission(policy.max_sessions)
     handler = partial(_handle, engines=engines, settings=settings, policy=policy, admission=admission, server=server)
     websocket_server = trio_websocket.WebSocketServer(handler, listeners, max_message_size=1 << 20)
     async with trio.open_nursery() as nursery:
