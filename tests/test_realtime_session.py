@@ -26,7 +26,7 @@ from voiceorch.server.realtime_ws import RealtimeTransport, realtime_settings
 from voiceorch.session import Session, SessionSettings, memory_transport_pair
 
 from session_harness import fake_engines
-from test_realtime_translator import checked
+from realtime_harness import checked
 
 FRAME_MS = 20
 

@@ -9,26 +9,15 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-from typing import get_args
 
 import numpy as np
 import pytest
 import soxr
-from openai.types.realtime import RealtimeServerEvent
 
 from voiceorch import protocol as p
 from voiceorch.realtime import RealtimeTranslator
 
-SDK_MODELS = {
-    get_args(cls.model_fields["type"].annotation)[0]: cls for cls in get_args(get_args(RealtimeServerEvent)[0])
-}
-
-
-def checked(frame: str) -> dict:
-    """The frame as JSON, once the SDK's own model of its event type has accepted it."""
-    data = json.loads(frame)
-    SDK_MODELS[data["type"]].model_validate(data, strict=True)
-    return data
+from realtime_harness import checked
 
 
 class Link:
