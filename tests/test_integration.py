@@ -131,7 +131,7 @@ async def test_bad_input_on_the_real_server_gets_errors_and_the_session_goes_on(
                 error = p.parse_server_event(await ws.get_message())
                 assert (error.TYPE, error.code) == ("error", code)
             pcm = read_as_wire_pcm(DATA / "hotwords_16k.wav")
-            await ws.send_message(pcm)
+            await send_audio(ws, pcm, realtime=False)  # 20 ms frames (a frame holds at most 1 s)
             report = await run_turn(ws, TurnInput(text="Hello!"))
             assert report.done.status == "completed"
 

@@ -103,6 +103,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="audio one user turn may hold; more is dropped with an error (default: %(default)s)",
     )
     sess.add_argument(
+        "--max-audio-ahead-ms", type=int, default=defaults.max_audio_ahead_ms,
+        help="how far a client's audio may run ahead of real time; beyond it frames are dropped "
+        "with an error; 0 turns the bound off (default: %(default)s)",
+    )
+    sess.add_argument(
         "--send-timeout", type=float, default=defaults.send_timeout_s,
         help="seconds a client may take to read one message before it is disconnected (default: %(default)s)",
     )
@@ -233,6 +238,7 @@ def _serve(args: argparse.Namespace) -> int:
             tts_timeout_s=args.tts_timeout,
             instructions=args.instructions,
             max_input_audio_ms=args.max_input_audio_ms,
+            max_audio_ahead_ms=args.max_audio_ahead_ms or None,
             send_timeout_s=args.send_timeout,
             playback_lead_ms=args.playback_lead_ms,
             idle_timeout_s=args.idle_timeout,

@@ -4,6 +4,7 @@ This package imports nothing else of voiceorch. See docs/protocol.md.
 """
 
 from .codec import (
+    MAX_AUDIO_FRAME_BYTES as MAX_AUDIO_FRAME_BYTES,
     MAX_TEXT_FRAME_BYTES as MAX_TEXT_FRAME_BYTES,
     ProtocolError as ProtocolError,
     check_audio_frame as check_audio_frame,

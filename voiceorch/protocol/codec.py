@@ -22,6 +22,10 @@ from . import events as ev
 
 #: Text frames longer than this are refused with ``message_too_large``.
 MAX_TEXT_FRAME_BYTES = 64 * 1024
+#: Binary (audio) frames longer than this (1 s of audio) are refused with ``audio_frame_too_large``:
+#: a microphone sends 20-100 ms at a time, and one huge frame could hold several utterances
+#: (speech detection would see them all at once) and take the session long to process.
+MAX_AUDIO_FRAME_BYTES = 32_000
 
 
 class ProtocolError(Exception):
@@ -125,6 +129,12 @@ def parse_server_event(text: str | bytes) -> ev.ServerEvent:
 
 def check_audio_frame(data: bytes) -> None:
     """Validate a binary frame of wire-format PCM. Raises :class:`ProtocolError`."""
+    if len(data) > MAX_AUDIO_FRAME_BYTES:
+        raise ProtocolError(
+            "audio_frame_too_large",
+            f"audio frames are limited to {MAX_AUDIO_FRAME_BYTES} bytes (1 s); got {len(data)} bytes: "
+            "send audio in smaller frames (20-100 ms)",
+        )
     if len(data) % 2:
         raise ProtocolError(
             "invalid_audio_frame",

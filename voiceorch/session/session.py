@@ -27,6 +27,7 @@ from .. import protocol as p
 from ..engines.base import Engines
 from ..logs import log_event, session_id_var, turn_id_var
 from .history import Conversation
+from .input_pace import InputPace, Pace
 from .settings import SessionSettings
 from .speech_detector import CHUNK_MS, PauseStarted, SpeechDetector, SpeechResumed, SpeechStarted, SpeechStopped
 from .transport import MessageTransport
@@ -62,6 +63,7 @@ class Session:
         )
         self._input = bytearray()
         self._input_overflowed = False
+        self._pace = None if settings.max_audio_ahead_ms is None else InputPace(settings.max_audio_ahead_ms)
         self._detector: SpeechDetector | None = None
         self._over_response = False  # the current utterance began over a response in progress
         self._speculative: Turn | None = None  # started in the current pause, not yet confirmed
@@ -231,6 +233,17 @@ class Session:
         except p.ProtocolError as exc:
             await self._error(exc.code, exc.message)
             return
+        if self._pace is not None:
+            pace = self._pace.admit(trio.current_time(), p.audio_ms(len(data)))
+            if pace is Pace.DROPPING:
+                bound = self.settings.max_audio_ahead_ms
+                await self._error(
+                    "input_audio_too_fast",
+                    f"audio ran more than {bound} ms ahead of real time; frames are dropped "
+                    f"until it is back within {bound // 2} ms",
+                )
+            if pace is not Pace.ACCEPTED:
+                return
         metrics.AUDIO_IN_SECONDS.inc(len(data) / p.BYTES_PER_MS / 1000)
         limit = self.settings.max_input_audio_ms * p.BYTES_PER_MS
         if self._input_overflowed or len(self._input) + len(data) > limit:

@@ -19,6 +19,10 @@ class SessionSettings:
     speculate_after_ms: int | None = 160
     #: Audio buffered for one user turn; past it, audio is dropped with an ``error`` event.
     max_input_audio_ms: int = 60_000
+    #: How far the client's audio may run ahead of real time (a burst of one full turn by
+    #: default); past it, frames are dropped with an ``error`` event (see input_pace.py).
+    #: None: no bound.
+    max_audio_ahead_ms: int | None = 60_000
     #: Conversation memory sent with each LLM request.
     history_max_messages: int = 20
     history_max_chars: int = 6_000
