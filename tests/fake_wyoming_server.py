@@ -50,6 +50,8 @@ class FakeWyomingServer:
     supports_synthesize_streaming: bool = True
     received: list[list[tuple[str, dict]]] = attrs.field(factory=list)
     connections: int = 0
+    #: Set when a whole request (up to ``audio-stop``, ``synthesize`` or ``synthesize-stop``) is in.
+    request_received: trio.Event = attrs.field(factory=trio.Event)
     first_audio_sent: trio.Event = attrs.field(factory=trio.Event)
     client_disconnected: trio.Event = attrs.field(factory=trio.Event)
     port: int = 0
@@ -89,11 +91,13 @@ class FakeWyomingServer:
                 if event.type == "describe":
                     await conn.send(self.info().event())
                 elif event.type == "audio-stop":
+                    self.request_received.set()
                     await self._answer_stt(conn)
                     return
                 elif event.type == "synthesize-start":
                     streaming = True
                 elif (event.type == "synthesize" and not streaming) or event.type == "synthesize-stop":
+                    self.request_received.set()
                     await self._answer_tts(conn, streaming)
                     if self.mode != "answer":
                         return

@@ -316,6 +316,32 @@ async def test_a_session_survives_a_failing_remote_tts(fake: FakeWyomingServer) 
             assert (await client.until("response.done")).status == "failed"
 
 
+@pytest.mark.parametrize("engine", ["stt", "tts"])
+async def test_cancelling_a_turn_closes_its_remote_request(fake: FakeWyomingServer, engine: str) -> None:
+    """``response.cancel`` while the remote STT (TTS) request is in flight: the response ends
+    ``cancelled`` and the server sees its connection close; the next turn works."""
+    fake.mode = "stall"
+    remote = {"stt": stt_for(fake), "tts": tts_for(fake, streaming="off")}[engine]
+    engines = fake_engines(
+        **{engine: remote}, **({"stt": FakeSTT(delay=0)} if engine == "tts" else {}),
+        llm=FakeLLM(first_delay=0, delta_delay=0, reply="Fine."),
+    )
+    with trio.fail_after(30):
+        async with connected(engines) as client:
+            await client.send(speech(300))
+            await client.send({"type": "input_audio.commit"})
+            await client.until("response.created")
+            await fake.request_received.wait()
+            await client.send({"type": "response.cancel"})
+            done = await client.until("response.done")
+            assert done.status == "cancelled"
+            await fake.client_disconnected.wait()
+            fake.mode = "answer"
+            await client.send(speech(300))
+            await client.send({"type": "input_audio.commit"})
+            assert (await client.until("response.done")).status == "completed"
+
+
 # --- the real servers --------------------------------------------------------------------------
 
 
