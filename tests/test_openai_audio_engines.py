@@ -7,11 +7,13 @@ Loopback only, ports chosen by the OS, a ``fail_after`` bound on every test that
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import wave
 from collections.abc import Iterator
@@ -175,7 +177,38 @@ async def test_cancelling_a_synthesis_closes_the_connection_at_once(fake: FakeOp
     await tts.aclose()
 
 
-# --- the real faster-whisper-server -------------------------------------------------------------
+# --- real OpenAI-compatible servers, offline with the embedded models ---------------------------
+
+
+def _start_http_server(name: str, args: list[str], port: int, probe: str, env: dict[str, str]) -> subprocess.Popen:
+    """Start ``name ARGS`` (from the venv) and wait until ``GET probe`` answers 200."""
+    command = shutil.which(name, path=str(Path(sys.executable).parent))
+    if command is None:
+        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
+    log_path = Path(tempfile.mkdtemp(prefix=f"voiceorch-{name}-")) / "server.log"
+    process = subprocess.Popen(
+        [command, *args], stdout=log_path.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **env}
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"{name} did not start:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{probe}", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -183,44 +216,91 @@ def faster_whisper_server() -> Iterator[str]:
     """faster-whisper-server serving the embedded tiny.en folder (offline) on a free port."""
     from voiceorch.engines.embedded import whisper_model_dir
 
-    command = shutil.which("faster-whisper-server", path=str(Path(sys.executable).parent))
-    if command is None:
-        pytest.skip("faster-whisper-server is not installed (pip install -e '.[test]')")
     port = free_port()
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"faster-whisper-server-{port}.log", "w")
-    process = subprocess.Popen(
-        [command, str(whisper_model_dir()), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    process = _start_http_server(
+        "faster-whisper-server", [str(whisper_model_dir()), "--host", "127.0.0.1", "--port", str(port)],
+        port, "/health", {"HF_HUB_OFFLINE": "1"},
     )
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"faster-whisper-server did not start:\n{Path(log.name).read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        yield f"{base}/v1"
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
+
+
+@pytest.fixture(scope="module")
+def local_tts_server() -> Iterator[str]:
+    """local-tts-studio (Piper behind /v1/audio/speech) with the embedded joe-medium voice."""
+    from voiceorch.engines.embedded import piper_voice_path
+
+    data = Path(tempfile.mkdtemp(prefix="voiceorch-local-tts-"))
+    settings = {"voices_dir": str(piper_voice_path().parent), "api_default_voice": "en_US-joe-medium", "device": "cpu"}
+    (data / "settings.json").write_text(json.dumps(settings))
+    port = free_port()
+    process = _start_http_server(
+        "local-tts", ["--host", "127.0.0.1", "--port", str(port)], port, "/v1/models", {"LOCAL_TTS_DATA_DIR": str(data)}
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        _stop(process)
+
+
+def jfk() -> bytes:
+    with wave.open(str(DATA / "jfk_16k.wav")) as wav:
+        return wav.readframes(wav.getnframes())
 
 
 @pytest.mark.models
 async def test_real_faster_whisper_server_transcribes_jfk(faster_whisper_server: str) -> None:
-    with wave.open(str(DATA / "jfk_16k.wav")) as wav:
-        pcm = wav.readframes(wav.getnframes())
     stt = OpenAISTT(base_url=faster_whisper_server, timeout=60)
     try:
         with trio.fail_after(120):
-            text = await stt.transcribe(pcm)
+            text = await stt.transcribe(jfk())
     finally:
         await stt.aclose()
     assert "ask not what your country can do for you" in text.lower()
+
+
+@pytest.mark.models
+async def test_real_local_tts_speaks_wav_and_pcm_that_whisper_hears(
+    local_tts_server: str, faster_whisper_server: str
+) -> None:
+    wav_tts = OpenAITTS(base_url=local_tts_server, timeout=60)
+    pcm_tts = OpenAITTS(base_url=local_tts_server, timeout=60, response_format="pcm", pcm_rate=22050)
+    stt = OpenAISTT(base_url=faster_whisper_server, timeout=60)
+    sentence = "Ask not what your country can do for you."
+    try:
+        with trio.fail_after(120):
+            from_wav = await wav_tts.synthesize(sentence)
+            from_pcm = await pcm_tts.synthesize(sentence)
+            heard = await stt.transcribe(from_wav)
+    finally:
+        for engine in (wav_tts, pcm_tts, stt):
+            await engine.aclose()
+    assert 1.0 < len(from_wav) / 2 / SAMPLE_RATE < 6.0
+    assert abs(len(from_pcm) - len(from_wav)) / len(from_wav) < 0.1  # the same speech, either way
+    assert "country" in heard.lower()
+
+
+@pytest.mark.models
+async def test_serve_with_remote_openai_stt_and_tts_holds_a_spoken_turn(
+    local_tts_server: str, faster_whisper_server: str
+) -> None:
+    import trio_websocket
+
+    from real_server import start_server
+    from voiceorch.talk import TurnInput, configure, run_turn
+
+    running = start_server("--stt-url", faster_whisper_server, "--tts-url", local_tts_server + "?voice=en_US-joe-medium")
+    try:
+        with trio.fail_after(120):
+            async with trio_websocket.open_websocket_url(running.url) as ws:
+                await ws.get_message()  # session.created
+                await configure(ws, vad=False)
+                report = await run_turn(ws, TurnInput(wav=DATA / "jfk_16k.wav"))
+    finally:
+        assert running.stop() == 0
+    assert "ask not what your country can do for you" in report.transcript.lower()
+    assert report.done.status == "completed", report.errors
+    assert report.done.metrics.audio_ms > 500
+    assert np.abs(np.frombuffer(bytes(report.audio), dtype="<i2")).max() > 1000
