@@ -70,6 +70,11 @@ class Events:
             if event.type == event_type and all(getattr(event, k) == v for k, v in match.items()):
                 return event
 
+    def first(self, event_type: str):
+        """The first event of ``event_type`` read so far, or the next one to come."""
+        seen = self.of_type(event_type)
+        return seen[0] if seen else self.until(event_type)
+
     def of_type(self, event_type: str) -> list:
         return [e for e in self.log if e.type == event_type]
 
