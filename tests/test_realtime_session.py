@@ -260,6 +260,23 @@ async def test_response_cancel_and_an_unsupported_format_in_the_realtime_dialect
         assert client.of_type("session.updated") == []
 
 
+async def test_a_client_that_stops_reading_is_closed_after_the_send_timeout(autojump_clock):
+    to_server_send, to_server_recv = trio.open_memory_channel(0)
+    to_client_send, to_client_recv = trio.open_memory_channel(0)
+    ws = MemoryWebSocket(to_server_recv, to_client_send)
+    session = Session(
+        RealtimeTransport(ws, RealtimeTranslator(), send_timeout_s=10), fake_engines(), realtime_settings(SessionSettings())
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(session.run)
+        assert checked(await to_client_recv.receive())["type"] == "session.created"
+        # From now on the client reads nothing: the error that answers this frame cannot go out.
+        await to_server_send.send('{"type": "dance"}')
+        sent_at = trio.current_time()
+    assert ws.closed == (1008, "send timeout: the client stopped reading")
+    assert trio.current_time() - sent_at == 10
+
+
 # --- the session core: what a playback report does --------------------------------------------
 
 VAD = SessionSettings()

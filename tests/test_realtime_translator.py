@@ -284,6 +284,16 @@ def test_response_create_after_a_commit_claims_the_response_already_under_way():
     assert error["error"]["code"] == "no_new_input"
 
 
+def test_a_commit_the_session_refused_is_not_claimed_by_response_create():
+    link = Link()  # server VAD: the session decides whether the buffer holds anything
+    [commit], _ = link.client({"type": "input_audio_buffer.commit"})
+    assert commit == p.InputAudioCommit()
+    [error] = link.session(p.Error(code="input_audio_buffer_empty", message="there is no audio to commit"))
+    assert error["error"]["code"] == "input_audio_buffer_commit_empty"
+    to_session, [error] = link.client({"type": "response.create"})
+    assert to_session == [] and error["error"]["code"] == "no_new_input"
+
+
 @pytest.mark.parametrize(
     ("params", "param"),
     [

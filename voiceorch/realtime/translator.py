@@ -67,6 +67,7 @@ class Translation:
 
     to_session: list[Message] = attrs.Factory(list)  # v1 frames, in order
     to_client: list[str] = attrs.Factory(list)  # Realtime frames, in order
+    refused: list[RealtimeProtocolError] = attrs.Factory(list)  # the errors among them
 
 
 @attrs.frozen(kw_only=True)
@@ -145,9 +146,9 @@ class RealtimeTranslator:
         self._speech_item_id: str | None = None  # the user item the current speech will become
         self._user_audio: dict[str, tuple[str, float]] = {}  # v1 turn_id -> (item_id, audio_ms)
         self._pending_texts: list[str] = []  # user text items waiting for response.create
-        self._items: set[str] = set()
-        self._assistant_items: dict[str, _AssistantItem] = {}
-        self._latest_assistant: str | None = None
+        self._items: set[str] = set()  # every item id of the session
+        self._assistant_ids: set[str] = set()
+        self._latest_assistant: _AssistantItem | None = None  # the only one a truncate may cut
         self._current: _Response | None = None
 
     # --- client -> session ----------------------------------------------------------------
@@ -161,6 +162,7 @@ class RealtimeTranslator:
                 "binary frames are not part of the Realtime API: send audio in input_audio_buffer.append",
             )
             out.to_client.append(self._error_frame(error))
+            out.refused.append(error)
             return out
         try:
             event = parse_client_event(frame)
@@ -172,6 +174,7 @@ class RealtimeTranslator:
         except RealtimeProtocolError as exc:
             out.to_session.clear()
             out.to_client.append(self._error_frame(exc))
+            out.refused.append(exc)
         return out
 
     def _on_client(self, event: ev.ClientEvent, out: Translation) -> None:
@@ -357,10 +360,10 @@ class RealtimeTranslator:
         self._commit_unclaimed = False  # a committed buffer is answered already
 
     def _on_truncate(self, event: ev.ConversationItemTruncate, out: Translation) -> None:
-        item = self._assistant_items.get(event.item_id)
-        if item is None:
+        if event.item_id not in self._assistant_ids:
             raise _error("invalid_item_id", f"there is no assistant item {event.item_id!r}", "item_id")
-        if event.item_id != self._latest_assistant:
+        item = self._latest_assistant
+        if item is None or event.item_id != item.item_id:
             raise _unsupported("item_id", "only the latest assistant item can be truncated")
         if event.content_index != 0:
             raise _error("invalid_value", "an assistant item has one content part: use content_index 0", "content_index")
@@ -443,6 +446,8 @@ class RealtimeTranslator:
                         delta=delta,
                     )
             case p.Error(turn_id=None, code=code, message=text):
+                if code == "input_audio_buffer_empty":
+                    self._commit_unclaimed = False  # that commit made no turn
                 info = ev.ErrorInfo(type="invalid_request_error", code=_UPSTREAM_CODES.get(code, code), message=text)
                 self._emit(frames, ev.Error, error=info)
             case p.Error(turn_id=turn_id, code=code, message=text):
@@ -480,8 +485,8 @@ class RealtimeTranslator:
             return response.item
         item = response.item = _AssistantItem(self._new_id("item"), response.turn_id, self._last_item_id)
         self._items.add(item.item_id)
-        self._assistant_items[item.item_id] = item
-        self._latest_assistant = item.item_id
+        self._assistant_ids.add(item.item_id)
+        self._latest_assistant = item
         message = ev.AssistantMessage(id=item.item_id, status="in_progress", content=())
         self._emit(frames, ev.ResponseOutputItemAdded, response_id=response.response_id, item=message)
         self._emit(frames, ev.ConversationItemAdded, item=message, previous_item_id=item.previous_item_id)
@@ -496,6 +501,7 @@ class RealtimeTranslator:
         return item
 
     def _on_response_done(self, done: p.ResponseDone, frames: list[str]) -> None:
+        self._user_audio.pop(done.turn_id, None)  # (every turn ends with its response.done)
         response = self._current
         if response is None or response.turn_id != done.turn_id:
             return

@@ -18,6 +18,7 @@ import trio
 import trio_websocket
 import wsproto.utilities
 
+from .. import metrics
 from ..logs import log_event
 from ..realtime import RealtimeTranslator
 from ..session import SessionSettings
@@ -53,6 +54,9 @@ class RealtimeTransport:
             except trio_websocket.ConnectionClosed:
                 raise trio.EndOfChannel from None
             translation = self.translator.from_client(frame)
+            for error in translation.refused:
+                log_event(log, "client.error", logging.INFO, code=error.code, message=error.message, dialect="realtime")
+                metrics.ERRORS.labels(code=error.code).inc()
             self._inbox.extend(translation.to_session)
             if translation.to_client:
                 await self._answer(translation.to_client)
