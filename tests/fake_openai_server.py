@@ -46,10 +46,12 @@ class FakeOpenAIServer:
     peak_streams: int = 0
     models_requests: int = 0
     base_url: str = ""
+    #: 0: a port chosen by the OS.
+    port: int = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, report the base URL (``http://127.0.0.1:PORT/v1``), serve until cancelled."""
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
         port = listeners[0].socket.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}/v1"
         async with trio.open_nursery() as nursery:

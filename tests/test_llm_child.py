@@ -1,5 +1,7 @@
-"""The supervised llama.cpp child of ``voiceorch serve`` dying: turns fail cleanly with
-``llm_unavailable``, ``/readyz`` says so, the child is restarted, and the session goes on."""
+"""The LLM backend of a real ``voiceorch serve`` going away and coming back: the supervised
+llama.cpp child dying (turns fail cleanly with ``llm_unavailable``, ``/readyz`` says so, the
+child is restarted, the session goes on), and an external ``--llm-url`` that is down at
+start-up."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import pytest
 import trio
 import trio_websocket
 
+from fake_openai_server import FakeOpenAIServer
 from real_server import start_server
+from test_wyoming_engines import free_port
 
 pytestmark = pytest.mark.models
 
@@ -78,3 +82,29 @@ async def test_a_killed_llm_child_fails_the_turn_cleanly_is_restarted_and_the_se
     assert "llm.child.exited" in events and "llm.child.restarted" in events
     assert second_pid != first_pid
     assert rc == 0 and _gone(second_pid)  # serve stopped the new child too
+
+
+async def test_an_external_llm_down_at_start_up_is_waited_for():
+    port = free_port()  # nothing listens there yet
+    server = start_server("--llm-url", f"http://127.0.0.1:{port}/v1")
+    try:
+        with trio.fail_after(TIMEOUT):
+            async with trio_websocket.open_websocket_url(server.url) as ws, httpx.AsyncClient(
+                base_url=server.http_url, timeout=10
+            ) as http, trio.open_nursery() as nursery:
+                assert json.loads(await ws.get_message())["type"] == "session.created"
+                down = await http.get("/readyz")
+                failed = await _typed_turn(ws, "Hello?")
+                llm = FakeOpenAIServer(port=port, deltas=["Hello ", "again."])
+                await nursery.start(llm.serve)  # the LLM server comes up
+                up = await http.get("/readyz")
+                done = await _typed_turn(ws, "Hello now?")
+                nursery.cancel_scope.cancel()
+    finally:
+        rc = server.stop()
+    assert down.status_code == 503 and "cannot reach LLM server" in down.json()["reason"]
+    assert [e["code"] for e in failed if e["type"] == "error"] == ["llm_unavailable"]
+    assert up.status_code == 200
+    assert (done[-1]["status"], done[-1]["text"]) == ("completed", "Hello again.")
+    assert "llm.warm_up_failed" in [line["event"] for line in server.log_lines()]
+    assert rc == 0

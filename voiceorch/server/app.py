@@ -22,7 +22,7 @@ import attrs
 import trio
 
 from ..engines import embedded
-from ..engines.base import Engines
+from ..engines.base import EngineError, Engines
 from ..engines.remote import RemoteEngineSpec
 from .. import metrics
 from ..logs import log_event
@@ -158,8 +158,17 @@ def _remote_engines(config: ServerConfig) -> dict[str, object]:
 
 
 async def _warm_up(engines: Engines) -> None:
-    for engine in (engines.stt, engines.tts, engines.llm):
-        await engine.warm_up()
+    """Run each model once. An LLM server that cannot answer yet (an external ``--llm-url``
+    that is down or still starting) is a warning, not a failure: ``serve`` comes up, ``/readyz``
+    answers 503 and turns fail with ``llm_unavailable`` until it answers, so the LLM server and
+    the orchestrators may start in any order."""
+    await engines.stt.warm_up()
+    await engines.tts.warm_up()
+    try:
+        await engines.llm.warm_up()
+    except EngineError as exc:
+        log_event(log, "llm.warm_up_failed", logging.WARNING, code=exc.code, reason=exc.message)
+        _say(f"warning: the LLM did not answer the warm-up ({exc.message}); /readyz answers 503 until it does")
 
 
 def _fake_engines() -> Engines:
