@@ -123,13 +123,23 @@ def test_turn_detection_null_is_push_to_talk():
     assert updated["session"]["audio"]["input"]["turn_detection"] is None
 
 
+def test_semantic_vad_is_served_as_server_vad_with_its_defaults():
+    link = Link(silence_duration_ms=800)
+    update = {"type": "semantic_vad", "eagerness": "high", "interrupt_response": False}
+    [v1], answers = link.client({"type": "session.update", "session": {"audio": {"input": {"turn_detection": update}}}})
+    assert answers == []
+    vad = v1.session.turn_detection
+    assert (vad.type, vad.silence_duration_ms, vad.interrupt_response) == ("server_vad", 500, False)
+
+
 @pytest.mark.parametrize(
     ("session", "code", "param"),
     [
         ({"audio": {"input": {"format": {"type": "audio/pcmu"}}}}, "unsupported_audio_format", "session.audio.input.format"),
         ({"audio": {"output": {"format": {"type": "audio/pcm", "rate": 16000}}}}, "unsupported_audio_format", "session.audio.output.format"),
         ({"audio": {"output": {"format": {"type": "audio/pcma"}}}}, "unsupported_audio_format", "session.audio.output.format"),
-        ({"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}, "unsupported", "session.audio.input.turn_detection.type"),
+        ({"audio": {"input": {"turn_detection": {"type": "semantic_vad", "create_response": False}}}}, "unsupported", "session.audio.input.turn_detection.create_response"),
+        ({"audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}}}}, "unsupported", "session.audio.input.turn_detection.idle_timeout_ms"),
         ({"audio": {"input": {"turn_detection": {"type": "server_vad", "create_response": False}}}}, "unsupported", "session.audio.input.turn_detection.create_response"),
         ({"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 1.5}}}}, "invalid_value", "session.audio.input.turn_detection"),
         ({"audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": "500"}}}}, "invalid_event", "session.audio.input.turn_detection.silence_duration_ms"),

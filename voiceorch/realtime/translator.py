@@ -261,8 +261,10 @@ class RealtimeTranslator:
             return None
         if value.type == "none":
             return p.TurnDetectionPatch(type="none")
-        if value.type == "semantic_vad":
-            raise _unsupported(f"{param}.type", "semantic_vad is not supported: use server_vad or null")
+        if value.type == "semantic_vad":  # served as server VAD with its defaults (eagerness is ignored)
+            value = ev.TurnDetectionIn(
+                type="server_vad", create_response=value.create_response, interrupt_response=value.interrupt_response
+            )
         if value.type != "server_vad":
             raise _error("invalid_event", f"unknown turn detection type {value.type!r}", f"{param}.type")
         if value.create_response is False:
