@@ -21,13 +21,14 @@ import attrs
 import pytest
 import trio
 import trio_websocket
+from trio.testing import wait_all_tasks_blocked
 
 from voiceorch import protocol as p
 from voiceorch.engines.base import ChatMessage, Engines
 from voiceorch.engines.fakes import FakeLLM, FakeSTT, FakeTTS
 from voiceorch.server import voice_ws
 from voiceorch.server.voice_ws import serve_voice
-from voiceorch.session import SessionSettings
+from voiceorch.session import Session, SessionSettings, memory_transport_pair
 from voiceorch.session.input_pace import InputPace, Pace
 
 from raw_ws import UPGRADE, Closed, RawClient, frame, open_socket, raw_frame, reset
@@ -188,6 +189,41 @@ async def test_the_1_mib_limit_counts_characters_of_text_not_bytes():
             assert (await next_event(ws))["type"] == "session.created"
             await ws.send_message("\u00e9" * 600_000)
             assert (await next_event(ws))["code"] == "message_too_large"
+
+
+async def test_a_long_non_ascii_turn_comes_back_in_frames_the_client_side_can_parse(autojump_clock):
+    # 20 000 "\u00e9" are 40 000 bytes of UTF-8 (accepted), but 120 000 bytes once the server's
+    # JSON escapes them in transcript.final: parse_server_event must not refuse that (it did,
+    # with message_too_large, when the client-frame limit applied to server frames too).
+    text = "\u00e9" * 20_000
+    async with connected(fake_engines()) as client:
+        await client.transport.send(json.dumps({"type": "input_text", "text": text}, ensure_ascii=False))
+        final = await client.until("transcript.final")
+        done = await client.until("response.done")
+    assert final.text == text and done.status == "completed"
+
+
+async def test_a_response_cancelled_while_the_writer_is_busy_still_begins_with_response_created():
+    # Found by the live fuzz: the gate took response.created off its queue, then the cancel
+    # landed while the writer was still busy with an earlier message, and the event was lost:
+    # the client saw transcript.final and response.done of a response never created.
+    server_end, client_end = memory_transport_pair()
+    session = Session(server_end, fake_engines(), PUSH_TO_TALK)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.run)
+            # The client does not read yet: the writer is stuck on session.created.
+            await client_end.send(json.dumps({"type": "input_text", "text": "hello"}))
+            await wait_all_tasks_blocked()
+            await client_end.send(json.dumps({"type": "response.cancel"}))
+            kinds = []
+            while "response.done" not in kinds:
+                message = await client_end.receive()
+                if isinstance(message, str):
+                    kinds.append(json.loads(message)["type"])
+            await client_end.close()
+    assert kinds[:2] == ["session.created", "response.created"], kinds
+    assert kinds[-1] == "response.done"
 
 
 # --- audio faster than real time ------------------------------------------------------------

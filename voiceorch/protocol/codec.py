@@ -90,9 +90,9 @@ def encode(event: ev.ClientEvent | ev.ServerEvent) -> str:
     return json.dumps({"type": data.pop("type"), **data}, separators=(",", ":"))
 
 
-def _parse(text: str | bytes, union: Any, known: set[str]) -> Any:
-    size = len(text.encode()) if isinstance(text, str) and len(text) * 4 > MAX_TEXT_FRAME_BYTES else len(text)
-    if size > MAX_TEXT_FRAME_BYTES:
+def _parse(text: str | bytes, union: Any, known: set[str], limit: int | None) -> Any:
+    size = len(text.encode()) if isinstance(text, str) and limit is not None and len(text) * 4 > limit else len(text)
+    if limit is not None and size > limit:
         raise ProtocolError(
             "message_too_large", f"text frames are limited to {MAX_TEXT_FRAME_BYTES} bytes"
         )
@@ -119,12 +119,15 @@ def _parse(text: str | bytes, union: Any, known: set[str]) -> Any:
 
 def parse_client_event(text: str | bytes) -> ev.ClientEvent:
     """Parse one client text frame. Raises :class:`ProtocolError`."""
-    return _parse(text, ev.ClientEvent, _CLIENT_TYPES)
+    return _parse(text, ev.ClientEvent, _CLIENT_TYPES, MAX_TEXT_FRAME_BYTES)
 
 
 def parse_server_event(text: str | bytes) -> ev.ServerEvent:
-    """Parse one server text frame (client side). Raises :class:`ProtocolError`."""
-    return _parse(text, ev.ServerEvent, _SERVER_TYPES)
+    """Parse one server text frame (client side). Raises :class:`ProtocolError`.
+
+    No size limit: a server frame may be larger than any client frame (it can carry a client's
+    text with each non-ASCII character written as a 6-byte ``\\uXXXX`` escape)."""
+    return _parse(text, ev.ServerEvent, _SERVER_TYPES, None)
 
 
 def check_audio_frame(data: bytes) -> None:

@@ -115,9 +115,14 @@ class _Gate:
         await self.open()
 
     async def open(self) -> None:
-        """Send what was held back (in order), then let everything through."""
+        """Send what was held back (in order), then let everything through.
+
+        Cancellation leaves what was not sent yet held (a memory channel's send either
+        delivers or not), so a later call sends it: the turn's ``response.created`` is never
+        lost to a cancel that lands while the writer is busy."""
         while self._held:
-            await self.outbox.send(self._held.pop(0))
+            await self.outbox.send(self._held[0])
+            del self._held[0]
         self.opened.set()
 
 
