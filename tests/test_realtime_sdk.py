@@ -143,11 +143,13 @@ def test_barge_in_with_truncate_keeps_only_what_was_heard(server):
             assistant_item = events.of_type("response.output_item.added")[0].item.id
             speak.set()
             started = events.until("input_audio_buffer.speech_started")
-            # Like an upstream client: stop playback at once, and say how much was played.
-            connection.conversation.item.truncate(item_id=assistant_item, content_index=0, audio_end_ms=1000)
             cut = events.until("response.done")
-            truncated = events.first("conversation.item.truncated")  # (before or after the cut)
-            transcribed = events.first("conversation.item.input_audio_transcription.completed")
+            # The client stopped playback at speech_started; now it says how much it had played.
+            # (Sent after the cut, so that response.done shows the server's own estimate: a
+            # truncate racing the cut is tested under MockClock in test_realtime_session.py.)
+            connection.conversation.item.truncate(item_id=assistant_item, content_index=0, audio_end_ms=1000)
+            truncated = events.until("conversation.item.truncated")
+            transcribed = events.until("conversation.item.input_audio_transcription.completed")
             second = events.until("response.done")
         finally:
             stop.set()
@@ -162,7 +164,7 @@ def test_barge_in_with_truncate_keeps_only_what_was_heard(server):
     assert transcribed.item_id == started.item_id
 
     # The request that answered the interruption: the story as far as the user heard it (1 s),
-    # not as far as the server's estimate had it when the speech began.
+    # not as far as the server's estimate had it when the speech began (2.5 s had arrived).
     estimate = cut.response.voiceorch["heard_text"].split()
     messages = _llm_requests(server, created.session.id)[-1]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
