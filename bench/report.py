@@ -39,6 +39,50 @@ def stats(values) -> dict | None:
     }
 
 
+def spread(values) -> dict | None:
+    """n, p50, p25, p75 (linear interpolation), min and max; None if no values. For figures
+    that may be negative or small beside their noise (the hops)."""
+    clean = [float(v) for v in values if v is not None]
+    if not clean:
+        return None
+    a = np.asarray(clean)
+    return {
+        "n": len(clean),
+        "p50": round(float(np.percentile(a, 50)), 2),
+        "p25": round(float(np.percentile(a, 25)), 2),
+        "p75": round(float(np.percentile(a, 75)), 2),
+        "min": round(float(a.min()), 2),
+        "max": round(float(a.max()), 2),
+    }
+
+
+def hops(floors: dict) -> dict:
+    """Per engine: the hop (remote floor - in-process floor, pair by pair, over all inputs), the
+    per-input medians, and the two floors; ``llm``: the HTTP round trip to the LLM server (a hop
+    in both modes). Empty without floors."""
+    found: dict = {}
+    for engine, key in (("stt", "stt"), ("tts", "tts_first")):
+        entries = {name: e for name, e in (floors.get(key) or {}).items() if "remote" in e}
+        if not entries:
+            continue
+        found[engine] = {
+            "inputs": len(entries),
+            "hop_ms": spread(v for e in entries.values() for v in e["hop_samples_ms"]),
+            "hop_per_input_ms": spread(e["hop_ms"] for e in entries.values()),
+            "in_process_floor_ms": spread(e["median_ms"] for e in entries.values()),
+            "remote_floor_ms": spread(e["remote"]["median_ms"] for e in entries.values()),
+        }
+        if engine == "stt":
+            found[engine]["per_input"] = {name: e["hop_ms"] for name, e in entries.items()}
+        connection = (floors.get("connection") or {}).get(engine)
+        if connection:
+            found[engine]["connection_ms"] = spread(connection["samples_ms"])
+    round_trip = floors.get("llm_http_round_trip")
+    if round_trip:
+        found["llm"] = {"http_round_trip_ms": spread(round_trip["samples_ms"])}
+    return found
+
+
 def _ok(samples: list[dict]) -> list[dict]:
     return [s for s in samples if "error" not in s]
 
@@ -78,9 +122,15 @@ def summarize(results: dict) -> dict:
             server_metrics[scenario] = {
                 metric: stats(s.get("metrics", {}).get(metric) for s in rows) for metric in SERVER_METRICS
             }
-    summary: dict = {"latency": latency, "overhead": overhead, "server_metrics": server_metrics}
+    summary: dict = {
+        "engines": results["config"].get("engines", "embedded"),
+        "latency": latency,
+        "overhead": overhead,
+        "server_metrics": server_metrics,
+    }
     floors = results.get("floors")
     if floors:
+        summary["hops"] = hops(floors)
         summary["floors"] = {
             "stt_floor_ms": {
                 name[len("clip:"):]: f["median_ms"] for name, f in floors["stt"].items() if name.startswith("clip:")
@@ -156,6 +206,14 @@ def render(results: dict) -> str:
     ]
     if results.get("server"):
         parts.append(f"server: {results['server'].get('url')}  ({results['server'].get('started_by_bench') and 'started by the bench' or 'given with --url'})")
+    engines = results["config"].get("engines", "embedded")
+    if engines == "remote" and results.get("engine_servers"):
+        parts.append(
+            "engines: remote (started by the bench): "
+            + ", ".join(f"{kind} {s['name']} {s['url']}" for kind, s in results["engine_servers"].items())
+        )
+    else:
+        parts.append(f"engines: {engines}")
     latency = summary.get("latency", {})
     if latency:
         rows = []
@@ -212,6 +270,11 @@ def render(results: dict) -> str:
             "        (ttft floor + (tokens of the server's first sentence - 1) x the floor's token interval)",
             _table(["path", "llm floor", "n", "floors p50", "overhead p50", "p95", "max", "ratio p50", "p95"], rows),
         ]
+        if results["config"].get("engines") == "remote":
+            parts.append(
+                "  remote engines: the stt and tts floors in these sums are the remote ones (through the same servers),"
+                " so the overhead is the orchestration's, as in the embedded mode; the hops are below"
+            )
         if any("overhead_vs_bound_ms" in o for o in overhead.values()):
             parts.append(
                 f"  * the server starts a turn speculatively {results['config'].get('speculate_after_ms')} ms into a pause, so STT, LLM"
@@ -228,10 +291,13 @@ def render(results: dict) -> str:
         ]:
             st = floors.get(key)
             rows.append([label, "-" if st is None else f"{_f(st['p50'])} / {_f(st['max'])}"])
-        parts += ["", "Floors (ms; each model alone, median of its repeats)", _table(["floor", "ms"], rows)]
+        parts += ["", "Floors (ms; each model alone, in process, median of its repeats)", _table(["floor", "ms"], rows)]
         load = floors.get("foreign_cpu_percent")
         if load:
             parts.append(f"other processes on the machine during the floors: p50 {_f(load['p50'])}%, max {_f(load['max'])}% of a core")
+    found = summary.get("hops")
+    if found:
+        parts += ["", *_render_hops(found, engines)]
     metrics = summary.get("server_metrics", {})
     if metrics:
         rows = []
@@ -288,6 +354,46 @@ def render(results: dict) -> str:
     return "\n".join(parts)
 
 
+def _render_hops(found: dict, engines: str) -> list[str]:
+    lines = []
+    rows = []
+    for engine in ("stt", "tts"):
+        h = found.get(engine)
+        if not h:
+            continue
+        hop = h["hop_ms"]
+        rows.append(
+            [
+                engine, h["inputs"], hop["n"], _f(h["in_process_floor_ms"]["p50"]), _f(h["remote_floor_ms"]["p50"]),
+                _f(hop["p50"], 1), f"{_f(hop['p25'], 1)} .. {_f(hop['p75'], 1)}", f"{_f(hop['min'], 1)} .. {_f(hop['max'], 1)}",
+            ]
+        )
+    if rows:
+        lines += [
+            "Engine hops (ms): remote floor - in-process floor on the same input, the two calls alternating",
+            _table(["engine", "inputs", "pairs", "in-process p50", "remote p50", "hop p50", "p25 .. p75", "min .. max"], rows),
+        ]
+        per_input = (found.get("stt") or {}).get("per_input") or {}
+        if per_input:
+            lines.append("  stt hop per input (median): " + ", ".join(f"{name} {_f(v, 1)}" for name, v in per_input.items()))
+        for engine in ("stt", "tts"):
+            rt = (found.get(engine) or {}).get("connection_ms")
+            if rt:
+                lines.append(
+                    f"  {engine} connection alone (TCP connect and close, as each call opens one): p50 {_f(rt['p50'], 2)} ms "
+                    f"(p25 .. p75 {_f(rt['p25'], 2)} .. {_f(rt['p75'], 2)}, max {_f(rt['max'], 2)}; n {rt['n']})"
+                )
+    llm = found.get("llm")
+    if llm and llm.get("http_round_trip_ms"):
+        rt = llm["http_round_trip_ms"]
+        where = "the llama.cpp engine server" if engines == "remote" else "serve's own llama.cpp child, a local HTTP server too"
+        lines.append(
+            f"llm: an HTTP hop in both modes ({where}); its cost is inside llm_ttft_floor. One HTTP round trip "
+            f"(GET /v1/models, warm connection): p50 {_f(rt['p50'], 2)} ms (p25 .. p75 {_f(rt['p25'], 2)} .. {_f(rt['p75'], 2)}, max {_f(rt['max'], 2)})"
+        )
+    return lines
+
+
 def write_json(results: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1, default=str) + "\n")
@@ -318,8 +424,14 @@ def compare(old_path: Path, new_path: Path) -> str:
         delta = "-" if before is None or after is None else f"{after - before:+.1f}"
         pct = "-" if not before or after is None else f"{100 * (after - before) / abs(before):+.0f}%"
         rows.append([key, _f(before, 1), _f(after, 1), delta, pct])
+    modes = [run.get("config", {}).get("engines", "embedded") for run in (old, new)]
     head = (
-        f"old: {old_path} ({old.get('started_utc')}, {old.get('machine', {}).get('cpu_count')} cores)\n"
-        f"new: {new_path} ({new.get('started_utc')}, {new.get('machine', {}).get('cpu_count')} cores)"
+        f"old: {old_path} ({old.get('started_utc')}, {old.get('machine', {}).get('cpu_count')} cores, engines {modes[0]})\n"
+        f"new: {new_path} ({new.get('started_utc')}, {new.get('machine', {}).get('cpu_count')} cores, engines {modes[1]})"
     )
+    if modes[0] != modes[1]:
+        head += (
+            "\nengines differ: latency changes include the STT/TTS hops (summary.hops, measured in the remote run); "
+            "overhead uses the floors of the engines as each server reached them, so it is the orchestration's in both"
+        )
     return head + "\n" + _table(["figure", "old", "new", "change", "%"], rows)

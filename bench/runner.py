@@ -2,7 +2,11 @@
 
 1. Real models: start ``voiceorch serve`` (or use ``--url``), hold one drained warm-up turn,
    then ``--repeat`` rounds of the scenarios, each measurement in a fresh session; stop the server.
-2. Floors: each embedded model alone on the same inputs, with nothing else running.
+   With ``--engines remote`` the bench first starts the engine servers (wyoming-faster-whisper,
+   wyoming-piper, llama.cpp; bench/engine_servers.py) and the voice server uses them.
+2. Floors: each embedded model alone on the same inputs, with nothing else running; with
+   ``--engines remote`` also the same inputs through the remote engines, so each hop's cost is
+   measured (remote floor - in-process floor).
 3. Concurrency: a fresh fake-engine server per level of ``--sessions``.
 4. Summary: the table on the terminal, everything in the JSON file.
 """
@@ -28,9 +32,11 @@ from . import floors as fl
 from . import machine, report, scenarios
 from .concurrency import loop_lag, run_concurrency
 from .scenarios import Clip
+from .engine_servers import EngineServers
 from .servers import ServerProcess, read_log
 
 SCENARIOS = ["commit", "voice_to_voice", "text", "barge_in"]
+ENGINE_MODES = ["embedded", "remote"]
 _ALIASES = {"v2v": "voice_to_voice", "barge": "barge_in", "barge-in": "barge_in"}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: The server's speculative start of a turn inside the silence window (None: it has none).
@@ -48,6 +54,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="short run: --repeat 1 --sessions 1,4")
     parser.add_argument("--url", help="measure this running server (ws://.../v1/voice) instead of starting one")
+    parser.add_argument(
+        "--engines", choices=ENGINE_MODES, default="embedded",
+        help="embedded: the server's in-process models (default); remote: the bench starts "
+        "wyoming-faster-whisper, wyoming-piper and a llama.cpp server, the voice server uses them "
+        "(--stt-url/--tts-url/--llm-url), and the floors measure each hop",
+    )
     parser.add_argument("--wav", action="append", default=[], type=Path, help="another speech clip (any audio format; repeatable)")
     parser.add_argument("--repeat", type=int, help="runs of each scenario per clip, each in a fresh session (default 3; --quick 1)")
     parser.add_argument(
@@ -70,6 +82,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/<UTC timestamp>.json)")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"), help="compare two JSON files and exit")
     args = parser.parse_args(argv)
+    if args.url and args.engines == "remote":
+        parser.error("--engines remote starts its own voice server: it cannot be used with --url")
     args.repeat = args.repeat or (1 if args.quick else 3)
     args.sessions = args.sessions or ("1,4" if args.quick else "1,5,10,20,40")
     args.levels = [] if args.sessions.strip() in ("", "none") else [int(n) for n in args.sessions.split(",")]
@@ -185,13 +199,23 @@ def _stream_slice(clip: Clip, start_pos_ms: float, window: list[float]) -> bytes
 
 
 async def run_floors(
-    samples: dict[str, list[dict]], clips: list[Clip], repeat: int, log_dir: Path, quiet: Quiet
+    samples: dict[str, list[dict]],
+    clips: list[Clip],
+    repeat: int,
+    log_dir: Path,
+    quiet: Quiet,
+    remote: dict[str, str] | None = None,
 ) -> dict:
+    """The floors of every measured input; with ``remote`` (the URLs ``serve`` was given, by
+    ``"stt"``/``"tts"``/``"llm"``) also the remote STT and TTS floors, interleaved with the
+    in-process ones, and the LLM floors against that server."""
+    remote = remote or {}
     rows = [s for name in report.PATHS for s in samples.get(name, []) if "error" not in s]
     by_name = {clip.name: clip for clip in clips}
-    # STT: each clip whole (push-to-talk turns), and each measured VAD turn's stream span.
+    # STT: each clip whole (push-to-talk turns; and the STT hop in remote mode, whatever the
+    # scenarios), and each measured VAD turn's stream span.
     stt_inputs: dict[str, bytes] = {}
-    if samples.get("commit") or samples.get("voice_to_voice"):
+    if samples.get("commit") or samples.get("voice_to_voice") or remote.get("stt"):
         stt_inputs.update({f"clip:{clip.name}": clip.pcm for clip in clips})
     for s in samples.get("voice_to_voice", []):
         if "error" not in s and s.get("stt_window_ms") and s["clip"] in by_name:
@@ -203,19 +227,36 @@ async def run_floors(
         if quiet.max_wait_s > 0:
             await machine.wait_quiet(quiet.max_wait_s, quiet.threshold, interval=0.5)
 
-    stt = await fl.measure_stt(stt_inputs, repeat, say, wait_quiet) if stt_inputs else {}
+    stt = await fl.measure_stt(stt_inputs, repeat, say, wait_quiet, remote.get("stt")) if stt_inputs else {}
     sentences = sorted({s["first_sentence"] for s in rows if s.get("first_sentence")})
-    tts = await fl.measure_tts(sentences, repeat, say, wait_quiet) if sentences else {}
+    tts = await fl.measure_tts(sentences, repeat, say, wait_quiet, remote.get("tts")) if sentences else {}
     prompts: dict[tuple, list[dict]] = {}
     for s in rows:
         if s.get("llm_messages"):
             prompts.setdefault(fl.messages_key(s["llm_messages"]), s["llm_messages"])
-    llm = (
-        await fl.measure_llm(list(prompts.values()), repeat, say, log_dir / "floor-llama.log", wait_quiet)
+    llm, round_trip = (
+        await fl.measure_llm(
+            list(prompts.values()), repeat, say, log_dir / "floor-llama.log", wait_quiet, remote.get("llm")
+        )
         if prompts
-        else []
+        else ([], None)
     )
-    return {"stt": stt, "tts_first": tts, "llm_ttft": llm}
+    connections = await fl.measure_connections(remote, say, wait_quiet) if remote else {}
+    return {
+        "engines": "remote" if remote else "embedded",
+        "connection": connections,
+        "stt": stt,
+        "tts_first": tts,
+        "llm_ttft": llm,
+        "llm_http_round_trip": round_trip,
+    }
+
+
+def _engine_floor(entry: dict | None, remote: bool) -> float | None:
+    """The floor of the engine as the voice server reached it: remote in remote mode."""
+    if not entry:
+        return None
+    return entry["remote"]["median_ms"] if remote and "remote" in entry else entry["median_ms"]
 
 
 def _apply_floors(samples: dict[str, list[dict]], floors: dict) -> None:
@@ -223,27 +264,43 @@ def _apply_floors(samples: dict[str, list[dict]], floors: dict) -> None:
 
     Two sums: ``sum_ms`` with the LLM's time to first token, and ``sum_sentence_ms`` with its
     time to the end of the first sentence (TTS cannot start before): the first token's floor
-    plus (deltas in the server's first sentence - 1) x the floor's median token interval."""
+    plus (deltas in the server's first sentence - 1) x the floor's median token interval.
+
+    In remote mode the STT and TTS floors in the sums are the remote ones (the engines as the
+    voice server used them), so the overhead is the orchestration's in both modes; the sample
+    also carries the in-process floors and the hops (``stt_in_process_floor_ms``,
+    ``stt_hop_ms``, ``tts_...``)."""
+    remote = floors.get("engines") == "remote"
     llm = {fl.messages_key(entry["messages"]): entry for entry in floors["llm_ttft"]}
     for name, field in report.PATHS.items():
         for s in samples.get(name, []):
             if "error" in s or s.get(field) is None:
                 continue
             entry = llm.get(fl.messages_key(s["llm_messages"])) if s.get("llm_messages") else None
+            tts_entry = floors["tts_first"].get(s.get("first_sentence") or "")
+            stt_entry = None
             parts = {
                 "llm_ttft_floor_ms": entry and entry["median_ms"],
-                "tts_floor_ms": (floors["tts_first"].get(s.get("first_sentence") or "") or {}).get("median_ms"),
+                "tts_floor_ms": _engine_floor(tts_entry, remote),
             }
             if name == "commit":
-                parts["stt_floor_ms"] = (floors["stt"].get(f"clip:{s['clip']}") or {}).get("median_ms")
+                stt_entry = floors["stt"].get(f"clip:{s['clip']}")
+                parts["stt_floor_ms"] = _engine_floor(stt_entry, remote)
             elif name == "voice_to_voice":
-                parts["stt_floor_ms"] = (floors["stt"].get(s.get("stt_floor_input") or "") or {}).get("median_ms")
+                stt_entry = floors["stt"].get(s.get("stt_floor_input") or "")
+                parts["stt_floor_ms"] = _engine_floor(stt_entry, remote)
                 parts["silence_window_ms"] = scenarios.SILENCE_WINDOW_MS
+            hops = {}
+            if remote:
+                for engine, hop_entry in (("stt", stt_entry), ("tts", tts_entry)):
+                    if hop_entry and "remote" in hop_entry:
+                        hops[f"{engine}_in_process_floor_ms"] = hop_entry["median_ms"]
+                        hops[f"{engine}_hop_ms"] = hop_entry["hop_ms"]
             if any(v is None for v in parts.values()):
-                s["floors"] = {**parts, "sum_ms": None}
+                s["floors"] = {**parts, **hops, "sum_ms": None}
                 continue
             total = round(sum(parts.values()), 2)
-            s["floors"] = {**parts, "sum_ms": total}
+            s["floors"] = {**parts, **hops, "sum_ms": total}
             s["overhead_ms"] = round(s[field] - total, 2)
             s["ratio"] = round(s[field] / total, 3) if total > 0 else None
             deltas, interval = s.get("first_sentence_deltas"), entry.get("token_interval_ms")
@@ -264,6 +321,68 @@ def _apply_floors(samples: dict[str, list[dict]], floors: dict) -> None:
 
 
 # --- the whole run --------------------------------------------------------------------------------
+
+
+def _real_models(
+    args: argparse.Namespace, clips: list[Clip], results: dict, log_dir: Path, engines: EngineServers | None
+) -> None:
+    """Phases 1 and 2: the scenarios against a real-model voice server, then the floors."""
+    server = None
+    remote = {"stt": engines.stt_url, "tts": engines.tts_url, "llm": engines.llm_url} if engines else {}
+    if args.url:
+        url = args.url
+        results["server"] = {"url": url, "started_by_bench": False}
+    else:
+        serve_args = [a for kind in ("stt", "tts", "llm") if kind in remote for a in (f"--{kind}-url", remote[kind])]
+        what = "the remote engines" if remote else "the embedded models"
+        say(f"starting voiceorch serve with {what} ...")
+        server = ServerProcess.start(*serve_args, log_path=log_dir / "server.log")
+        url = server.url
+        results["server"] = {
+            "url": url,
+            "started_by_bench": True,
+            "args": serve_args,
+            "startup_s": round(server.startup_s, 1),
+            "log": str(server.log_path),
+            "rss_kb_ready": server.rss_kb(),
+        }
+        say(f"server ready in {server.startup_s:.1f} s at {url}")
+    wall_start = time.time()
+    try:
+        measured = trio.run(
+            run_scenarios, url, clips, args.scenario_list, args.repeat, args.timeout,
+            Quiet(args.quiet_wait, args.quiet_threshold),
+        )
+    finally:
+        if server is not None:
+            results["server"]["rss_kb_end"] = server.rss_kb()
+            results["server"]["exit_code"] = server.stop()
+    results.update(measured)
+    if server is not None:
+        results["server"]["loop_lag"] = loop_lag(server.log_path, wall_start, time.time())
+        results["server"]["log_errors"] = [
+            line.get("event") for line in server.log_lines() if line.get("level") in ("error", "critical")
+        ]
+    _attach_llm_messages(results["samples"], server.log_path if server else None)
+    if not args.no_floors:
+        if remote:
+            say("floors: each model alone, in process and through its server (the voice server is stopped)")
+        else:
+            say("floors: each model alone (the voice server is stopped)")
+        before = machine.snapshot()
+        results["floors"] = trio.run(
+            run_floors, results["samples"], clips, args.floor_repeat, log_dir,
+            Quiet(args.quiet_wait, args.quiet_threshold), remote,
+        )
+        results["floors"]["foreign_cpu_percent"] = machine.foreign_cpu_percent(before, machine.snapshot())
+        _apply_floors(results["samples"], results["floors"])
+    split = [s for s in results["samples"].get("voice_to_voice", []) if s.get("vad_turns", 1) > 1]
+    if split:
+        clips_split = sorted({s["clip"] for s in split})
+        results["notes"].append(
+            f"server VAD cut {', '.join(clips_split)} into several turns (pauses >= 500 ms); "
+            "voice_to_voice is measured on the turn that ended after the clip"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
         },
         "config": {
+            "engines": args.engines,
             "repeat": args.repeat,
             "scenarios": args.scenario_list,
             "sessions": args.levels,
@@ -314,55 +434,23 @@ def main(argv: list[str] | None = None) -> int:
     say(f"results: {out}  logs: {log_dir}")
 
     if args.scenario_list:
-        server = None
-        if args.url:
-            url = args.url
-            results["server"] = {"url": url, "started_by_bench": False}
-        else:
-            say("starting voiceorch serve with the embedded models ...")
-            server = ServerProcess.start(log_path=log_dir / "server.log")
-            url = server.url
-            results["server"] = {
-                "url": url,
-                "started_by_bench": True,
-                "startup_s": round(server.startup_s, 1),
-                "log": str(server.log_path),
-                "rss_kb_ready": server.rss_kb(),
-            }
-            say(f"server ready in {server.startup_s:.1f} s at {url}")
-        wall_start = time.time()
+        engines = None
         try:
-            measured = trio.run(
-                run_scenarios, url, clips, args.scenario_list, args.repeat, args.timeout,
-                Quiet(args.quiet_wait, args.quiet_threshold),
-            )
+            if args.engines == "remote":
+                say("starting the engine servers: wyoming-faster-whisper, wyoming-piper, llama.cpp ...")
+                engines = EngineServers(log_dir=log_dir / "engines")
+                results["engine_servers"] = engines.describe()
+                say(
+                    "engine servers ready: "
+                    + ", ".join(f"{kind} {s['url']} in {s['startup_s']} s" for kind, s in results["engine_servers"].items())
+                )
+            _real_models(args, clips, results, log_dir, engines)
         finally:
-            if server is not None:
-                results["server"]["rss_kb_end"] = server.rss_kb()
-                results["server"]["exit_code"] = server.stop()
-        results.update(measured)
-        if server is not None:
-            results["server"]["loop_lag"] = loop_lag(server.log_path, wall_start, time.time())
-            results["server"]["log_errors"] = [
-                line.get("event") for line in server.log_lines() if line.get("level") in ("error", "critical")
-            ]
-        _attach_llm_messages(results["samples"], server.log_path if server else None)
-        if not args.no_floors:
-            say("floors: each model alone (the voice server is stopped)")
-            before = machine.snapshot()
-            results["floors"] = trio.run(
-                run_floors, results["samples"], clips, args.floor_repeat, log_dir,
-                Quiet(args.quiet_wait, args.quiet_threshold),
-            )
-            results["floors"]["foreign_cpu_percent"] = machine.foreign_cpu_percent(before, machine.snapshot())
-            _apply_floors(results["samples"], results["floors"])
-        split = [s for s in results["samples"].get("voice_to_voice", []) if s.get("vad_turns", 1) > 1]
-        if split:
-            clips_split = sorted({s["clip"] for s in split})
-            results["notes"].append(
-                f"server VAD cut {', '.join(clips_split)} into several turns (pauses >= 500 ms); "
-                "voice_to_voice is measured on the turn that ended after the clip"
-            )
+            if engines is not None:
+                for kind, code in engines.stop().items():
+                    results["engine_servers"][kind]["exit_code"] = code
+    elif args.engines == "remote":
+        results["notes"].append("--engines remote with no scenarios: no engine server was started")
 
     if args.levels:
         results["concurrency"] = run_concurrency(

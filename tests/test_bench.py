@@ -110,3 +110,46 @@ def test_a_quick_text_scenario_with_the_real_models(tmp_path):
     _sane(summary["overhead"]["text"]["overhead_ms"])
     _sane(summary["server_metrics"]["text"]["llm_ttft_ms"])
     assert "text_ms [all]" in table and "Floors" in table
+
+
+@pytest.mark.models
+def test_a_quick_text_scenario_with_remote_engines_measures_the_hops(tmp_path):
+    """``--engines remote``: the bench starts the engine servers, ``serve`` uses them, and the
+    floors give a hop for STT and TTS (the clips, the replies' first sentences) and the LLM's
+    HTTP round trip; they are numbers (any sign: a hop may be smaller than the noise)."""
+    results, table = _run_bench(
+        tmp_path, "--engines", "remote", "--scenarios", "text", "--repeat", "1", "--sessions", "none",
+        "--floor-repeat", "1", timeout=420,
+    )  # fmt: skip
+
+    assert results["config"]["engines"] == results["summary"]["engines"] == "remote"
+    servers = results["engine_servers"]
+    assert set(servers) == {"stt", "tts", "llm"}
+    assert results["server"]["args"] == [
+        "--stt-url", servers["stt"]["url"], "--tts-url", servers["tts"]["url"], "--llm-url", servers["llm"]["url"],
+    ]  # fmt: skip
+    assert results["server"]["exit_code"] == 0
+    for sample in results["samples"]["text"]:
+        assert "error" not in sample, sample.get("error")
+        assert sample["status"] == "completed" and sample["errors"] == []
+        floors = sample["floors"]
+        assert floors["tts_floor_ms"] > 0 and floors["tts_in_process_floor_ms"] > 0
+        assert isinstance(floors["tts_hop_ms"], float)
+        assert floors["sum_ms"] == pytest.approx(floors["llm_ttft_floor_ms"] + floors["tts_floor_ms"], abs=0.05)
+    # The remote engines really answered: whisper heard JFK, piper spoke.
+    jfk = results["floors"]["stt"]["clip:jfk_16k"]
+    assert "ask not what your country can do for you" in jfk["remote"]["text"].lower()
+    assert all(entry["remote"]["audio_ms"] > 200 for entry in results["floors"]["tts_first"].values())
+    hops = results["summary"]["hops"]
+    for engine in ("stt", "tts"):
+        assert hops[engine]["inputs"] >= 1
+        for figure in ("hop_ms", "in_process_floor_ms", "remote_floor_ms", "connection_ms"):
+            stats = hops[engine][figure]
+            assert stats["n"] >= 1
+            for key in ("p50", "p25", "p75", "min", "max"):
+                assert isinstance(stats[key], float)
+        assert hops[engine]["remote_floor_ms"]["p50"] > 0
+        assert hops[engine]["connection_ms"]["min"] > 0
+    assert set(hops["stt"]["per_input"]) == {"clip:jfk_16k", "clip:hotwords_16k"}
+    assert hops["llm"]["http_round_trip_ms"]["min"] > 0
+    assert "Engine hops" in table and "engines: remote" in table
