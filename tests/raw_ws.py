@@ -25,6 +25,7 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.frame_protocol import FrameProtocol
+from wsproto.utilities import LocalProtocolError
 
 HOST = "127.0.0.1"
 
@@ -74,6 +75,7 @@ class RawClient:
     stream: trio.SocketStream
     ws: WSConnection | Connection
     _events: list = attrs.field(factory=list)
+    _sending: trio.Lock = attrs.field(factory=trio.Lock)  # one sender at a time on the stream
 
     @classmethod
     async def connect(cls, port: int, *, early: bytes = b"", rcvbuf: int | None = None) -> RawClient:
@@ -121,7 +123,11 @@ class RawClient:
         if isinstance(message, dict):
             message = json.dumps(message)
         event = TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message)
-        await self.stream.send_all(self.ws.send(event))
+        await self._send_all(self.ws.send(event))
+
+    async def _send_all(self, data: bytes) -> None:
+        async with self._sending:
+            await self.stream.send_all(data)
 
     async def receive(self) -> str | bytes:
         """The next whole message. Raises :class:`Closed` when the server closes."""
@@ -135,7 +141,7 @@ class RawClient:
             elif isinstance(event, CloseConnection):
                 raise Closed(event.code, event.reason or "")
             elif isinstance(event, Ping):
-                await self.stream.send_all(self.ws.send(event.response()))
+                await self._send_all(self.ws.send(event.response()))
 
     async def event(self) -> dict:
         """The next control event (reply audio in between is skipped)."""
@@ -153,6 +159,14 @@ class RawClient:
     async def reset(self) -> None:
         """Abort the connection: a TCP RST, no close frame."""
         reset(self.stream)
+        await self.stream.aclose()
+
+    async def close(self, code: int = 1000) -> None:
+        """Send a close frame and close the socket (without waiting for the server's answer)."""
+        try:
+            await self._send_all(self.ws.send(CloseConnection(code=code)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError):
+            pass  # the server closed first
         await self.stream.aclose()
 
     async def aclose(self) -> None:
