@@ -209,7 +209,7 @@ class EngineServers:
 
     ``stt_url``/``tts_url``/``llm_url`` are what ``voiceorch serve --stt-url/--tts-url/--llm-url``
     take; ``stt_port``/``tts_port`` the Wyoming ports. Logs go to ``log_dir`` (a temporary
-    folder by default): ``wyoming-stt.log``, ``wyoming-tts.log``, ``llama.log``.
+    folder by default): ``stt.log``, ``tts.log``, ``llm.log``.
     """
 
     def __init__(self, *, stt: bool = True, tts: bool = True, llm: bool = True, log_dir: Path | None = None) -> None:
@@ -218,11 +218,11 @@ class EngineServers:
         self.servers: dict[str, EngineServer] = {}
         try:
             if stt:
-                self.servers["stt"] = spawn_wyoming_whisper(self.dir / "whisper-data", self.dir / "wyoming-stt.log")
+                self.servers["stt"] = spawn_wyoming_whisper(self.dir / "whisper-data", self.dir / "stt.log")
             if tts:
-                self.servers["tts"] = spawn_wyoming_piper(self.dir / "wyoming-tts.log")
+                self.servers["tts"] = spawn_wyoming_piper(self.dir / "tts.log")
             if llm:
-                self.servers["llm"] = spawn_llama(self.dir / "llama.log")
+                self.servers["llm"] = spawn_llama(self.dir / "llm.log")
             wait_ready(list(self.servers.values()))
         except BaseException:
             self.stop()

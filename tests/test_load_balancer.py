@@ -17,14 +17,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 import trio_websocket
 
-from voiceorch.engines.embedded import smollm2_gguf_path
-from voiceorch.engines.llama_server import LlamaServerConfig, llama_server_command
-
+from bench.engine_servers import EngineServers
 from conftest import DATA
 from real_server import RunningServer, start_server
 from test_wyoming_engines import WyomingServers, free_port, read_wav
@@ -78,23 +75,8 @@ class Nginx:
 @pytest.fixture(scope="module")
 def shared_llm():
     """One llama.cpp server for both instances (as an engine server, not a child of either)."""
-    port = free_port()
-    config = LlamaServerConfig(model_path=smollm2_gguf_path())
-    log = tempfile.TemporaryFile()
-    process = subprocess.Popen(llama_server_command(config, port), stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    with httpx.Client(trust_env=False) as client:
-        for _ in range(600):
-            try:
-                if client.get(f"{url}/models").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, "the llama server exited"
-            trio.run(trio.sleep, 0.1)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    with EngineServers(stt=False, tts=False) as servers:
+        yield servers.llm_url
 
 
 @pytest.fixture(scope="module")

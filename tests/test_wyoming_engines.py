@@ -10,12 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import socket
-import subprocess
-import sys
-import tempfile
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +23,7 @@ from wyoming.asr import Transcript
 from wyoming.audio import AudioChunk
 from wyoming.event import read_event
 
+from bench.engine_servers import EngineServers, find_command
 from fake_wyoming_server import FakeWyomingServer
 from session_harness import connected, fake_engines
 from voiceorch.engines.base import SAMPLE_RATE, EngineError
@@ -345,79 +341,15 @@ async def test_cancelling_a_turn_closes_its_remote_request(fake: FakeWyomingServ
 # --- the real servers --------------------------------------------------------------------------
 
 
-def _server_command(name: str) -> str:
-    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
-    return found
-
-
-def _wait_for_wyoming(port: int, process: subprocess.Popen, log: Path, seconds: float) -> None:
-    """Until the server answers ``describe`` (it loads its model first)."""
-
-    async def ready() -> bool:
-        try:
-            await WyomingSTT(address=WyomingAddress("127.0.0.1", port), timeout=5).describe()
-        except EngineError:
-            return False
-        return True
-
-    import time
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"Wyoming server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        if trio.run(ready):
-            return
-        time.sleep(0.3)
-    process.kill()
-    raise RuntimeError(f"Wyoming server on port {port} did not become ready:\n{log.read_text()[-3000:]}")
-
-
-class WyomingServers:
-    """wyoming-faster-whisper and wyoming-piper with the embedded models, on free ports."""
+class WyomingServers(EngineServers):
+    """wyoming-faster-whisper and wyoming-piper with the embedded models, on free ports
+    (bench/engine_servers.py, which the bench's remote mode uses too)."""
 
     def __init__(self) -> None:
-        from voiceorch.engines.embedded import piper_voice_path, whisper_model_dir
-
-        self.dir = Path(tempfile.mkdtemp(prefix="voiceorch-wyoming-"))
-        self.stt_port, self.tts_port = free_port(), free_port()
-        commands = {
-            "stt": [
-                _server_command("wyoming-faster-whisper"), "--uri", f"tcp://127.0.0.1:{self.stt_port}",
-                "--model", str(whisper_model_dir()), "--data-dir", str(self.dir / "stt"),
-                "--language", "en", "--local-files-only", "--stt-library", "faster-whisper",
-            ],
-            "tts": [
-                _server_command("wyoming-piper"), "--uri", f"tcp://127.0.0.1:{self.tts_port}",
-                "--voice", "en_US-joe-medium", "--data-dir", str(piper_voice_path().parent),
-            ],
-        }
-        self.processes: dict[str, subprocess.Popen] = {}
-        for name, command in commands.items():
-            log = (self.dir / f"{name}.log").open("w")
-            self.processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ)
-        _wait_for_wyoming(self.stt_port, self.processes["stt"], self.dir / "stt.log", 180)
-        _wait_for_wyoming(self.tts_port, self.processes["tts"], self.dir / "tts.log", 180)
-
-    @property
-    def stt_url(self) -> str:
-        return f"wyoming://127.0.0.1:{self.stt_port}"
-
-    @property
-    def tts_url(self) -> str:
-        return f"wyoming://127.0.0.1:{self.tts_port}"
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        for name in ("wyoming-faster-whisper", "wyoming-piper"):
+            if find_command(name) is None:
+                pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
+        super().__init__(llm=False)
 
 
 @pytest.fixture(scope="module")
