@@ -383,15 +383,15 @@ async def test_garbage_after_the_upgrade_closes_that_connection_only(garbage, cl
     ids=["not-http", "not-upgrade", "silent"],
 )
 async def test_garbage_in_place_of_the_upgrade_request(request_bytes, answer, mock_clock):
-    # trio-websocket holds the connection's task until its connect timeout (60 s) when the
-    # request never became a valid upgrade, even after answering 400 and closing: bounded,
-    # but not at once. Virtual time (jumping whenever all is idle) lets the test see it end.
+    # trio-websocket holds the connection's task until its connect timeout (HANDSHAKE_TIMEOUT_S,
+    # 10 s) when the request never became a valid upgrade, even after answering 400 and closing:
+    # bounded, but not at once. Virtual time (jumping whenever all is idle) lets the test see it end.
     mock_clock.autojump_threshold = 0.02
-    async with scene(settle=partial(tasks_settle_at, within=70, poll=1), timeout=300) as s:
+    async with scene(settle=partial(tasks_settle_at, within=15, poll=1), timeout=300) as s:
         stream = await open_socket(s.port)
         await stream.send_all(request_bytes)
         received = b""
-        with trio.move_on_after(70):
+        with trio.move_on_after(15):
             while chunk := await stream.receive_some(4096):
                 received += chunk
         assert received.startswith(answer)

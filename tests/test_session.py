@@ -417,3 +417,24 @@ async def test_while_draining_responses_in_progress_finish_and_no_new_one_starts
     assert refused.code == "server_shutting_down"
     assert (done.turn_id, done.status, done.text) == ("turn_1", "completed", REPLY)
     assert [e.turn_id for e in client.events("response.created")] == ["turn_1"]
+
+
+def test_a_full_memory_is_trimmed_to_half_so_the_prompt_start_stays_put():
+    from voiceorch.session.history import Conversation
+
+    memory = Conversation(instructions="be brief", max_messages=8, max_chars=10_000)
+    starts, sizes = [], []
+    for n in range(1, 13):
+        memory.add_exchange(f"question {n}", f"answer {n}")
+        starts.append(memory.messages[0].content)
+        sizes.append(len(memory.messages))
+    # Full at 4 exchanges; the 5th trims it to half (2 exchanges), then it grows again to 4.
+    assert sizes == [2, 4, 6, 8, 4, 6, 8, 4, 6, 8, 4, 6]
+    assert starts == ["question 1"] * 4 + ["question 4"] * 3 + ["question 7"] * 3 + ["question 10"] * 2
+    by_chars = Conversation(max_messages=100, max_chars=40)
+    for n in range(1, 5):
+        by_chars.add_exchange(f"q{n}", "ten chars.")  # 12 characters an exchange
+    assert [m.content for m in by_chars.messages] == ["q4", "ten chars."]  # 48 > 40: down to <= 20
+    huge = Conversation(max_messages=20, max_chars=30)
+    huge.add_exchange("a question of thirty-one chars", "!")
+    assert huge.messages == ()

@@ -52,8 +52,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     llm.add_argument("--llm-max-tokens", type=int, default=120, help="reply length limit in tokens (default: %(default)s)")
     llm.add_argument(
         "--llm-timeout", type=float, default=15.0,
-        help="seconds allowed for the first text of a reply; past it the turn fails with llm_timeout "
-        "(default: %(default)s)",
+        help="seconds allowed for the first text of a reply, and for any silence of the LLM server within "
+        "it; past it the turn fails with llm_timeout (default: %(default)s)",
     )
     llm.add_argument("--llm-gguf", type=Path, help="GGUF file for the embedded LLM server (default: SmolLM2-135M-Instruct)")
     llm.add_argument("--llm-log", type=Path, help="file for the embedded LLM server's output (default: a temporary file)")

@@ -126,6 +126,7 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
         model=config.llm_model,
         max_tokens=config.llm_max_tokens,
         first_token_timeout=config.llm_timeout_s,
+        read_timeout=config.llm_timeout_s,  # a long prompt may hold back even the headers
     )
     engines = Engines(stt=loaded["stt"], llm=llm, tts=loaded["tts"], vad=loaded["vad"])
     if config.warm_up:

@@ -51,7 +51,8 @@ class RealtimeTransport:
         while not self._inbox:
             try:
                 frame = await self._ws.get_message()
-            except trio_websocket.ConnectionClosed:
+            except trio_websocket.ConnectionClosed as closed:
+                log_event(log, "session.connection_closed", code=closed.reason.code, reason=closed.reason.reason)
                 raise trio.EndOfChannel from None
             translation = self.translator.from_client(frame)
             for error in translation.refused:

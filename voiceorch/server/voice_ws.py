@@ -30,6 +30,9 @@ from .realtime_ws import REALTIME_PATH, realtime_transport
 log = logging.getLogger(__name__)
 
 VOICE_PATH = "/v1/voice"
+#: A connection that has not completed a WebSocket handshake after this long is closed (a
+#: garbage or half-sent request holds its task until then; trio-websocket's default is 60 s).
+HANDSHAKE_TIMEOUT_S = 10.0
 
 
 class WebSocketTransport:
@@ -41,7 +44,8 @@ class WebSocketTransport:
     async def receive(self) -> Message:
         try:
             return await self._ws.get_message()
-        except trio_websocket.ConnectionClosed:
+        except trio_websocket.ConnectionClosed as closed:
+            log_event(log, "session.connection_closed", code=closed.reason.code, reason=closed.reason.reason)
             raise trio.EndOfChannel from None
 
     async def send(self, message: Message) -> None:
@@ -206,7 +210,9 @@ async def serve_voice(
         log, "voice.listen", host=host, port=server.port, max_sessions=policy.max_sessions, auth=policy.token is not None
     )
     handler = partial(_handle, engines=engines, settings=settings, policy=policy, admission=admission, server=server)
-    websocket_server = trio_websocket.WebSocketServer(handler, listeners, max_message_size=1 << 20)
+    websocket_server = trio_websocket.WebSocketServer(
+        handler, listeners, max_message_size=1 << 20, connect_timeout=HANDSHAKE_TIMEOUT_S
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(websocket_server.run)
         task_status.started(server)

@@ -18,7 +18,13 @@ class Conversation:
     """System instructions plus the latest exchanges, within ``max_messages`` and ``max_chars``.
 
     Oldest exchanges are dropped first, a whole user+assistant pair at a time, so the history
-    always starts with a user message.
+    always starts with a user message. Once a bound is passed, exchanges are dropped until the
+    memory is within *half* of both bounds: the start of the prompt then stays the same for
+    several turns, so an LLM server's prompt cache (llama.cpp's reuses the unchanged start of
+    the previous prompt) keeps working. Dropping one exchange per turn would change the start
+    of every prompt once the memory is full, and make the LLM process the whole history again
+    each turn (measured: first token after 2.5-4.3 s instead of about 0.3 s with the embedded
+    model).
     """
 
     instructions: str = DEFAULT_INSTRUCTIONS
@@ -58,10 +64,12 @@ class Conversation:
         return True
 
     def _trim(self) -> None:
-        def size() -> int:
-            return sum(len(m.content) for m in self._messages)
+        def within(messages: int, chars: int) -> bool:
+            return len(self._messages) <= messages and sum(len(m.content) for m in self._messages) <= chars
 
-        while self._messages and (len(self._messages) > self.max_messages or size() > self.max_chars):
+        if within(self.max_messages, self.max_chars):
+            return
+        while self._messages and not within(self.max_messages // 2, self.max_chars // 2):
             del self._messages[0]
             while self._messages and self._messages[0].role != "user":
                 del self._messages[0]
