@@ -12,13 +12,8 @@ import json
 import typing
 from typing import Any
 
-import attrs
-import cattrs
-from cattrs.gen import make_dict_structure_fn
-from cattrs.v import format_exception
-from cattrs.strategies import configure_tagged_union
-
 from . import events as ev
+from .strict_json import strict_converter, validation_details
 
 #: Text frames longer than this are refused with ``message_too_large``.
 MAX_TEXT_FRAME_BYTES = 64 * 1024
@@ -37,48 +32,7 @@ class ProtocolError(Exception):
         self.message = message
 
 
-def _strict(kind: type) -> typing.Callable[[Any, type], Any]:
-    """A structure hook that checks a JSON primitive's type instead of coercing it."""
-
-    def check(value: Any, _: type) -> Any:
-        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if not ok:
-            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
-        return value
-
-    return check
-
-
-def _describe(exc: BaseException, kind: type | None) -> str:
-    if isinstance(exc, ValueError) and str(exc):
-        return f"invalid value ({exc})"
-    return format_exception(exc, kind)
-
-
-def _make_converter() -> cattrs.Converter:
-    converter = cattrs.Converter()
-    for kind in (str, int, float, bool):
-        converter.register_structure_hook(kind, _strict(kind))
-
-    def objects_only(cls: type) -> typing.Callable[[Any, type], Any]:
-        structure = make_dict_structure_fn(cls, converter)
-
-        def check(value: Any, _: type) -> Any:
-            if not isinstance(value, dict):
-                raise TypeError(f"expected a JSON object, got {type(value).__name__}")
-            return structure(value, cls)
-
-        return check
-
-    converter.register_structure_hook_factory(attrs.has, objects_only)
-    for union in (ev.ClientEvent, ev.ServerEvent):
-        configure_tagged_union(union, converter, tag_generator=lambda cls: cls.TYPE, tag_name="type")
-    return converter
-
-
-_converter = _make_converter()
+_converter = strict_converter((ev.ClientEvent, ev.ServerEvent))
 _CLIENT_TYPES = {cls.TYPE for cls in typing.get_args(ev.ClientEvent)}
 _SERVER_TYPES = {cls.TYPE for cls in typing.get_args(ev.ServerEvent)}
 
@@ -109,11 +63,8 @@ def _parse(text: str | bytes, union: Any, known: set[str], limit: int | None) ->
         raise ProtocolError("unknown_event_type", f"unknown event type {kind!r}")
     try:
         return _converter.structure(data, union)
-    except Exception as exc:  # cattrs raises exception groups with a path to each bad field
-        if isinstance(exc, cattrs.BaseValidationError):
-            details = "; ".join(cattrs.transform_error(exc, format_exception=_describe))
-        else:
-            details = str(exc)
+    except Exception as exc:
+        details = "; ".join(validation_details(exc))
         raise ProtocolError("invalid_event", f"invalid {kind!r} event: {details}") from None
 
 

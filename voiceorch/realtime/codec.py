@@ -10,14 +10,8 @@ from __future__ import annotations
 
 import json
 import typing
-from typing import Any
 
-import attrs
-import cattrs
-from cattrs.gen import make_dict_structure_fn
-from cattrs.strategies import configure_tagged_union
-from cattrs.v import format_exception
-
+from ..protocol.strict_json import strict_converter, validation_details
 from . import events as ev
 
 
@@ -34,44 +28,13 @@ class RealtimeProtocolError(Exception):
         self.event_id = event_id
 
 
-def _strict(kind: type) -> typing.Callable[[Any, type], Any]:
-    """A structure hook that checks a JSON primitive's type instead of coercing it."""
-
-    def check(value: Any, _: type) -> Any:
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
-        return value
-
-    return check
+def _null_turns_detection_off(cls: type, data: dict) -> dict:
+    if cls is ev.AudioInputIn and "turn_detection" in data and data["turn_detection"] is None:
+        return {**data, "turn_detection": {"type": "none"}}  # null turns detection off
+    return data
 
 
-def _make_converter() -> cattrs.Converter:
-    converter = cattrs.Converter()
-    for kind in (str, int, float, bool):
-        converter.register_structure_hook(kind, _strict(kind))
-
-    def objects_only(cls: type) -> typing.Callable[[Any, type], Any]:
-        structure = make_dict_structure_fn(cls, converter)
-        null_is_off = "turn_detection" if cls is ev.AudioInputIn else None
-
-        def check(value: Any, _: type) -> Any:
-            if not isinstance(value, dict):
-                raise TypeError(f"expected a JSON object, got {type(value).__name__}")
-            if null_is_off and null_is_off in value and value[null_is_off] is None:
-                value = {**value, null_is_off: {"type": "none"}}  # null turns detection off
-            return structure(value, cls)
-
-        return check
-
-    converter.register_structure_hook_factory(attrs.has, objects_only)
-    for union in (ev.ClientEvent, ev.ServerEvent):
-        configure_tagged_union(union, converter, tag_generator=lambda cls: cls.TYPE, tag_name="type")
-    return converter
-
-
-_converter = _make_converter()
+_converter = strict_converter((ev.ClientEvent, ev.ServerEvent), prepare=_null_turns_detection_off)
 _CLIENT_TYPES = {cls.TYPE for cls in typing.get_args(ev.ClientEvent)}
 
 
@@ -79,12 +42,6 @@ def encode(event: ev.ServerEvent) -> str:
     """Serialize a server event to the JSON text of its frame, ``type`` first."""
     data = _converter.unstructure(event, unstructure_as=ev.ServerEvent)
     return json.dumps({"type": data.pop("type"), **data}, separators=(",", ":"))
-
-
-def _describe(exc: BaseException, kind: type | None) -> str:
-    if isinstance(exc, ValueError) and str(exc):
-        return f"invalid value ({exc})"
-    return format_exception(exc, kind)
 
 
 def parse_client_event(text: str | bytes) -> ev.ClientEvent:
@@ -111,13 +68,10 @@ def parse_client_event(text: str | bytes) -> ev.ClientEvent:
         )
     try:
         return _converter.structure(data, ev.ClientEvent)
-    except Exception as exc:  # cattrs raises exception groups with a path to each bad field
-        if isinstance(exc, cattrs.BaseValidationError):
-            details = cattrs.transform_error(exc, format_exception=_describe)
-            param = details[0].split(" @ $.", 1)[1] if details and " @ $." in details[0] else None
-            message = "; ".join(details)
-        else:
-            param, message = None, str(exc)
+    except Exception as exc:
+        details = validation_details(exc)
+        param = details[0].split(" @ $.", 1)[1] if details and " @ $." in details[0] else None
+        message = "; ".join(details)
         raise RealtimeProtocolError(
             "invalid_event", f"invalid {kind!r} event: {message}", param=param, event_id=event_id
         ) from None
