@@ -4,7 +4,8 @@ Start it with ``base_url = await nursery.start(server.serve)``; it listens on 12
 port chosen by the OS and serves until the nursery is cancelled. ``server.mode`` selects how
 ``POST /v1/chat/completions`` answers (it is read per request, so a test may change it):
 
-- ``"stream"``: the ``deltas`` as SSE chunks, a chunk with ``finish_reason``, then ``[DONE]``;
+- ``"stream"``: the ``deltas`` as SSE chunks, a chunk with ``finish_reason`` (``"stop"``, or
+  ``"length"`` to play a reply cut off at ``max_tokens``), then ``[DONE]``;
 - ``"error500"``: a 500 with a JSON error body that echoes the request's Authorization header;
 - ``"malformed"``: one delta, then an SSE event whose data is not JSON;
 - ``"drop"``: one delta, then the connection is closed mid-body;
@@ -35,6 +36,7 @@ _MAX_RECEIVE = 65536
 class FakeOpenAIServer:
     mode: Mode = "stream"
     deltas: list[str] = attrs.field(factory=lambda: ["Hello", ",", " world", "!"])
+    finish_reason: str = "stop"
     #: Pause before each SSE event of a stream (gives a client time to cancel).
     delay: float = 0.0
     requests: list[dict[str, Any]] = attrs.field(factory=list)
@@ -123,7 +125,7 @@ class FakeOpenAIServer:
                     pass
                 self.client_disconnected.set()
                 return False
-            await self._send_event(conn, stream, json.dumps(_chunk(None, "stop")))
+            await self._send_event(conn, stream, json.dumps(_chunk(None, self.finish_reason)))
             await self._send_event(conn, stream, "[DONE]")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.client_disconnected.set()

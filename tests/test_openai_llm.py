@@ -73,6 +73,17 @@ async def test_deltas_arrive_in_order_and_channel_closes(
         assert await collect(llm) == ["Hello", ",", " world", "!"]
 
 
+async def test_a_reply_returns_its_finish_reason(fake: FakeOpenAIServer, llm: OpenAICompatibleLLM) -> None:
+    with trio.fail_after(TIMEOUT):
+        send, receive = trio.open_memory_channel[str](16)
+        assert await llm.stream_reply(MESSAGES, send) == "stop"
+        fake.finish_reason = "length"  # the reply was cut off at max_tokens
+        send, receive = trio.open_memory_channel[str](16)
+        assert await llm.stream_reply(MESSAGES, send) == "length"
+        assert [delta async for delta in receive] == ["Hello", ",", " world", "!"]
+    assert fake.requests[-1]["max_tokens"] == llm.max_tokens
+
+
 async def test_request_carries_messages_and_bearer_key(
     fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import attrs
 import pytest
 from hypothesis import given, strategies as st
 
@@ -49,6 +50,16 @@ def test_response_done_wire_shape():
             "audio_ms": 0.0,
         },
     }
+
+
+def test_response_done_carries_truncated_only_when_true():
+    done = ALL_SERVER_EVENTS[7]
+    assert "truncated" not in json.loads(p.encode(done))
+    cut = attrs.evolve(done, truncated=True)
+    assert json.loads(p.encode(cut))["truncated"] is True
+    assert p.parse_server_event(p.encode(cut)) == cut
+    with pytest.raises(p.ProtocolError, match="truncated"):
+        p.parse_server_event(p.encode(done)[:-1] + ',"truncated":"yes"}')
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,11 @@ import base64
 import itertools
 import json
 
+import attrs
 import numpy as np
 import pytest
 import soxr
+from openai.types.realtime import RealtimeResponseStatus
 
 from voiceorch import protocol as p
 from voiceorch.realtime import RealtimeTranslator
@@ -389,6 +391,30 @@ def test_a_cut_off_response_is_cancelled_with_the_upstream_reason(status, reason
     assert final["status"] == "cancelled"
     assert final["status_details"] == {"type": "cancelled", "reason": reason, "error": None}
     assert final["output"][0]["status"] == "incomplete"
+
+
+def test_a_reply_cut_at_the_token_limit_is_incomplete_with_max_output_tokens():
+    link = Link()
+    link.session(p.ResponseCreated(turn_id="turn_1"), p.ResponseTextDelta(turn_id="turn_1", delta="Well, first"))
+    frames = link.session(reply_audio(40), attrs.evolve(done("turn_1", "completed", "Well, first"), truncated=True))
+    final = frames[-1]["response"]  # checked() has validated it against the SDK's ResponseDoneEvent
+    assert final["status"] == "incomplete"
+    assert final["status_details"] == {"type": "incomplete", "reason": "max_output_tokens", "error": None}
+    status = RealtimeResponseStatus.model_validate(final["status_details"], strict=True)
+    assert (status.type, status.reason) == ("incomplete", "max_output_tokens")
+    assert final["output"][0]["status"] == "incomplete"
+    assert final["output"][0]["content"][0]["transcript"] == "Well, first"
+    assert final["voiceorch"]["status"] == "completed"  # its audio did play to the end
+    audio = b"".join(base64.b64decode(f["delta"]) for f in frames if f["type"] == "response.output_audio.delta")
+    assert len(audio) == 2 * 24 * 40  # all of it: the end of the stream flushed the resampler
+
+
+def test_a_cancel_wins_over_the_token_limit():
+    link = Link()
+    link.session(p.ResponseCreated(turn_id="turn_1"), p.ResponseTextDelta(turn_id="turn_1", delta="Well"))
+    [*_, final] = link.session(attrs.evolve(done("turn_1", "cancelled"), truncated=True))
+    assert final["response"]["status"] == "cancelled"
+    assert final["response"]["status_details"]["reason"] == "client_cancelled"
 
 
 def test_a_response_cancelled_before_any_output_has_no_item():

@@ -6,6 +6,7 @@ import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 
+from voiceorch import protocol as p
 from voiceorch.engines.base import EngineError
 from voiceorch.engines.fakes import FakeLLM, FakeSTT, FakeTTS, fake_pcm
 from voiceorch.session import SessionSettings
@@ -204,6 +205,21 @@ async def test_llm_failure_mid_stream_keeps_what_was_spoken(autojump_clock):
         done = await client.until("response.done")
     assert done.status == "failed"
     assert [e.code for e in client.events("error")] == ["llm_error"]
+    check_framing(client.log)
+
+
+async def test_a_reply_cut_at_the_llm_token_limit_is_reported_as_truncated(autojump_clock):
+    engines = fake_engines(llm=FakeLLM(finish_reason="length"))
+    async with connected(engines) as client:
+        await client.send({"type": "input_text", "text": "Tell me everything"})
+        cut = await client.until("response.done")
+        engines.llm.finish_reason = "stop"
+        await client.send({"type": "input_text", "text": "Thanks"})
+        whole = await client.until("response.done")
+    assert (cut.status, cut.truncated, cut.text) == ("completed", True, REPLY)  # it played to its end
+    assert (whole.status, whole.truncated) == ("completed", False)
+    frames = [p.encode(e) for e in client.events("response.done")]
+    assert '"truncated":true' in frames[0] and "truncated" not in frames[1]  # only sent when true
     check_framing(client.log)
 
 

@@ -51,12 +51,14 @@ class SpeechToText(Protocol):
 class LanguageModel(Protocol):
     async def stream_reply(
         self, messages: Sequence[ChatMessage], deltas: trio.MemorySendChannel[str]
-    ) -> None:
+    ) -> str | None:
         """Stream the assistant's reply to ``messages`` as text deltas into ``deltas``.
 
         The engine owns ``deltas`` and closes it when it returns or raises, so the consumer's
         ``async for`` ends. Cancelling the call closes the upstream request (the LLM server
-        sees the connection drop and stops generating).
+        sees the connection drop and stops generating). Returns why the reply ended, in the
+        OpenAI API's words (``finish_reason``): ``"length"`` if the token limit cut it off,
+        ``"stop"`` if it ended by itself; ``None`` if the LLM did not say.
         """
         ...
 

@@ -39,7 +39,8 @@ class FakeLLM:
 
     ``requests`` keeps every request's messages; ``closed_early`` counts streams that were
     cancelled before their end (as an HTTP stream closed by the client); ``error`` raised
-    after ``fail_after_deltas`` deltas, if set.
+    after ``fail_after_deltas`` deltas, if set. A reply streamed to its end returns
+    ``finish_reason`` (``"length"`` plays a reply cut off at the token limit).
     """
 
     reply: str = "Sure thing. Here is a short answer. Anything else?"
@@ -47,11 +48,12 @@ class FakeLLM:
     delta_delay: float = 0.02
     error: EngineError | None = None
     fail_after_deltas: int = 0
+    finish_reason: str | None = "stop"
     requests: list[list[ChatMessage]] = attrs.field(factory=list)
     finished: int = 0
     closed_early: int = 0
 
-    async def stream_reply(self, messages: Sequence[ChatMessage], deltas: trio.MemorySendChannel[str]) -> None:
+    async def stream_reply(self, messages: Sequence[ChatMessage], deltas: trio.MemorySendChannel[str]) -> str | None:
         self.requests.append(list(messages))
         words = self.reply.split(" ")
         with deltas:
@@ -67,6 +69,7 @@ class FakeLLM:
                 self.closed_early += 1
                 raise
         self.finished += 1
+        return self.finish_reason
 
 
 def fake_pcm(text: str, ms_per_char: float) -> bytes:

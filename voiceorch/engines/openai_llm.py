@@ -93,23 +93,25 @@ class OpenAICompatibleLLM:
 
     async def stream_reply(
         self, messages: Sequence[ChatMessage], deltas: trio.MemorySendChannel[str]
-    ) -> None:
+    ) -> str | None:
         """Stream the assistant's reply to ``messages`` as text deltas into ``deltas``.
 
-        Waits first for a slot of :attr:`limiter` (the wait is cancellable). Closes ``deltas``
+        Returns the stream's last ``finish_reason`` (``"stop"``, ``"length"``: cut off at
+        :attr:`max_tokens``), or ``None`` if it sent none before ``[DONE]``. Waits first for a slot of :attr:`limiter` (the wait is cancellable). Closes ``deltas``
         when it returns or raises. Cancelling the call closes the HTTP response (and its
         connection), so the server sees the client go and stops generating.
         If the receiving side of ``deltas`` is closed, the request is dropped the same way and
-        the call returns quietly. Raises :class:`EngineError` with code ``llm_unavailable``
+        the call returns ``None`` quietly. Raises :class:`EngineError` with code ``llm_unavailable``
         (cannot connect), ``llm_timeout`` (no first text within :attr:`first_token_timeout`, or
         a silence longer than :attr:`read_timeout`), ``llm_error`` (an error status or error
         chunk) or ``llm_bad_response`` (not SSE, bad JSON, or the stream broke off).
         """
         with deltas:
             try:
-                await self._stream(messages, self.max_tokens, deltas.send)
+                return await self._stream(messages, self.max_tokens, deltas.send)
             except trio.BrokenResourceError:
                 log.debug("reply consumer went away; LLM request dropped")
+                return None
 
     @property
     def urls(self) -> list[str]:
@@ -163,10 +165,10 @@ class OpenAICompatibleLLM:
         messages: Sequence[ChatMessage],
         max_tokens: int,
         on_delta: Callable[[str], Awaitable[None]],
-    ) -> None:
+    ) -> str | None:
         try:
             async with self.limiter if self.limiter is not None else contextlib.nullcontext():
-                await self._request_with_failover(messages, max_tokens, on_delta)
+                return await self._request_with_failover(messages, max_tokens, on_delta)
         except EngineError as exc:
             # Server text (an error body, an error chunk) may echo the key: never pass it on.
             if self.api_key and self.api_key in exc.message:
@@ -178,7 +180,7 @@ class OpenAICompatibleLLM:
         messages: Sequence[ChatMessage],
         max_tokens: int,
         on_delta: Callable[[str], Awaitable[None]],
-    ) -> None:
+    ) -> str | None:
         delivered = False
 
         async def deliver(delta: str) -> None:
@@ -191,7 +193,7 @@ class OpenAICompatibleLLM:
         for attempt in range(attempts):
             url = urls[attempt % len(urls)]
             try:
-                await self._request_with_first_token_deadline(url, messages, max_tokens, deliver)
+                finish_reason = await self._request_with_first_token_deadline(url, messages, max_tokens, deliver)
             except EngineError as exc:
                 if delivered or not exc.retryable or attempt == attempts - 1:
                     raise
@@ -199,7 +201,8 @@ class OpenAICompatibleLLM:
                 log_event(log, "llm.retry", code=exc.code, failed_url=url, next_url=next_url, attempt=attempt + 1)
             else:
                 self._preferred = url
-                return
+                return finish_reason
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _request_with_first_token_deadline(
         self,
@@ -207,17 +210,16 @@ class OpenAICompatibleLLM:
         messages: Sequence[ChatMessage],
         max_tokens: int,
         on_delta: Callable[[str], Awaitable[None]],
-    ) -> None:
+    ) -> str | None:
         async def first_delta_lifts_the_deadline(delta: str) -> None:
             deadline.deadline = math.inf
             await on_delta(delta)
 
         with trio.CancelScope(deadline=trio.current_time() + self.first_token_timeout) as deadline:
-            await self._request(url, messages, max_tokens, first_delta_lifts_the_deadline)
-        if deadline.cancelled_caught:
-            raise EngineError(
-                "llm_timeout", f"the LLM server sent no reply within {self.first_token_timeout:g} s"
-            )
+            return await self._request(url, messages, max_tokens, first_delta_lifts_the_deadline)
+        raise EngineError(  # only reached when the deadline cancelled the request
+            "llm_timeout", f"the LLM server sent no reply within {self.first_token_timeout:g} s"
+        )
 
     async def _request(
         self,
@@ -225,7 +227,7 @@ class OpenAICompatibleLLM:
         messages: Sequence[ChatMessage],
         max_tokens: int,
         on_delta: Callable[[str], Awaitable[None]],
-    ) -> None:
+    ) -> str | None:
         body = {
             "model": self.model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
@@ -246,7 +248,7 @@ class OpenAICompatibleLLM:
                         f"{await self._short_body(response)}",
                         retryable=response.status_code >= 500 or response.status_code == 429,
                     )
-                await self._read_events(EventSource(response), on_delta)
+                return await self._read_events(EventSource(response), on_delta)
         except httpx.TimeoutException as exc:
             if not isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
                 raise EngineError(
@@ -262,12 +264,13 @@ class OpenAICompatibleLLM:
 
     async def _read_events(
         self, source: EventSource, on_delta: Callable[[str], Awaitable[None]]
-    ) -> None:
+    ) -> str | None:
         finished = False
+        last_reason: str | None = None
         try:
             async for event in source.aiter_sse():
                 if event.data == "[DONE]":
-                    return
+                    return last_reason
                 if not event.data:
                     continue
                 content, finish_reason = _parse_chunk(event.data)
@@ -275,10 +278,12 @@ class OpenAICompatibleLLM:
                     await on_delta(content)
                 if finish_reason is not None:
                     finished = True
+                    last_reason = finish_reason
         except SSEError as exc:
             raise EngineError("llm_bad_response", f"LLM server did not stream SSE: {exc}") from exc
         if not finished:
             raise EngineError("llm_bad_response", "stream ended early")
+        return last_reason
 
     async def _short_body(self, response: httpx.Response) -> str:
         try:

@@ -11,6 +11,8 @@ from typing import ClassVar, Literal, Union
 
 import attrs
 
+from .strict_json import OMIT_IF_DEFAULT
+
 # --- audio ------------------------------------------------------------------------------------
 
 
@@ -242,11 +244,14 @@ class ResponseMetrics:
 
 @attrs.frozen(kw_only=True)
 class ResponseDone:
+    """``truncated``: the LLM's reply was cut off at its token limit (sent only when true)."""
+
     TYPE: ClassVar[str] = "response.done"
     turn_id: str
     status: ResponseStatus
     text: str
     metrics: ResponseMetrics
+    truncated: bool = attrs.field(default=False, metadata={OMIT_IF_DEFAULT: True})
 
 
 @attrs.frozen(kw_only=True)

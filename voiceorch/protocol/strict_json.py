@@ -3,7 +3,8 @@
 Shared by the v1 codec (:mod:`.codec`) and the Realtime dialect's (``voiceorch.realtime``):
 JSON primitives are checked, not coerced (``"text": 42`` is an error; an integer is accepted
 where a number is expected), an attrs class is structured only from a JSON object, unknown
-fields are ignored, and each union of events is tagged by its ``type`` field.
+fields are ignored, and each union of events is tagged by its ``type`` field. A field whose
+metadata has :data:`OMIT_IF_DEFAULT` is left out of its object while it has its default value.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from typing import Any, Callable
 
 import attrs
 import cattrs
-from cattrs.gen import make_dict_structure_fn
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.strategies import configure_tagged_union
 from cattrs.v import format_exception
+
+#: Field metadata key: the field is left out of its frame while it has its default value (for a
+#: field added to an event later, so that the frames without it stay exactly as they were).
+OMIT_IF_DEFAULT = "voiceorch.omit_if_default"
 
 
 def _strict(kind: type) -> Callable[[Any, type], Any]:
@@ -51,6 +56,12 @@ def strict_converter(
         return check
 
     converter.register_structure_hook_factory(attrs.has, objects_only)
+
+    def omitting_defaults(cls: type) -> Callable[[Any], Any]:
+        omit = {f.name: override(omit_if_default=True) for f in attrs.fields(cls) if f.metadata.get(OMIT_IF_DEFAULT)}
+        return make_dict_unstructure_fn(cls, converter, **omit)
+
+    converter.register_unstructure_hook_factory(attrs.has, omitting_defaults)
     for union in unions:
         configure_tagged_union(union, converter, tag_generator=lambda cls: cls.TYPE, tag_name="type")
     return converter

@@ -509,6 +509,8 @@ class RealtimeTranslator:
             return
         self._current = None
         status = {"interrupted": "cancelled"}.get(done.status, done.status)
+        if done.status == "completed" and done.truncated:
+            status = "incomplete"  # the reply ended at the LLM's token limit
         output: tuple[ev.AssistantMessage, ...] = ()
         item = response.item
         if item is not None:
@@ -529,7 +531,9 @@ class RealtimeTranslator:
             self._emit(frames, ev.ConversationItemDone, item=message, previous_item_id=item.previous_item_id)
             output = (message,)
         details = None
-        if done.status == "cancelled":
+        if status == "incomplete":
+            details = ev.StatusDetails(type="incomplete", reason="max_output_tokens")
+        elif done.status == "cancelled":
             details = ev.StatusDetails(type="cancelled", reason="client_cancelled")
         elif done.status == "interrupted":
             details = ev.StatusDetails(type="cancelled", reason="turn_detected")

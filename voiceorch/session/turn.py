@@ -31,7 +31,7 @@ import trio
 
 from .. import metrics as stats
 from .. import protocol as p
-from ..engines.base import EngineError, Engines
+from ..engines.base import ChatMessage, EngineError, Engines
 from ..logs import log_event
 from .history import Conversation
 from .playback import Playback
@@ -136,6 +136,8 @@ class _Progress:
     llm_ttft_ms: float | None = None
     tts_first_audio_ms: float | None = None
     first_audio_at: float | None = None
+    #: The LLM's reply was cut off at its token limit (its finish reason was ``length``).
+    truncated: bool = False
 
 
 def _ms(seconds: float) -> float:
@@ -206,8 +208,12 @@ async def run_turn(
         total_ms=_ms(now - turn.ended_at),
         audio_ms=turn.playback.sent_ms,
     )
-    done = p.ResponseDone(turn_id=turn.turn_id, status=status, text=heard, metrics=metrics)
-    log_event(log, "turn.done", status=status, error=error and error.code, **attrs.asdict(metrics))
+    done = p.ResponseDone(
+        turn_id=turn.turn_id, status=status, text=heard, metrics=metrics, truncated=progress.truncated
+    )
+    log_event(
+        log, "turn.done", status=status, error=error and error.code, truncated=progress.truncated, **attrs.asdict(metrics)
+    )
     stats.observe_response(status, metrics)
     await out.send(done)
     return done
@@ -261,10 +267,21 @@ async def _respond(
     speech_send, speech_recv = trio.open_memory_channel[tuple[str, bytes]](1)
     progress.llm_started = trio.current_time()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(engines.llm.stream_reply, messages, deltas_send)
+        nursery.start_soon(_stream_reply, engines, messages, deltas_send, progress)
         nursery.start_soon(_split_reply, turn.turn_id, deltas_recv, sentences_send, out, progress)
         nursery.start_soon(_synthesize, engines, sentences_recv, speech_send, settings, progress)
         nursery.start_soon(_send_audio, speech_recv, out, settings, turn.playback, progress)
+
+
+async def _stream_reply(
+    engines: Engines,
+    messages: list[ChatMessage],
+    deltas: trio.MemorySendChannel[str],
+    progress: _Progress,
+) -> None:
+    """The LLM's reply into ``deltas`` (the engine closes it); notes a reply cut at the limit."""
+    finish_reason = await engines.llm.stream_reply(messages, deltas)
+    progress.truncated = finish_reason == "length"
 
 
 async def _split_reply(
