@@ -249,6 +249,19 @@ def test_pace_gives_no_credit_for_idle_time():
     assert accepted == 10
 
 
+def test_pace_at_a_speed_counts_the_audio_as_played_that_many_times_faster():
+    pace = InputPace(max_ahead_ms=1000, speed=4.0)
+    assert pace.admit(0.0, 1000) is Pace.ACCEPTED  # the whole bound at once
+    assert pace.ahead_ms(0.1) == pytest.approx(600)  # 400 ms of audio played in 100 ms
+    assert pace.admit(0.1, 400) is Pace.ACCEPTED
+    assert pace.admit(0.1, 40) is Pace.DROPPING
+    # Sustained at 4x real time (40 ms of audio every 10 ms), it is never held back.
+    steady = InputPace(max_ahead_ms=1000, speed=4.0)
+    assert all(steady.admit(i * 0.01, 40) is Pace.ACCEPTED for i in range(10_000))
+    with pytest.raises(ValueError):
+        InputPace(max_ahead_ms=1000, speed=0.0)
+
+
 async def test_a_client_at_real_time_is_never_held_back(autojump_clock):
     settings = SessionSettings(turn_detection=PUSH_TO_TALK.turn_detection, max_audio_ahead_ms=2000)
     async with connected(fake_engines(), settings) as client:

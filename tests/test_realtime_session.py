@@ -161,6 +161,19 @@ async def test_a_text_turn_streams_transcript_and_24khz_audio_then_completes(aut
     assert len({e["event_id"] for e in client.log}) == len(client.log)
 
 
+async def test_a_reply_cut_at_the_token_limit_ends_incomplete(autojump_clock):
+    async with realtime_connected(fake_engines(llm=FakeLLM(finish_reason="length"))) as client:
+        await client.send(user_text("tell me everything"))
+        await client.send({"type": "response.create"})
+        done = await client.until("response.done")
+    response = done["response"]
+    assert response["status"] == "incomplete"
+    assert response["status_details"] == {"type": "incomplete", "reason": "max_output_tokens", "error": None}
+    assert response["output"][0]["status"] == "incomplete"
+    audio = b"".join(base64.b64decode(e["delta"]) for e in client.of_type("response.output_audio.delta"))
+    assert len(audio) == 2 * 24 * 2880  # what was said was all played
+
+
 async def test_push_to_talk_commit_then_response_create_makes_one_response(autojump_clock):
     async with realtime_connected(fake_engines(stt=FakeSTT(text="what time is it"))) as client:
         await client.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}})
@@ -181,6 +194,51 @@ async def test_push_to_talk_commit_then_response_create_makes_one_response(autoj
     assert transcribed["usage"]["seconds"] == 1.0
     assert done["response"]["status"] == "completed"
     assert len(client.of_type("response.created")) == 1
+
+
+PUSH_TO_TALK_UPDATE = {"type": "session.update", "session": {"audio": {"input": {"turn_detection": None}}}}
+
+
+async def upload(client: RealtimeClient, seconds: int) -> None:
+    """Append ``seconds`` of speech all at once, one second per append (a whole file)."""
+    for _ in range(seconds):
+        await client.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(speech24(1000)).decode()})
+
+
+async def test_whole_file_uploads_turn_after_turn_are_never_too_fast(autojump_clock):
+    async with realtime_connected() as client:
+        await client.send(PUSH_TO_TALK_UPDATE)
+        await client.until("session.updated")
+        start = trio.current_time()
+        for _ in range(10):  # a 12 s file, then wait for the whole reply (2.9 s of audio)
+            await upload(client, 12)
+            await client.send({"type": "input_audio_buffer.commit"})
+            done = await client.until("response.done")
+            assert done["response"]["status"] == "completed"
+        elapsed_s = trio.current_time() - start
+    assert client.of_type("error") == []
+    assert [e["usage"]["seconds"] for e in client.of_type("conversation.item.input_audio_transcription.completed")] == [12.0] * 10
+    # 120 s of audio in about 35 s: at v1's pace (real time) it would have run more than its
+    # 60 s bound ahead, and been dropped, by the seventh upload.
+    assert 120 - elapsed_s > SessionSettings().max_audio_ahead_ms / 1000
+
+
+async def test_realtime_audio_may_run_ahead_of_four_times_real_time_and_no_further(autojump_clock):
+    assert realtime_settings(SessionSettings()).max_audio_speed == 4.0
+    assert realtime_settings(SessionSettings(max_audio_ahead_ms=None)).max_audio_ahead_ms is None  # 0: no bound
+    async with realtime_connected() as client:
+        await client.send(PUSH_TO_TALK_UPDATE)
+        await client.until("session.updated")
+        await upload(client, 60)  # a whole turn at once: the bound
+        await client.send({"type": "input_audio_buffer.commit"})  # (a turn holds 60 s at most)
+        await trio.sleep(5)  # at 4x real time, 20 s of it is due by now
+        await upload(client, 19)
+        await wait_all_tasks_blocked()
+        assert client.of_type("error") == []
+        await upload(client, 2)  # beyond 60 s ahead of 4x real time
+        error = await client.until("error")
+    assert error["error"]["code"] == "input_audio_too_fast"
+    assert "4 times real time" in error["error"]["message"]
 
 
 async def test_barge_in_cancels_the_reply_and_truncate_keeps_only_what_was_heard(autojump_clock):

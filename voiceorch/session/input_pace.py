@@ -10,6 +10,10 @@ dropped until the audio accepted is back within half the bound, so a client that
 little too fast loses audio in a few long stretches and gets one error for each, instead of an
 error for every other frame.
 
+``speed`` (1.0 by default) makes the reference faster than real time: the audio is counted as
+if played at ``speed`` times real time, so a client may go on sending at up to that many times
+real time for ever, ``max_ahead_ms`` of audio ahead of it at most.
+
 The caller passes in the time (``trio.current_time()`` in the session), so a test drives it
 with numbers or with Trio's MockClock.
 """
@@ -33,13 +37,15 @@ class Pace(enum.Enum):
 @attrs.define
 class InputPace:
     max_ahead_ms: float
-    #: When the audio accepted so far would have finished playing at real time (seconds).
+    #: The reference pace, in multiples of real time.
+    speed: float = attrs.field(default=1.0, validator=attrs.validators.gt(0.0))
+    #: When the audio accepted so far would have finished playing at ``speed`` (seconds).
     _due: float = -math.inf
     _dropping: bool = False
 
     def ahead_ms(self, now: float) -> float:
-        """How far the audio accepted so far runs ahead of real time at ``now`` (≥ 0)."""
-        return max(0.0, (self._due - now) * 1000)
+        """How much of the audio accepted so far (ms) is ahead of the reference pace at ``now`` (≥ 0)."""
+        return max(0.0, (self._due - now) * 1000 * self.speed)
 
     def admit(self, now: float, duration_ms: float) -> Pace:
         """Whether a frame of ``duration_ms`` arriving at ``now`` is accepted (then it counts)."""
@@ -51,5 +57,5 @@ class InputPace:
             self._dropping = True
             return Pace.DROPPING
         self._dropping = False
-        self._due = now + (ahead + duration_ms) / 1000
+        self._due = now + (ahead + duration_ms) / (1000 * self.speed)
         return Pace.ACCEPTED

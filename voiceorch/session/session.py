@@ -63,7 +63,11 @@ class Session:
         )
         self._input = bytearray()
         self._input_overflowed = False
-        self._pace = None if settings.max_audio_ahead_ms is None else InputPace(settings.max_audio_ahead_ms)
+        self._pace = (
+            None
+            if settings.max_audio_ahead_ms is None
+            else InputPace(settings.max_audio_ahead_ms, speed=settings.max_audio_speed)
+        )
         self._detector: SpeechDetector | None = None
         self._over_response = False  # the current utterance began over a response in progress
         self._speculative: Turn | None = None  # started in the current pause, not yet confirmed
@@ -236,10 +240,11 @@ class Session:
         if self._pace is not None:
             pace = self._pace.admit(trio.current_time(), p.audio_ms(len(data)))
             if pace is Pace.DROPPING:
-                bound = self.settings.max_audio_ahead_ms
+                bound, speed = self.settings.max_audio_ahead_ms, self.settings.max_audio_speed
+                pace_of = "real time" if speed == 1 else f"{speed:g} times real time"
                 await self._error(
                     "input_audio_too_fast",
-                    f"audio ran more than {bound} ms ahead of real time; frames are dropped "
+                    f"audio ran more than {bound} ms ahead of {pace_of}; frames are dropped "
                     f"until it is back within {bound // 2} ms",
                 )
             if pace is not Pace.ACCEPTED:

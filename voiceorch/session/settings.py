@@ -23,6 +23,9 @@ class SessionSettings:
     #: default); past it, frames are dropped with an ``error`` event (see input_pace.py).
     #: None: no bound.
     max_audio_ahead_ms: int | None = 60_000
+    #: ... ahead of this many times real time: the pace a client may keep up for ever (Realtime
+    #: sessions, whose clients upload whole files, use 4.0: server/realtime_ws.py).
+    max_audio_speed: float = 1.0
     #: Conversation memory sent with each LLM request.
     history_max_messages: int = 20
     history_max_chars: int = 6_000
