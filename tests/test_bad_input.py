@@ -263,7 +263,7 @@ def test_pace_at_a_speed_counts_the_audio_as_played_that_many_times_faster():
 
 
 async def test_a_client_at_real_time_is_never_held_back(autojump_clock):
-    settings = SessionSettings(turn_detection=PUSH_TO_TALK.turn_detection, max_audio_ahead_ms=2000)
+    settings = SessionSettings(turn_detection=PUSH_TO_TALK.turn_detection, max_audio_ahead_ms=2000, max_audio_speed=1.0)
     async with connected(fake_engines(), settings) as client:
         await client.send(b"\x01\x00" * 16 * 1000)  # a 1 s frame ahead at once
         for _ in range(3000):  # then 60 s in 20 ms frames at real time
@@ -276,7 +276,7 @@ async def test_a_client_at_real_time_is_never_held_back(autojump_clock):
 
 
 async def test_audio_faster_than_real_time_is_dropped_with_one_error_per_run(autojump_clock):
-    settings = SessionSettings(turn_detection=PUSH_TO_TALK.turn_detection, max_audio_ahead_ms=2000)
+    settings = SessionSettings(turn_detection=PUSH_TO_TALK.turn_detection, max_audio_ahead_ms=2000, max_audio_speed=1.0)
     async with connected(fake_engines(), settings) as client:
         start = trio.current_time()
         for _ in range(1000):  # 20 s of audio in 10 s: twice real time

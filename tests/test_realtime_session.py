@@ -218,7 +218,7 @@ async def test_whole_file_uploads_turn_after_turn_are_never_too_fast(autojump_cl
         elapsed_s = trio.current_time() - start
     assert client.of_type("error") == []
     assert [e["usage"]["seconds"] for e in client.of_type("conversation.item.input_audio_transcription.completed")] == [12.0] * 10
-    # 120 s of audio in about 35 s: at v1's pace (real time) it would have run more than its
+    # 120 s of audio in about 35 s: counted against real time it would have run more than its
     # 60 s bound ahead, and been dropped, by the seventh upload.
     assert 120 - elapsed_s > SessionSettings().max_audio_ahead_ms / 1000
 

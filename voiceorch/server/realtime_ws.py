@@ -92,21 +92,10 @@ class RealtimeTransport:
         await self._ws.aclose(code, reason)
 
 
-#: How many times faster than real time a Realtime client's audio may keep arriving (v1: 1.0).
-REALTIME_AUDIO_SPEED = 4.0
-
-
 def realtime_settings(settings: SessionSettings) -> SessionSettings:
     """The server's session settings as a Realtime session uses them: speech over a response
-    interrupts it as soon as it counts as speech (upstream cancels on ``speech_started``), and
-    the input audio may run ``max_audio_ahead_ms`` ahead of :data:`REALTIME_AUDIO_SPEED` times
-    real time instead of real time: Realtime clients often append whole recordings at once and
-    then wait for the reply, which at 1x would run ever further ahead over many turns."""
-    return attrs.evolve(
-        settings,
-        turn_detection=attrs.evolve(settings.turn_detection, interrupt_min_speech_ms=0),
-        max_audio_speed=max(settings.max_audio_speed, REALTIME_AUDIO_SPEED),
-    )
+    interrupts it as soon as it counts as speech (upstream cancels on ``speech_started``)."""
+    return attrs.evolve(settings, turn_detection=attrs.evolve(settings.turn_detection, interrupt_min_speech_ms=0))
 
 
 def realtime_transport(

@@ -23,9 +23,11 @@ class SessionSettings:
     #: default); past it, frames are dropped with an ``error`` event (see input_pace.py).
     #: None: no bound.
     max_audio_ahead_ms: int | None = 60_000
-    #: ... ahead of this many times real time: the pace a client may keep up for ever (Realtime
-    #: sessions, whose clients upload whole files, use 4.0: server/realtime_ws.py).
-    max_audio_speed: float = 1.0
+    #: ... ahead of this many times real time: the pace a client may keep up for ever. Above 1,
+    #: because push-to-talk clients upload whole recordings and then wait for the reply (at 1x
+    #: their uploads would run ever further ahead over a long session); still bounded, since
+    #: every second of audio costs speech detection, and every turn a transcription.
+    max_audio_speed: float = 4.0
     #: Conversation memory sent with each LLM request.
     history_max_messages: int = 20
     history_max_chars: int = 6_000
