@@ -19,7 +19,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="run the voice server with the embedded models",
         description=(
-            "Serve the voice WebSocket (ws://HOST:PORT/v1/voice). By default speech-to-text "
+            "Serve the voice WebSocket (ws://HOST:PORT/v1/voice, and the OpenAI Realtime-compatible "
+            "ws://HOST:PORT/v1/realtime on the same port). By default speech-to-text "
             "(faster-whisper tiny.en), text-to-speech (Piper en_US-joe-medium) and the LLM "
             "(SmolLM2-135M served by llama-cpp-python as a child process) come from PyPI packages "
             "installed with voiceorch: nothing is downloaded at run time. A second, HTTP port serves "
@@ -104,8 +105,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     sess.add_argument(
         "--max-audio-ahead-ms", type=int, default=defaults.max_audio_ahead_ms,
-        help="how far a client's audio may run ahead of real time; beyond it frames are dropped "
-        "with an error; 0 turns the bound off (default: %(default)s)",
+        help="how far a client's audio may run ahead of four times real time (so a whole turn may be "
+        "uploaded at once); beyond it frames are dropped with an error; 0 turns the bound off "
+        "(default: %(default)s)",
     )
     sess.add_argument(
         "--send-timeout", type=float, default=defaults.send_timeout_s,
