@@ -107,6 +107,13 @@ async def test_readyz_reports_an_llm_that_does_not_answer():
     assert response.json() == {"ready": False, "reason": "connection refused"}
 
 
+async def test_the_page_can_be_told_to_connect_through_a_proxy():
+    with trio.fail_after(TIMEOUT):
+        async with running_server(page_voice_url="/v1/voice") as (ports, client):
+            config = (await client.get("/config.json")).json()
+    assert config == {"voice_path": "/v1/voice", "voice_port": ports.voice_port, "voice_url": "/v1/voice"}
+
+
 async def test_readyz_says_so_while_the_server_is_full():
     from voiceorch.server.access import AccessPolicy
 

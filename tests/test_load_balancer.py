@@ -24,6 +24,7 @@ import trio_websocket
 from bench.engine_servers import EngineServers
 from conftest import DATA
 from real_server import RunningServer, start_server
+from test_browser import CHROMIUM, browser_page, stats  # noqa: F401 (browser_page is a fixture)
 from test_wyoming_engines import WyomingServers, free_port, read_wav
 
 pytestmark = pytest.mark.models
@@ -86,11 +87,11 @@ def wyoming_engines():
     servers.stop()
 
 
-def _instance(name: str, engines: WyomingServers, llm_url: str) -> RunningServer:
+def _instance(name: str, engines: WyomingServers, llm_url: str, *options: str) -> RunningServer:
     return start_server(
         "--instance-id", name,
         "--stt-url", engines.stt_url, "--tts-url", engines.tts_url, "--llm-url", llm_url,
-        "--llm-max-tokens", "16", "--shutdown-grace", "5", "--no-warm-up",
+        "--llm-max-tokens", "16", "--shutdown-grace", "5", "--no-warm-up", *options,
     )  # fmt: skip
 
 
@@ -187,3 +188,44 @@ async def test_sessions_spread_over_two_instances_and_survive_the_loss_of_one(wy
     assert after_loss[-1]["status"] == "completed"  # b's sessions went on
     assert [events[-1]["status"] for _, events in late] == ["completed", "completed"]
     assert [late_served_by[session_id] for session_id, _ in late] == ["b", "b"]
+
+
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and not os.environ.get("VOICEORCH_REQUIRE_BROWSER"),
+    reason="Chromium is not installed at /usr/bin/chromium (apt-get install chromium)",
+)
+def test_the_browser_page_talks_through_the_balancer_on_one_port(wyoming_engines, shared_llm, browser_page):
+    """The page and its voice WebSocket both come through nginx's one port (``--page-voice-url
+    /v1/voice``): a push-to-talk turn from Chromium's fake microphone is heard and answered."""
+    instances = {name: _instance(name, wyoming_engines, shared_llm, "--page-voice-url", "/v1/voice") for name in "ab"}
+    nginx = Nginx(
+        [_port(instances[n].url) for n in "ab"],
+        [_port(instances[n].http_url + "/") for n in "ab"],
+    )
+    page = browser_page
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    try:
+        for _ in range(100):  # until nginx listens
+            try:
+                page.goto(f"http://127.0.0.1:{nginx.port}/")
+                break
+            except Exception:
+                trio.run(trio.sleep, 0.1)
+        page.click("#talk")
+        page.wait_for_function("window.voiceorchStats.framesSent >= 300", timeout=30_000)
+        page.click("#talk")
+        page.wait_for_function(
+            "[...document.querySelectorAll('.bubble.you .text')].some(e => /folder/i.test(e.textContent))",
+            timeout=60_000,
+        )
+        page.wait_for_function("window.voiceorchStats.turnsDone >= 1", timeout=60_000)
+        played = stats(page)["samplesPlayed"]
+    finally:
+        nginx.stop()
+        for running in instances.values():
+            running.stop()
+    assert played > 0
+    assert sockets == [f"ws://127.0.0.1:{nginx.port}/v1/voice"]  # the voice went through nginx too
+    access = (nginx.dir / "voiceorch-access.log").read_text()
+    assert re.search(r'"GET /config.json HTTP/1.1" 200 ', access), access

@@ -37,6 +37,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         "-1 turns it off (default: %(default)s)",
     )
     s.add_argument("--http-host", help="address of the HTTP server (default: the same as --host)")
+    s.add_argument(
+        "--page-voice-url", metavar="URL",
+        help="where the browser page connects for voice: a path on the page's own origin, e.g. /v1/voice "
+        "when a proxy serves the page and the voice endpoint on one port, or a full ws(s):// URL "
+        "(default: --port on the page's host)",
+    )
     llm = s.add_argument_group("LLM")
     llm.add_argument(
         "--llm-url", action="append", default=[],
@@ -235,6 +241,7 @@ def _serve(args: argparse.Namespace) -> int:
         fake_engines=args.fake_engines,
         shutdown_grace_s=args.shutdown_grace,
         instance_id=args.instance_id,
+        page_voice_url=args.page_voice_url,
         session=SessionSettings(
             stt_timeout_s=args.stt_timeout,
             tts_timeout_s=args.tts_timeout,

@@ -67,6 +67,9 @@ class ServerConfig:
     shutdown_grace_s: float = 10.0
     #: This process's name among several behind a load balancer (``/readyz`` answers it).
     instance_id: str | None = None
+    #: Where the browser page connects for voice, if not to ``port`` on the page's host: a path
+    #: on the page's origin (a proxy serving both on one port) or a ``ws(s)://`` URL.
+    page_voice_url: str | None = None
     session: SessionSettings = SessionSettings()
     access: AccessPolicy = AccessPolicy()
 
@@ -231,7 +234,13 @@ async def run_server(
                 http_host = config.http_host or config.host
                 http_port = await nursery.start(
                     lambda task_status: run_http_server(
-                        HttpApp(engines, voice_port=port, refusal_reason=server.refusal_reason, instance_id=config.instance_id),
+                        HttpApp(
+                            engines,
+                            voice_port=port,
+                            refusal_reason=server.refusal_reason,
+                            instance_id=config.instance_id,
+                            page_voice_url=config.page_voice_url,
+                        ),
                         host=http_host,
                         port=config.http_port,
                         task_status=task_status,

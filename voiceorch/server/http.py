@@ -6,7 +6,9 @@ beside the voice WebSocket (which stays on trio-websocket):
 - ``GET /``: the browser page (``page/index.html``); ``GET /page/<name>``: its static files.
 - ``GET /config.json``: where the page finds the voice endpoint
   (``{"voice_path": "/v1/voice", "voice_port": N}``; it connects to
-  ``ws://<the page's host>:<voice_port><voice_path>``).
+  ``ws(s)://<the page's host>:<voice_port><voice_path>``, or, when ``page_voice_url`` is set
+  (behind a proxy that serves the page and the voice endpoint on one port), to
+  ``"voice_url"``: a path on the page's own origin or a full ``ws(s)://`` URL).
 - ``GET /healthz``: 200 while the process is alive.
 - ``GET /readyz``: 200 when the engines are loaded and their backends answer, else 503 with
   ``{"ready": false, "reason": ...}``: also while the server shuts down or has
@@ -74,8 +76,10 @@ class HttpApp:
         page_dir: Path = PAGE_DIR,
         refusal_reason: Callable[[], str | None] = lambda: None,
         instance_id: str | None = None,
+        page_voice_url: str | None = None,
     ) -> None:
         self.instance_id = instance_id
+        self.page_voice_url = page_voice_url
         self.engines = engines
         self.voice_port = voice_port
         self.page_dir = page_dir
@@ -142,7 +146,10 @@ class HttpApp:
         return 200, [(b"content-type", content_type.encode()), (b"cache-control", b"no-cache")], body
 
     async def _config(self, path: str):
-        return _json(200, {"voice_path": VOICE_PATH, "voice_port": self.voice_port})
+        config = {"voice_path": VOICE_PATH, "voice_port": self.voice_port}
+        if self.page_voice_url is not None:
+            config["voice_url"] = self.page_voice_url
+        return _json(200, config)
 
     async def _healthz(self, path: str):
         return _text(200, "ok\n")

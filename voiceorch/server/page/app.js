@@ -254,7 +254,15 @@ async function voiceUrl() {
   // A server that requires a token gets it from this page's own URL: open /?token=...
   const token = new URLSearchParams(location.search).get("token");
   const query = token ? `?token=${encodeURIComponent(token)}` : "";
-  return `ws://${location.hostname}:${config.voice_port}${config.voice_path}${query}`;
+  const secure = location.protocol === "https:";
+  if (config.voice_url) {
+    // Behind a proxy: a path on this page's origin, or a full ws(s):// URL.
+    const url = new URL(config.voice_url, location.href);
+    if (url.protocol === "http:" || url.protocol === "https:") url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    url.search = query;
+    return url.href;
+  }
+  return `${secure ? "wss" : "ws"}://${location.hostname}:${config.voice_port}${config.voice_path}${query}`;
 }
 
 // Open the WebSocket and resolve once the server's session.created has arrived.
