@@ -31,6 +31,8 @@ import h11
 import numpy as np
 import trio
 
+from fake_openai_server import receive_request
+
 Mode = Literal["ok", "stream_wav", "error500", "malformed", "drop", "stall"]
 
 _MAX_RECEIVE = 65536
@@ -62,7 +64,7 @@ class FakeOpenAIAudioServer:
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
-                request, body = await _receive_request(conn, stream)
+                request, body = await receive_request(conn, stream)
                 if request is None:
                     return
                 if not await self._respond(conn, stream, request, body):
@@ -150,23 +152,6 @@ def _parse_form(content_type: str, body: bytes) -> dict[str, Any]:
         else:
             fields[name] = payload.decode()
     return {"fields": fields, "files": files}
-
-
-async def _receive_request(conn: h11.Connection, stream: trio.SocketStream) -> tuple[h11.Request | None, bytes]:
-    request: h11.Request | None = None
-    body = bytearray()
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(_MAX_RECEIVE))
-        elif isinstance(event, h11.Request):
-            request = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            return request, bytes(body)
-        elif isinstance(event, h11.ConnectionClosed):
-            return None, b""
 
 
 async def _send(conn: h11.Connection, stream: trio.SocketStream, status: int, content_type: str, data: bytes) -> None:

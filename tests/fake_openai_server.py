@@ -64,7 +64,7 @@ class FakeOpenAIServer:
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
-                request, body = await _receive_request(conn, stream)
+                request, body = await receive_request(conn, stream)
                 if request is None:
                     return
                 keep_open = await self._respond(conn, stream, request, body)
@@ -149,7 +149,7 @@ def _chunk(content: str | None, finish_reason: str | None) -> dict[str, Any]:
     }
 
 
-async def _receive_request(
+async def receive_request(
     conn: h11.Connection, stream: trio.SocketStream
 ) -> tuple[h11.Request | None, bytes]:
     """The next request and its body, or ``(None, b"")`` when the client closed."""
