@@ -25,35 +25,28 @@ PATHS = {"voice_to_voice": "voice_to_voice_ms", "commit": "commit_ms", "text": "
 SERVER_METRICS = ["stt_ms", "llm_ttft_ms", "tts_first_audio_ms", "ttfb_ms", "total_ms"]
 
 
-def stats(values) -> dict | None:
-    """n, p50, p95 (linear interpolation, as numpy.percentile) and max; None if no values."""
+def _summary(values, percentiles: tuple[int, ...], *, with_min: bool) -> dict | None:
     clean = [float(v) for v in values if v is not None]
     if not clean:
         return None
     a = np.asarray(clean)
-    return {
-        "n": len(clean),
-        "p50": round(float(np.percentile(a, 50)), 2),
-        "p95": round(float(np.percentile(a, 95)), 2),
-        "max": round(float(a.max()), 2),
-    }
+    summary: dict = {"n": len(clean)}
+    summary.update({f"p{q}": round(float(np.percentile(a, q)), 2) for q in percentiles})
+    if with_min:
+        summary["min"] = round(float(a.min()), 2)
+    summary["max"] = round(float(a.max()), 2)
+    return summary
+
+
+def stats(values) -> dict | None:
+    """n, p50, p95 (linear interpolation, as numpy.percentile) and max; None if no values."""
+    return _summary(values, (50, 95), with_min=False)
 
 
 def spread(values) -> dict | None:
     """n, p50, p25, p75 (linear interpolation), min and max; None if no values. For figures
     that may be negative or small beside their noise (the hops)."""
-    clean = [float(v) for v in values if v is not None]
-    if not clean:
-        return None
-    a = np.asarray(clean)
-    return {
-        "n": len(clean),
-        "p50": round(float(np.percentile(a, 50)), 2),
-        "p25": round(float(np.percentile(a, 25)), 2),
-        "p75": round(float(np.percentile(a, 75)), 2),
-        "min": round(float(a.min()), 2),
-        "max": round(float(a.max()), 2),
-    }
+    return _summary(values, (50, 25, 75), with_min=True)
 
 
 def hops(floors: dict) -> dict:
