@@ -3,6 +3,14 @@
 This package imports nothing else of voiceorch. See docs/protocol.md.
 """
 
+from .close_codes import (
+    CLOSE_GOING_AWAY as CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR as CLOSE_INTERNAL_ERROR,
+    CLOSE_MESSAGE_TOO_BIG as CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_NORMAL as CLOSE_NORMAL,
+    CLOSE_POLICY as CLOSE_POLICY,
+    CLOSE_TRY_AGAIN_LATER as CLOSE_TRY_AGAIN_LATER,
+)
 from .codec import (
     MAX_AUDIO_FRAME_BYTES as MAX_AUDIO_FRAME_BYTES,
     MAX_TEXT_FRAME_BYTES as MAX_TEXT_FRAME_BYTES,

@@ -14,8 +14,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
-CLOSE_TRY_AGAIN_LATER = 1013
-
 
 @attrs.frozen(kw_only=True)
 class AccessPolicy:

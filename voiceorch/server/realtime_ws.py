@@ -20,9 +20,9 @@ import wsproto.utilities
 
 from .. import metrics
 from ..logs import log_event
+from ..protocol import CLOSE_POLICY
 from ..realtime import RealtimeTranslator
 from ..session import SessionSettings
-from ..session.session import CLOSE_POLICY
 from ..session.transport import Message
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ import wsproto.utilities
 from ..engines.base import Engines
 from ..logs import log_event
 from ..session import Session, SessionSettings
-from ..session.session import CLOSE_GOING_AWAY
+from ..protocol import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER
 from ..session.transport import Message
-from .access import CLOSE_TRY_AGAIN_LATER, AccessPolicy, Admission
+from .access import AccessPolicy, Admission
 from .realtime_ws import REALTIME_PATH, realtime_transport
 
 log = logging.getLogger(__name__)

@@ -24,22 +24,17 @@ import trio
 
 from .. import metrics
 from .. import protocol as p
+from ..protocol import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY
 from ..engines.base import Engines
 from ..logs import log_event, session_id_var, turn_id_var
 from .history import Conversation
 from .input_pace import InputPace, Pace
 from .settings import SessionSettings
 from .speech_detector import CHUNK_MS, PauseStarted, SpeechDetector, SpeechResumed, SpeechStarted, SpeechStopped
-from .transport import MessageTransport
+from .transport import MessageTransport, TransportReply
 from .turn import Turn, run_turn
 
 log = logging.getLogger(__name__)
-
-#: Close codes (RFC 6455) a session uses.
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL_ERROR = 1011
 
 
 class Session:
@@ -78,7 +73,9 @@ class Session:
         self._last_turn: Turn | None = None  # the last turn answered
         self._turns_send, self._turns_recv = trio.open_memory_channel[Turn](settings.max_pending_turns)
         # (A trio.Event in the outbox is set by the writer when it gets there: see wait_responses_done.)
-        self._outbox_send, self._outbox_recv = trio.open_memory_channel[p.ServerEvent | bytes | trio.Event](0)
+        self._outbox_send, self._outbox_recv = trio.open_memory_channel[
+            p.ServerEvent | bytes | TransportReply | trio.Event
+        ](0)
         # Until the session ends for a reason of its own, an end means the server is going.
         self._close = (CLOSE_GOING_AWAY, "server shutting down")
         self._quiet_since = trio.current_time()  # last client message or end of a response
@@ -173,7 +170,9 @@ class Session:
                 self._close = (CLOSE_NORMAL, "idle timeout")
                 return
             self._quiet_since = trio.current_time()
-            if isinstance(message, bytes):
+            if isinstance(message, TransportReply):
+                await self._outbox_send.send(message)  # the transport's own answer, via the writer
+            elif isinstance(message, bytes):
                 await self._on_audio(message)
             else:
                 await self._on_control(message)
@@ -207,7 +206,7 @@ class Session:
                 if isinstance(item, trio.Event):
                     item.set()  # all that came before it has been written
                     continue
-                data = item if isinstance(item, bytes) else p.encode(item)
+                data = item if isinstance(item, (bytes, TransportReply)) else p.encode(item)
                 try:
                     with trio.fail_after(self.settings.send_timeout_s):
                         await self.transport.send(data)

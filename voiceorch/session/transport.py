@@ -3,21 +3,34 @@
 The server adapts a trio-websocket connection to this; tests use :class:`MemoryTransport`.
 The vocabulary is Trio's: ``receive`` raises ``trio.EndOfChannel`` once the client has gone,
 ``send`` raises ``trio.BrokenResourceError`` when the message cannot be delivered.
+
+A transport that translates another dialect may answer some client frames itself (errors of
+its own, echoes): ``receive`` then returns a :class:`TransportReply`, which the session hands
+to its one writer, in order with everything else it sends; the writer passes it back to
+``send`` unchanged. The session never looks inside it.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+import attrs
 import trio
 
 Message = str | bytes
 
 
-class MessageTransport(Protocol):
-    async def receive(self) -> Message: ...
+@attrs.frozen
+class TransportReply:
+    """Frames a transport answers to its client itself, sent by the session's writer."""
 
-    async def send(self, message: Message) -> None: ...
+    frames: tuple[Message, ...]
+
+
+class MessageTransport(Protocol):
+    async def receive(self) -> Message | TransportReply: ...
+
+    async def send(self, message: Message | TransportReply) -> None: ...
 
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
@@ -31,15 +44,17 @@ class MemoryTransport:
         self.close_code: int | None = None
         self.close_reason: str | None = None
 
-    async def receive(self) -> Message:
+    async def receive(self) -> Message | TransportReply:
         try:
             return await self._inbound.receive()
         except trio.ClosedResourceError:
             raise trio.EndOfChannel from None
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: Message | TransportReply) -> None:
+        frames = message.frames if isinstance(message, TransportReply) else (message,)
         try:
-            await self._outbound.send(message)
+            for frame in frames:
+                await self._outbound.send(frame)
         except trio.ClosedResourceError:
             raise trio.BrokenResourceError("transport closed") from None
 
