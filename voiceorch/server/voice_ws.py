@@ -1,8 +1,11 @@
 """The voice WebSocket endpoint ``/v1/voice``, served with trio-websocket.
 
-Each accepted connection runs one :class:`~voiceorch.session.Session`. Whatever goes wrong in
-one session is logged and ends that connection only (close code 1011); it never reaches the
-server's nursery, so the server and every other session go on.
+Each accepted connection runs one :class:`~voiceorch.session.Session`. A connection's whole
+life is guarded, from the first byte of its upgrade request (accept, every refusal, the set-up
+after admission) to its close: whatever goes wrong for one connection — a client that resets
+mid-handshake, a session that crashes (close code 1011) — is logged and ends that connection
+only; it never reaches the server's nursery, so the server and every other session go on, and
+the session's admission slot is always given back.
 
 :meth:`VoiceServer.drain` is the graceful half of a shutdown: it stops accepting connections
 and lets the responses in progress finish, up to a grace period; cancelling
@@ -22,7 +25,7 @@ import wsproto.utilities
 from ..engines.base import Engines
 from ..logs import log_event
 from ..session import Session, SessionSettings
-from ..protocol import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER
+from ..protocol import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN_LATER
 from ..session.transport import Message
 from .access import AccessPolicy, Admission
 from .realtime_ws import REALTIME_PATH, realtime_transport
@@ -141,7 +144,30 @@ class VoiceServer:
                 await self._no_sessions.wait()
 
 
-async def _handle(
+#: What a client that goes away at any byte of a connection makes trio-websocket raise (a
+#: wsproto ``LocalProtocolError`` when the peer is closing: trio-websocket issue #175).
+_CONNECTION_LOST = (
+    trio_websocket.ConnectionClosed,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    wsproto.utilities.LocalProtocolError,
+)
+
+
+async def _handle(request: trio_websocket.WebSocketRequest, **context) -> None:
+    """One connection's whole life, from its upgrade request to its close, guarded: whatever
+    happens to it (a reset or close at any byte of the handshake or of a refusal, a failure
+    while setting up its session) ends this connection only and never reaches
+    ``serve_listeners``. Cancellation (the server stopping) propagates."""
+    try:
+        await _serve_connection(request, **context)
+    except* _CONNECTION_LOST:
+        log_event(log, "voice.connection_lost", logging.DEBUG)  # the client went away mid-handshake
+    except* Exception as group:
+        log.error("voice.connection_failed", exc_info=group)
+
+
+async def _serve_connection(
     request: trio_websocket.WebSocketRequest,
     *,
     engines: Engines,
@@ -162,10 +188,7 @@ async def _handle(
         log_event(log, "voice.refused", status=status, reason=reason)
         await request.reject(status, body=f"{reason}\n".encode())
         return
-    try:
-        ws = await request.accept()
-    except trio_websocket.ConnectionClosed:
-        return  # the client went away during the handshake: nothing to serve
+    ws = await request.accept()
     if server.draining:  # accepted just before the listener stopped
         await ws.aclose(CLOSE_GOING_AWAY, "server shutting down")
         return
@@ -173,18 +196,26 @@ async def _handle(
         log_event(log, "voice.busy", max_sessions=admission.max_sessions)
         await ws.aclose(CLOSE_TRY_AGAIN_LATER, f"server busy: at most {admission.max_sessions} sessions")
         return
-    if path == REALTIME_PATH:  # the OpenAI Realtime dialect over the same session core
-        transport, settings = realtime_transport(ws, request.path, settings)
-    else:
-        transport = WebSocketTransport(ws)
-    session = Session(transport, engines, settings)
-    server.add(session)
-    try:
-        await session.run()  # closes the connection itself: 1011 after a crash
-    except* Exception as group:
-        log.error("session.crashed", exc_info=group, extra={"fields": {"session_id": session.session_id}})
+    try:  # from here on the slot is ours: it is given back whatever happens
+        try:
+            if path == REALTIME_PATH:  # the OpenAI Realtime dialect over the same session core
+                transport, session_settings = realtime_transport(ws, request.path, settings)
+            else:
+                transport, session_settings = WebSocketTransport(ws), settings
+            session = Session(transport, engines, session_settings)
+        except Exception:
+            log.error("session.setup_failed", exc_info=True)
+            with trio.move_on_after(2):
+                await ws.aclose(CLOSE_INTERNAL_ERROR, "internal error")
+            return
+        server.add(session)
+        try:
+            await session.run()  # closes the connection itself: 1011 after a crash
+        except* Exception as group:
+            log.error("session.crashed", exc_info=group, extra={"fields": {"session_id": session.session_id}})
+        finally:
+            server.discard(session)
     finally:
-        server.discard(session)
         admission.leave()
 
 
