@@ -14,6 +14,10 @@ It holds what the dialect needs and v1 does not carry: the ids (``event_id`` on 
 ``item_id`` of user and assistant items, ``response_id``), the Realtime-only session fields it
 echoes, and one soxr resampler per direction (24 kHz base64 PCM16 in, 16 kHz frames to the
 session; 16 kHz reply frames to 24 kHz base64 out). It never blocks and never awaits.
+
+Everything it keeps for a connection is bounded, by count and by size (the ``MAX_*`` constants
+below, docs/realtime.md section 7): a text item beyond what one turn can hold is refused with
+``error`` ``input_text_buffer_full``, and it remembers only the latest item ids.
 """
 
 from __future__ import annotations
@@ -54,6 +58,21 @@ _BETA_FIELDS = {
     "input_audio_transcription": "audio.input.transcription",
 }
 _DEFAULTS = p.TurnDetection()
+
+#: User text items held for the next ``response.create`` (more: ``input_text_buffer_full``).
+MAX_PENDING_TEXT_ITEMS = 64
+#: The v1 ``input_text`` frame the held texts become is at most the session's text frame limit
+#: (more: ``input_text_buffer_full``), so the session never refuses it.
+MAX_PENDING_TEXT_BYTES = p.MAX_TEXT_FRAME_BYTES
+#: Item ids remembered (to refuse a duplicate id, and to tell an assistant item from an unknown
+#: one in a truncate); older ones are forgotten.
+MAX_REMEMBERED_ITEMS = 256
+#: A client's own item id is at most this long (longer: ``invalid_value``).
+MAX_ITEM_ID_CHARS = 64
+#: Committed user turns whose response has not ended yet (v1 has at most a few: one answered,
+#: ``max_pending_turns`` waiting); older ones are forgotten.
+MAX_UNANSWERED_TURNS = 16
+_TEXT_FRAME_OVERHEAD = len(p.encode(p.InputText(text="")).encode())
 
 
 def random_id(prefix: str) -> str:
@@ -111,6 +130,20 @@ def _unsupported(param: str, message: str) -> RealtimeProtocolError:
     return RealtimeProtocolError("unsupported", message, param=param)
 
 
+def _text_frame_bytes(text: str) -> int:
+    """What ``text`` adds to the v1 frame that carries it (JSON escapes each character on its own,
+    so the frame of joined texts is the sum of these)."""
+    return len(p.encode(p.InputText(text=text)).encode()) - _TEXT_FRAME_OVERHEAD
+
+
+def _remember(table: collections.OrderedDict, key: str, value: Any, limit: int) -> None:
+    """Keep ``key`` as the newest entry of ``table``, forgetting the oldest beyond ``limit``."""
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > limit:
+        table.popitem(last=False)
+
+
 def _check_format(fmt: ev.AudioFormatIn | None, param: str) -> None:
     if fmt is None:
         return
@@ -132,7 +165,8 @@ class RealtimeTranslator:
         self._session_id: str | None = None
         self._config: p.SessionConfig | None = None
         self._echo = _Echo()  # as the last session.update set it
-        self._echo_pending: collections.deque[_Echo] = collections.deque()  # one per update sent
+        # One per update sent; every update sent is answered (its v1 frame is within the limits).
+        self._echo_pending: collections.deque[_Echo] = collections.deque(maxlen=MAX_UNANSWERED_TURNS)
         self._echo_shown = _Echo()  # as the last session.updated showed it
         # Input audio.
         self._in_resampler = self._input_resampler()
@@ -144,10 +178,12 @@ class RealtimeTranslator:
         # Items and responses.
         self._last_item_id: str | None = None
         self._speech_item_id: str | None = None  # the user item the current speech will become
-        self._user_audio: dict[str, tuple[str, float]] = {}  # v1 turn_id -> (item_id, audio_ms)
+        # v1 turn_id -> (item_id, audio_ms), until its response.done; the latest MAX_UNANSWERED_TURNS.
+        self._user_audio: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
         self._pending_texts: list[str] = []  # user text items waiting for response.create
-        self._items: set[str] = set()  # every item id of the session
-        self._assistant_ids: set[str] = set()
+        self._pending_text_bytes = 0  # the size of the v1 input_text frame they make
+        # The latest MAX_REMEMBERED_ITEMS item ids: True for an assistant item.
+        self._items: collections.OrderedDict[str, bool] = collections.OrderedDict()
         self._latest_assistant: _AssistantItem | None = None  # the only one a truncate may cut
         self._current: _Response | None = None
 
@@ -240,6 +276,14 @@ class RealtimeTranslator:
             echo = attrs.evolve(echo, transcription=audio_in.transcription)
         if audio_in.noise_reduction is not None:
             echo = attrs.evolve(echo, noise_reduction=audio_in.noise_reduction)
+        patch = p.SessionPatch(instructions=session.instructions, turn_detection=turn_detection)
+        frame = p.encode(p.SessionUpdate(session=patch))
+        if len(frame.encode()) > p.MAX_TEXT_FRAME_BYTES:  # (the session would refuse it)
+            raise _error(
+                "invalid_value",
+                f"the instructions are too long: the session takes at most {p.MAX_TEXT_FRAME_BYTES} bytes of them",
+                "session.instructions",
+            )
         # Checked: from here on nothing fails, so the session answers with session.updated.
         self._echo = echo
         self._echo_pending.append(echo)
@@ -250,8 +294,7 @@ class RealtimeTranslator:
             if not vad_on:
                 self._speech_item_id = None
             self._vad_on = vad_on
-        patch = p.SessionPatch(instructions=session.instructions, turn_detection=turn_detection)
-        out.to_session.append(p.encode(p.SessionUpdate(session=patch)))
+        out.to_session.append(frame)
 
     def _turn_detection(self, value: ev.TurnDetectionIn | None) -> p.TurnDetectionPatch | None:
         """The v1 patch for ``audio.input.turn_detection``: an object replaces the whole
@@ -326,10 +369,22 @@ class RealtimeTranslator:
             texts.append(part.text)
         if not "".join(texts).strip():
             raise _error("invalid_event", "a user message needs some text", "item.content")
+        if item.id is not None and len(item.id) > MAX_ITEM_ID_CHARS:
+            raise _error("invalid_value", f"an item id is at most {MAX_ITEM_ID_CHARS} characters", "item.id")
         item_id = item.id or self._new_id("item")
         if item_id in self._items:
             raise _error("invalid_event", f"an item with id {item_id!r} exists already", "item.id")
-        self._pending_texts.append("\n".join(text.strip() for text in texts if text.strip()))
+        text = "\n".join(text.strip() for text in texts if text.strip())
+        size = self._pending_text_bytes + _text_frame_bytes(text) + (_text_frame_bytes("\n") if self._pending_texts else 0)
+        if len(self._pending_texts) >= MAX_PENDING_TEXT_ITEMS or _TEXT_FRAME_OVERHEAD + size > MAX_PENDING_TEXT_BYTES:
+            raise _error(
+                "input_text_buffer_full",
+                f"at most {MAX_PENDING_TEXT_ITEMS} text items, {MAX_PENDING_TEXT_BYTES} bytes in all, can wait for "
+                "response.create: send response.create, then add this item again",
+                "item.content",
+            )
+        self._pending_texts.append(text)
+        self._pending_text_bytes = size
         user = ev.UserMessage(id=item_id, content=tuple(ev.InputTextContent(text=text) for text in texts))
         self._add_user_item(user, out.to_client)
 
@@ -352,6 +407,7 @@ class RealtimeTranslator:
         if self._pending_texts:
             text = "\n".join(self._pending_texts)
             self._pending_texts.clear()
+            self._pending_text_bytes = 0
             out.to_session.append(p.encode(p.InputText(text=text)))
         elif not self._commit_unclaimed:
             raise _error(
@@ -362,10 +418,10 @@ class RealtimeTranslator:
         self._commit_unclaimed = False  # a committed buffer is answered already
 
     def _on_truncate(self, event: ev.ConversationItemTruncate, out: Translation) -> None:
-        if event.item_id not in self._assistant_ids:
-            raise _error("invalid_item_id", f"there is no assistant item {event.item_id!r}", "item_id")
         item = self._latest_assistant
         if item is None or event.item_id != item.item_id:
+            if not self._items.get(event.item_id, False):
+                raise _error("invalid_item_id", f"there is no assistant item {event.item_id!r}", "item_id")
             raise _unsupported("item_id", "only the latest assistant item can be truncated")
         if event.content_index != 0:
             raise _error("invalid_value", "an assistant item has one content part: use content_index 0", "content_index")
@@ -422,7 +478,7 @@ class RealtimeTranslator:
             case p.InputAudioCommitted(turn_id=turn_id, audio_ms=audio_ms):
                 item_id = self._speech_item_id or self._new_id("item")
                 self._speech_item_id = None
-                self._user_audio[turn_id] = (item_id, audio_ms)
+                _remember(self._user_audio, turn_id, (item_id, audio_ms), MAX_UNANSWERED_TURNS)
                 self._emit(frames, ev.InputAudioBufferCommitted, item_id=item_id, previous_item_id=self._last_item_id)
                 self._add_user_item(ev.UserMessage(id=item_id, content=(ev.InputAudioContent(),)), frames)
             case p.InputAudioCleared():
@@ -486,8 +542,7 @@ class RealtimeTranslator:
         if response.item is not None:
             return response.item
         item = response.item = _AssistantItem(self._new_id("item"), response.turn_id, self._last_item_id)
-        self._items.add(item.item_id)
-        self._assistant_ids.add(item.item_id)
+        _remember(self._items, item.item_id, True, MAX_REMEMBERED_ITEMS)
         self._latest_assistant = item
         message = ev.AssistantMessage(id=item.item_id, status="in_progress", content=())
         self._emit(frames, ev.ResponseOutputItemAdded, response_id=response.response_id, item=message)
@@ -567,7 +622,7 @@ class RealtimeTranslator:
         return encode(ev.Error(event_id=self._new_id("event"), error=info))
 
     def _add_user_item(self, user: ev.UserMessage, frames: list[str]) -> None:
-        self._items.add(user.id)
+        _remember(self._items, user.id, False, MAX_REMEMBERED_ITEMS)
         self._emit(frames, ev.ConversationItemAdded, item=user, previous_item_id=self._last_item_id)
         self._emit(frames, ev.ConversationItemDone, item=user, previous_item_id=self._last_item_id)
         self._last_item_id = user.id
