@@ -9,6 +9,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from voiceorch import protocol as p
+from voiceorch.protocol.codec import MAX_JSON_DEPTH
+from voiceorch.protocol.strict_json import json_depth
+from voiceorch.realtime import codec as rt_codec
 
 ALL_SERVER_EVENTS = [
     p.SessionCreated(session_id="s1", audio=p.AUDIO_FORMAT, session=p.SessionConfig(instructions="be brief")),
@@ -103,10 +106,77 @@ def test_bad_client_frames_raise_protocol_errors_with_a_code(frame, code, words)
     assert words in info.value.message
 
 
-def test_absurdly_nested_json_is_invalid_json_not_a_crash():
+def _nested(depth: int, inner: str = '"type": "input_text", "text": "hi"') -> str:
+    """A client frame whose ``x`` field nests ``depth - 1`` arrays: the frame is ``depth`` deep."""
+    return "{" + inner + ', "x": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+
+
+def _parsers():
+    return [
+        pytest.param(p.parse_client_event, p.ProtocolError, id="v1"),
+        pytest.param(rt_codec.parse_client_event, rt_codec.RealtimeProtocolError, id="realtime"),
+    ]
+
+
+@pytest.mark.parametrize("parse, error", _parsers())
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 100, 5000, 12_000])
+def test_json_nested_past_the_limit_is_invalid_json_on_every_python(parse, error, depth):
+    # Python 3.11's json raised RecursionError past ~1000 levels, 3.13's parses 5000: ours is a
+    # bound of our own, checked before parsing, the same everywhere and in both dialects.
+    for frame in (_nested(depth), "[" * depth + "]" * depth, "[" * depth, '{"a":' * depth):
+        with pytest.raises(error) as info:
+            parse(frame)
+        assert info.value.code == "invalid_json"
+        assert f"deeper than {MAX_JSON_DEPTH} levels" in info.value.message
+
+
+@pytest.mark.parametrize("parse, error", _parsers())
+def test_json_nested_up_to_the_limit_is_parsed(parse, error):
+    if parse is p.parse_client_event:
+        assert parse(_nested(MAX_JSON_DEPTH)) == p.InputText(text="hi")
+    else:  # a valid Realtime event, as deep as allowed
+        inner = '"type": "response.cancel"'
+        assert parse(_nested(MAX_JSON_DEPTH, inner)).TYPE == "response.cancel"
+    with pytest.raises(error) as info:
+        parse("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH)
+    assert info.value.code == "invalid_event"  # parsed, and refused for what it is
+
+
+@pytest.mark.parametrize("parse, error", _parsers())
+def test_brackets_inside_strings_do_not_count_towards_the_depth(parse, error):
+    text = "[{" * 100 + '\\"]}\\\\[' * 50  # brackets, escaped quotes and backslashes in a string
+    if parse is p.parse_client_event:
+        assert parse(json.dumps({"type": "input_text", "text": text, "x": [[[]]]})) == p.InputText(text=text)
+    else:
+        assert parse(json.dumps({"type": "response.cancel", "event_id": text, "x": [[[]]]})).event_id == text
+
+
+def test_bytes_frames_get_the_same_depth_bound():
     with pytest.raises(p.ProtocolError) as info:
-        p.parse_client_event("[" * 5000 + "]" * 5000)
+        p.parse_client_event(("[" * 40 + "]" * 40).encode("utf-16"))
     assert info.value.code == "invalid_json"
+    assert "deeper than" in info.value.message
+    assert p.parse_client_event(_nested(MAX_JSON_DEPTH).encode()) == p.InputText(text="hi")
+
+
+def _depth(value) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab,:\n\u00e9', max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text('[]{}"\\a', max_size=4), children, max_size=3),
+    max_leaves=40,
+)
+
+
+@given(_json_values, st.booleans())
+def test_the_depth_scan_agrees_with_the_parsed_value(value, ascii_only):
+    assert json_depth(json.dumps(value, ensure_ascii=ascii_only)) == _depth(value)
 
 
 def test_oversize_text_frames_are_refused_before_parsing():

@@ -13,7 +13,8 @@ import typing
 from typing import Any
 
 from . import events as ev
-from .strict_json import strict_converter, validation_details
+from .strict_json import MAX_JSON_DEPTH as MAX_JSON_DEPTH  # frames nested deeper: invalid_json
+from .strict_json import FrameError, load_event_object, strict_converter, validation_details
 
 #: Text frames longer than this are refused with ``message_too_large``.
 MAX_TEXT_FRAME_BYTES = 64 * 1024
@@ -51,14 +52,9 @@ def _parse(text: str | bytes, union: Any, known: set[str], limit: int | None) ->
             "message_too_large", f"text frames are limited to {MAX_TEXT_FRAME_BYTES} bytes"
         )
     try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ProtocolError("invalid_json", f"the frame is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ProtocolError("invalid_event", "a control frame must be a JSON object")
-    kind = data.get("type")
-    if not isinstance(kind, str):
-        raise ProtocolError("invalid_event", "a control frame needs a string field 'type'")
+        data, kind = load_event_object(text)
+    except FrameError as exc:
+        raise ProtocolError(exc.code, exc.message) from None
     if kind not in known:
         raise ProtocolError("unknown_event_type", f"unknown event type {kind!r}")
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import typing
 
-from ..protocol.strict_json import strict_converter, validation_details
+from ..protocol.strict_json import FrameError, load_event_object, strict_converter, validation_details
 from . import events as ev
 
 
@@ -47,17 +47,14 @@ def encode(event: ev.ServerEvent) -> str:
 def parse_client_event(text: str | bytes) -> ev.ClientEvent:
     """Parse one client text frame. Raises :class:`RealtimeProtocolError`."""
     try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise RealtimeProtocolError("invalid_json", f"the frame is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise RealtimeProtocolError("invalid_event", "a client event must be a JSON object")
-    event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
-    kind = data.get("type")
-    if not isinstance(kind, str):
+        data, kind = load_event_object(text)
+    except FrameError as exc:
+        frame_id = exc.frame.get("event_id") if exc.frame is not None else None
+        param = "type" if exc.frame is not None else None  # an object, but no string 'type'
         raise RealtimeProtocolError(
-            "invalid_event", "a client event needs a string field 'type'", param="type", event_id=event_id
-        )
+            exc.code, exc.message, param=param, event_id=frame_id if isinstance(frame_id, str) else None
+        ) from None
+    event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
     if kind in ev.UNSUPPORTED_CLIENT_TYPES:
         raise RealtimeProtocolError(
             "unsupported_event", f"{kind!r} is not supported by voiceorch", param="type", event_id=event_id
