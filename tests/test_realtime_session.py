@@ -95,7 +95,7 @@ async def realtime_connected(engines=None, settings: SessionSettings = SessionSe
     ws = MemoryWebSocket(to_server_recv, to_client_send)
     ids = itertools.count(1)
     translator = RealtimeTranslator(model="gpt-realtime", new_id=lambda prefix: f"{prefix}_{next(ids)}")
-    transport = RealtimeTransport(ws, translator, send_timeout_s=10)
+    transport = RealtimeTransport(ws, translator)
     session = Session(transport, engines or fake_engines(), realtime_settings(settings), session_id="sess_rt")
     inbox_send, inbox_recv = trio.open_memory_channel(math.inf)
     client = RealtimeClient(to_server_send, inbox_recv, session)
@@ -323,7 +323,7 @@ async def test_a_client_that_stops_reading_is_closed_after_the_send_timeout(auto
     to_client_send, to_client_recv = trio.open_memory_channel(0)
     ws = MemoryWebSocket(to_server_recv, to_client_send)
     session = Session(
-        RealtimeTransport(ws, RealtimeTranslator(), send_timeout_s=10), fake_engines(), realtime_settings(SessionSettings())
+        RealtimeTransport(ws, RealtimeTranslator()), fake_engines(), realtime_settings(SessionSettings())
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(session.run)
@@ -333,6 +333,32 @@ async def test_a_client_that_stops_reading_is_closed_after_the_send_timeout(auto
         sent_at = trio.current_time()
     assert ws.closed == (1008, "send timeout: the client stopped reading")
     assert trio.current_time() - sent_at == 10
+
+
+async def test_a_session_whose_client_stopped_reading_ends_at_once_when_told_to(autojump_clock):
+    """The translator's answers go out through the session's one writer: a client that reads
+    nothing holds no second sender, so ending the session is not delayed by a send."""
+    to_server_send, to_server_recv = trio.open_memory_channel(0)
+    to_client_send, to_client_recv = trio.open_memory_channel(0)
+    ws = MemoryWebSocket(to_server_recv, to_client_send)
+    session = Session(RealtimeTransport(ws, RealtimeTranslator()), fake_engines(), realtime_settings(SessionSettings()))
+    ended_after = None
+    async with trio.open_nursery() as nursery:
+
+        async def run() -> None:
+            nonlocal ended_after
+            await session.run()
+            ended_after = trio.current_time() - told_at
+
+        nursery.start_soon(run)
+        assert checked(await to_client_recv.receive())["type"] == "session.created"
+        await to_server_send.send('{"type": "dance"}')  # its error cannot go out: nobody reads
+        await to_server_send.send(json.dumps(user_text("still there?")))  # the reader goes on
+        await trio.sleep(1)
+        told_at = trio.current_time()
+        session.end(1001, "server shutting down")
+    assert ended_after == 0  # (the session's own close is bounded at 2 s; the shield held up to 12 s)
+    assert ws.closed == (1001, "server shutting down")
 
 
 # --- the session core: what a playback report does --------------------------------------------
