@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Literal, Union
 
 import attrs
 
+from ..protocol import ResponseMetrics
+
 #: The one audio format this endpoint accepts and sends: 16-bit PCM, mono, 24 kHz.
 SAMPLE_RATE = 24_000
 
@@ -344,24 +346,13 @@ class ResponseAudio:
 
 
 @attrs.frozen(kw_only=True)
-class Metrics:
-    """voiceorch's own per-response measurements (milliseconds), see docs/protocol.md."""
-
-    stt_ms: float | None = None
-    llm_ttft_ms: float | None = None
-    tts_first_audio_ms: float | None = None
-    ttfb_ms: float | None = None
-    total_ms: float | None = None
-    audio_ms: float = 0.0
-
-
-@attrs.frozen(kw_only=True)
 class VoiceorchDetails:
-    """An extension field of ``response.done``: what the user heard, and the timings."""
+    """An extension field of ``response.done``: what the user heard, and the timings (v1's own
+    ``response.done`` metrics, unchanged)."""
 
     status: str
     heard_text: str
-    metrics: Metrics
+    metrics: ResponseMetrics
 
 
 ResponseStatus = Literal["in_progress", "completed", "cancelled", "incomplete", "failed"]

@@ -603,7 +603,7 @@ class RealtimeTranslator:
                 ),
             )
         extension = ev.VoiceorchDetails(
-            status=done.status, heard_text=done.text, metrics=ev.Metrics(**attrs.asdict(done.metrics))
+            status=done.status, heard_text=done.text, metrics=done.metrics
         )
         self._emit(
             frames,
