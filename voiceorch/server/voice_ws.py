@@ -26,9 +26,9 @@ from ..engines.base import Engines
 from ..logs import log_event
 from ..session import Session, SessionSettings
 from ..protocol import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN_LATER
-from ..session.transport import Message
 from .access import AccessPolicy, Admission
 from .realtime_ws import REALTIME_PATH, realtime_transport
+from .ws_transport import WebSocketTransport as WebSocketTransport
 
 log = logging.getLogger(__name__)
 
@@ -36,30 +36,6 @@ VOICE_PATH = "/v1/voice"
 #: A connection that has not completed a WebSocket handshake after this long is closed (a
 #: garbage or half-sent request holds its task until then; trio-websocket's default is 60 s).
 HANDSHAKE_TIMEOUT_S = 10.0
-
-
-class WebSocketTransport:
-    """Adapts a trio-websocket connection to the session's transport vocabulary."""
-
-    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
-        self._ws = ws
-
-    async def receive(self) -> Message:
-        try:
-            return await self._ws.get_message()
-        except trio_websocket.ConnectionClosed as closed:
-            log_event(log, "session.connection_closed", code=closed.reason.code, reason=closed.reason.reason)
-            raise trio.EndOfChannel from None
-
-    async def send(self, message: Message) -> None:
-        try:
-            await self._ws.send_message(message)
-        except (trio_websocket.ConnectionClosed, wsproto.utilities.LocalProtocolError) as exc:
-            # LocalProtocolError: the peer is closing (trio-websocket issue #175).
-            raise trio.BrokenResourceError("the client connection is closed") from exc
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        await self._ws.aclose(code, reason)
 
 
 class StoppableListener(trio.abc.Listener[trio.SocketStream]):
