@@ -31,6 +31,11 @@ class SessionSettings:
     #: Conversation memory sent with each LLM request.
     history_max_messages: int = 20
     history_max_chars: int = 6_000
+    #: Sentences of a reply held between the LLM and synthesis. The LLM's stream is drained into
+    #: this buffer, so its request (and its slot of ``--llm-concurrency``) ends when generation
+    #: ends, not when the reply's audio has played; a reply with more sentences than this is
+    #: held back by synthesis again. 256 is more than a reply of ``--llm-max-tokens`` 120 can have.
+    reply_buffer_sentences: int = 256
     #: Reply audio is sent in binary frames of this length, ...
     audio_frame_ms: int = 40
     #: ... paced to real time, at most this far ahead of the client's playback.

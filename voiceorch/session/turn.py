@@ -9,6 +9,10 @@ turn with four stages linked by small channels, all inside the turn's own ``trio
 
     STT --text--> LLM --deltas--> splitter --sentences--> TTS --speech--> audio sender --> outbox
 
+The ``sentences`` channel holds a whole reply (``SessionSettings.reply_buffer_sentences``), so
+the LLM's request ends, and frees its slot for other sessions, as soon as generation ends;
+synthesis and paced audio go on from the buffer.
+
 Reply audio is paced to real time plus ``playback_lead_ms``, and the turn lasts until the
 client has played it all, so the server always knows what the user has heard (``Playback``).
 
@@ -261,9 +265,12 @@ async def _respond(
 
     messages = conversation.request(progress.user_text)
     log_event(log, "llm.request", messages=len(messages))
-    log_event(log, "llm.request.messages", logging.DEBUG, messages=[attrs.asdict(m) for m in messages])
+    if log.isEnabledFor(logging.DEBUG):  # the message list is only built when it is logged
+        log_event(log, "llm.request.messages", logging.DEBUG, messages=[attrs.asdict(m) for m in messages])
     deltas_send, deltas_recv = trio.open_memory_channel[str](8)
-    sentences_send, sentences_recv = trio.open_memory_channel[str](4)
+    # The whole reply waits here for synthesis (up to the bound), so the LLM's stream, and its
+    # request slot, end when generation ends rather than when the audio has nearly played.
+    sentences_send, sentences_recv = trio.open_memory_channel[str](settings.reply_buffer_sentences)
     speech_send, speech_recv = trio.open_memory_channel[tuple[str, bytes]](1)
     progress.llm_started = trio.current_time()
     async with trio.open_nursery() as nursery:
@@ -291,7 +298,11 @@ async def _split_reply(
     out: _Gate,
     progress: _Progress,
 ) -> None:
-    """Forward the LLM's text to the client and cut it into sentences for synthesis."""
+    """Forward the LLM's text to the client and cut it into sentences for synthesis.
+
+    ``sentences`` holds up to ``SessionSettings.reply_buffer_sentences``: the LLM's stream is
+    drained as fast as it comes (only a slow client's outbox holds it back), while synthesis
+    and the paced audio take their time. Cancelling the turn drops what is buffered."""
     splitter = SentenceSplitter()
     with sentences:
         async for delta in deltas:
