@@ -29,6 +29,7 @@ from ..protocol import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN_L
 from .access import AccessPolicy, Admission
 from .realtime_ws import REALTIME_PATH, realtime_transport
 from .ws_transport import WebSocketTransport as WebSocketTransport
+from .telephony_ws import TELEPHONY_PATHS, telephony_transport
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,8 @@ async def _serve_connection(
     server: VoiceServer,
 ) -> None:
     path = request.path.split("?", 1)[0]
-    if path not in (VOICE_PATH, REALTIME_PATH):
-        body = f"no such endpoint; the voice endpoints are {VOICE_PATH} and {REALTIME_PATH}\n"
+    if path not in (VOICE_PATH, REALTIME_PATH, *TELEPHONY_PATHS):
+        body = f"no such endpoint; the voice endpoints are {VOICE_PATH}, {REALTIME_PATH}, {', '.join(TELEPHONY_PATHS)}\n"
         await request.reject(404, body=body.encode())
         return
     headers = [(bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in request.headers]
@@ -176,6 +177,8 @@ async def _serve_connection(
         try:
             if path == REALTIME_PATH:  # the OpenAI Realtime dialect over the same session core
                 transport, session_settings = realtime_transport(ws, request.path, settings)
+            elif path in TELEPHONY_PATHS:  # a carrier's media stream (docs/telephony.md)
+                transport, session_settings = telephony_transport(ws, path, settings)
             else:
                 transport, session_settings = WebSocketTransport(ws), settings
             session = Session(transport, engines, session_settings)

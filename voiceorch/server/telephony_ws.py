@@ -1,0 +1,119 @@
+"""The telephony endpoints ``/v1/twilio``, ``/v1/telnyx`` and ``/v1/vonage``: the same session
+core, the carriers' media-stream dialects.
+
+:class:`TelephonyTransport` wraps a trio-websocket connection as the session's
+:class:`~voiceorch.session.transport.MessageTransport`: carrier frames are translated to wire
+protocol v1 on the way in and the session's frames back on the way out, by one
+:class:`~voiceorch.telephony.CallTranslator` per call. The session is the ordinary
+:class:`~voiceorch.session.Session`, unchanged. See docs/telephony.md.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+import attrs
+import trio
+import trio_websocket
+import wsproto.utilities
+
+from .. import metrics
+from ..logs import log_event
+from ..session import SessionSettings
+from ..session.transport import Message, TransportReply
+from ..telephony import TRANSLATORS, CallTranslator, Translation
+
+log = logging.getLogger(__name__)
+
+TELEPHONY_PATHS = {f"/v1/{dialect}": dialect for dialect in TRANSLATORS}
+#: Reply audio runs at most this far ahead of the call's playback: the carrier's jitter buffer
+#: gets enough, and a ``clear`` that comes late leaves the caller little stale speech.
+TELEPHONY_PLAYBACK_LEAD_MS = 120
+
+
+class TelephonyTransport:
+    """A session transport that speaks a carrier's media-stream dialect.
+
+    ``receive`` reads carrier frames until one yields something for the session, and returns
+    the carrier frames the translator answers with as a :class:`TransportReply` (the session's
+    writer sends them, in order). v1 frames that ``send`` produces for the session (the
+    ``playback.position`` after a clear) wake a ``receive`` that is waiting for the carrier:
+    the wait is its own cancel scope, and ``get_message`` is atomic with respect to
+    cancellation, so no carrier frame is lost. Once the carrier sends ``stop``, ``receive``
+    delivers what is left and then raises ``trio.EndOfChannel``.
+    """
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection, translator: CallTranslator) -> None:
+        self._ws = ws
+        self.translator = translator
+        self._inbox: collections.deque[Message | TransportReply] = collections.deque()
+        self._waiting: trio.CancelScope | None = None
+        self._ended = False
+
+    async def receive(self) -> Message | TransportReply:
+        while not self._inbox:
+            if self._ended:
+                raise trio.EndOfChannel
+            frame: Message | None = None
+            with trio.CancelScope() as self._waiting:
+                try:
+                    frame = await self._ws.get_message()
+                except trio_websocket.ConnectionClosed as closed:
+                    log_event(log, "session.connection_closed", code=closed.reason.code, reason=closed.reason.reason)
+                    raise trio.EndOfChannel from None
+            self._waiting = None
+            if frame is not None:
+                self._take(self.translator.from_carrier(frame, trio.current_time()))
+        return self._inbox.popleft()
+
+    def _take(self, translation: Translation) -> None:
+        self._log(translation)
+        if translation.to_carrier:
+            self._inbox.append(TransportReply(tuple(translation.to_carrier)))
+        self._inbox.extend(translation.to_session)
+        self._ended = self._ended or translation.ended
+
+    def _log(self, translation: Translation) -> None:
+        dialect = self.translator.dialect
+        for error in translation.errors:
+            log_event(log, "call.bad_frame", logging.INFO, code=error.code, message=error.message, dialect=dialect)
+            metrics.ERRORS.labels(code=error.code).inc()
+        for event, fields in translation.notes:
+            log_event(log, event, dialect=dialect, **fields)
+
+    async def send(self, message: Message | TransportReply) -> None:
+        if isinstance(message, TransportReply):
+            frames = list(message.frames)
+        else:
+            translation = self.translator.from_session(message)
+            self._log(translation)
+            if translation.to_session:
+                self._inbox.extend(translation.to_session)
+                if self._waiting is not None:
+                    self._waiting.cancel()
+            frames = translation.to_carrier
+        for frame in frames:
+            try:
+                await self._ws.send_message(frame)
+            except (trio_websocket.ConnectionClosed, wsproto.utilities.LocalProtocolError) as exc:
+                # LocalProtocolError: the peer is closing (trio-websocket issue #175).
+                raise trio.BrokenResourceError("the carrier connection is closed") from exc
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self._ws.aclose(code, reason)
+
+
+def telephony_settings(settings: SessionSettings) -> SessionSettings:
+    """The server's session settings for a call: a short playback lead (see above)."""
+    return attrs.evolve(settings, playback_lead_ms=min(settings.playback_lead_ms, TELEPHONY_PLAYBACK_LEAD_MS))
+
+
+def telephony_transport(
+    ws: trio_websocket.WebSocketConnection, path: str, settings: SessionSettings, *, allow_instructions: bool = False
+) -> tuple[TelephonyTransport, SessionSettings]:
+    """The transport and settings of a call accepted on ``path`` (one of :data:`TELEPHONY_PATHS`).
+    ``allow_instructions``: the call's ``start`` custom parameter ``instructions`` (Vonage: the
+    header of that name) sets the session's instructions."""
+    translator = TRANSLATORS[TELEPHONY_PATHS[path.split("?", 1)[0]]](allow_instructions=allow_instructions)
+    return TelephonyTransport(ws, translator), telephony_settings(settings)
