@@ -3,53 +3,109 @@
 #   ./run.sh serve [voiceorch serve options]   set up .venv, then start the server with the embedded models
 #   ./run.sh test  [pytest options]            set up .venv with the test extras, then run the test suite
 # Any other first word runs inside the venv: ./run.sh voiceorch talk --text "hi", ./run.sh python bench/run.py ...
+#   ./run.sh lock [uv lock options]            re-resolve uv.lock after editing pyproject.toml's dependencies
 #
 # Needs only Python >= 3.11 with pip/venv and a C/C++ compiler with CMake-capable toolchain (pip
-# fetches cmake itself). The first set-up builds llama-cpp-python from source (about 4 minutes on
-# 2 cores) with portable CPU flags: its default native build crashes on CPUs that report AMX. The
-# built wheel is kept in a cache keyed by version and flags, so later set-ups take seconds.
+# fetches cmake itself); PYTHON=python3.13 picks the interpreter, VOICEORCH_VENV another venv.
+#
+# What is installed is exactly uv.lock: every package's version and hashes, one universal
+# resolution for every Python >= 3.11 (CI tests it on 3.11 and 3.13). run.sh installs a pinned uv
+# (from PyPI, into ~/.cache/voiceorch/uv-VERSION) and runs `uv sync --locked`, which refuses a
+# lock that no longer matches pyproject.toml. To change a dependency: edit pyproject.toml, run
+# `./run.sh lock` (keeps every other pin), and commit both files; `./run.sh lock --upgrade-package
+# NAME` moves one package, `./run.sh lock --upgrade` everything. The next set-up of any venv
+# notices the new lock and installs it.
+#
+# llama-cpp-python is the one package not installed from PyPI as it is: its version and source
+# hash come from uv.lock, but it is built here from that source (about 4 minutes on 2 cores) with
+# portable CPU flags, since its default native build crashes on CPUs that report AMX. The wheel is
+# kept in a cache keyed by version and flags, so later set-ups take seconds; it is tagged
+# py3-none (a ctypes library, no CPython extension), so one build serves every Python.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 PYTHON=${PYTHON:-python3}
 VENV=${VOICEORCH_VENV:-.venv}
-LLAMA_VERSION=0.3.36
+case $VENV in /*) ;; *) VENV=$PWD/$VENV ;; esac
+UV_VERSION=0.13.8
 LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
-flags_key=$(printf '%s %s' "$LLAMA_VERSION" "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)
-WHEELHOUSE=${VOICEORCH_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/voiceorch/wheels-$flags_key}
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/voiceorch
+UV_DIR=$CACHE/uv-$UV_VERSION
+UV=$UV_DIR/bin/uv
+# uv finds interpreters on its own: never let it download one (the venv's is the one to use).
+export UV_PYTHON_DOWNLOADS=never
 
 log() { printf '[run.sh] %s\n' "$*" >&2; }
 
+# "VERSION SHA256" of llama-cpp-python's source in uv.lock.
+llama_from_lock() {
+  "$PYTHON" - <<'EOF'
+import tomllib
+with open("uv.lock", "rb") as f:
+    (pkg,) = [p for p in tomllib.load(f)["package"] if p["name"] == "llama-cpp-python"]
+print(pkg["version"], pkg["sdist"]["hash"].removeprefix("sha256:"))
+EOF
+}
+
+ensure_uv() {
+  if [ ! -x "$UV" ] || [ "$("$UV" --version 2>/dev/null | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+    log "installing uv $UV_VERSION into $UV_DIR"
+    rm -rf "$UV_DIR"
+    "$PYTHON" -m venv "$UV_DIR"
+    "$UV_DIR/bin/python" -m pip install --quiet "uv==$UV_VERSION"
+  fi
+}
+
 setup() {
+  ensure_uv
+  local llama_version llama_hash
+  read -r llama_version llama_hash < <(llama_from_lock)
+  local flags_key
+  flags_key=$(printf '%s %s' "$llama_version" "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)
+  local wheelhouse=${VOICEORCH_WHEELHOUSE:-$CACHE/wheels-$flags_key}
+  if ! ls "$wheelhouse"/llama_cpp_python-"$llama_version"-*.whl >/dev/null 2>&1; then
+    log "building llama-cpp-python $llama_version (portable CPU flags; about 4 minutes on 2 cores)"
+    mkdir -p "$wheelhouse"
+    local req
+    req=$(mktemp)
+    echo "llama-cpp-python==$llama_version --hash=sha256:$llama_hash" > "$req"
+    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "$UV_DIR/bin/python" -m pip wheel --quiet --no-deps --no-cache-dir \
+      --no-binary llama-cpp-python --require-hashes -w "$wheelhouse" -r "$req"
+    rm -f "$req"
+  fi
+  local wheel
+  wheel=$(ls "$wheelhouse"/llama_cpp_python-"$llama_version"-*.whl | head -n 1)
   if [ ! -x "$VENV/bin/python" ]; then
-    log "creating $VENV"
+    log "creating $VENV with $("$PYTHON" --version)"
     "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
   fi
-  local pip="$VENV/bin/python -m pip"
-  if ! ls "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
-    log "building llama-cpp-python $LLAMA_VERSION (portable CPU flags; about 4 minutes on 2 cores)"
-    mkdir -p "$WHEELHOUSE"
-    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" $pip wheel --quiet --no-deps --no-cache-dir \
-      --no-binary llama-cpp-python -w "$WHEELHOUSE" "llama-cpp-python==$LLAMA_VERSION"
-  fi
-  # Reinstall only when the project's dependencies or the wheel changed.
+  # Reinstall only when the lock, the project's metadata, the wheel, uv or the interpreter changed.
   local stamp="$VENV/.voiceorch-setup"
   local want
-  want=$(cat pyproject.toml "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_VERSION"-*.whl | sha256sum | cut -c1-16)
+  want=$({ cat uv.lock pyproject.toml "$wheel"; echo "$UV_VERSION"; "$VENV/bin/python" -VV; } | sha256sum | cut -c1-16)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    log "installing voiceorch and its dependencies into $VENV"
-    $pip install --quiet --force-reinstall --no-deps "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_VERSION"-*.whl
-    $pip install --quiet --find-links "$WHEELHOUSE" -e ".[test]"
+    log "installing voiceorch and the locked dependencies (uv.lock) into $VENV"
+    rm -f "$stamp"
+    if ! UV_PROJECT_ENVIRONMENT="$VENV" "$UV" sync --quiet --locked --extra test \
+      --no-install-package llama-cpp-python; then
+      log "uv sync failed; if pyproject.toml's dependencies changed, run ./run.sh lock and commit uv.lock"
+      exit 1
+    fi
+    "$UV" pip install --quiet --python "$VENV/bin/python" --reinstall --no-deps "$wheel"
+    "$UV" pip check --quiet --python "$VENV/bin/python"
     echo "$want" > "$stamp"
   fi
 }
 
 cmd=${1:-}
-[ -n "$cmd" ] || { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ -n "$cmd" ] || { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 shift
+if [ "$cmd" = lock ]; then
+  ensure_uv
+  exec "$UV" lock --python "$PYTHON" "$@"
+fi
 setup
-export PATH="$PWD/$VENV/bin:$PATH"
+export PATH="$VENV/bin:$PATH"
 case "$cmd" in
   serve) exec voiceorch serve "$@" ;;
   test)  exec python -m pytest "$@" ;;
