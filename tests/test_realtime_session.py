@@ -453,3 +453,25 @@ async def test_a_playback_report_during_a_reply_that_then_completes_is_not_used(
         await client.send({"type": "playback.position", "turn_id": created.turn_id, "played_ms": 0})
         await wait_all_tasks_blocked()
         assert [m.content for m in client.session.conversation.messages][:2] == ["hi", "Sure"]
+
+
+async def test_text_items_beyond_the_bound_are_refused_in_order_and_the_session_goes_on(autojump_clock):
+    from voiceorch.realtime.translator import MAX_PENDING_TEXT_ITEMS
+
+    async with realtime_connected() as client:
+        for i in range(MAX_PENDING_TEXT_ITEMS + 1):
+            await client.send(user_text(f"part {i}"))
+        await client.send({"type": "response.create"})
+        done = await client.until("response.done")
+        await client.send(user_text("and now?"))
+        await client.send({"type": "response.create"})
+        again = await client.until("response.done")
+    kinds = [e["type"] for e in client.log]
+    error = kinds.index("error")
+    assert kinds.count("error") == 1 and client.log[error]["error"]["code"] == "input_text_buffer_full"
+    # The refusal comes where its frame came: after the items before it, before the response.
+    assert kinds[:error].count("conversation.item.done") == MAX_PENDING_TEXT_ITEMS
+    assert error < kinds.index("response.created")
+    assert done["response"]["status"] == again["response"]["status"] == "completed"
+    messages = [m.content for m in client.session.conversation.messages]
+    assert messages[0] == "\n".join(f"part {i}" for i in range(MAX_PENDING_TEXT_ITEMS)) and messages[2] == "and now?"
