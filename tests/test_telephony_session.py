@@ -1,0 +1,75 @@
+"""The telephony transport around an unchanged Session, with fake engines and Trio's MockClock
+(autojump): no sockets. The carrier side is a memory "WebSocket" with trio-websocket's three
+methods, driven by the same carrier client as the loopback tests."""
+
+from __future__ import annotations
+
+import math
+
+import trio
+
+from voiceorch.server.telephony_ws import TELEPHONY_PLAYBACK_LEAD_MS, TelephonyTransport, telephony_settings
+from voiceorch.session import Session, SessionSettings
+from voiceorch.telephony import TwilioTranslator
+
+from test_realtime_session import MemoryWebSocket
+from test_telephony_ws import START, Carrier, dtmf_frame, engines
+
+
+async def run_call(scenario) -> Session:
+    to_server_send, to_server_recv = trio.open_memory_channel(math.inf)
+    to_carrier_send, to_carrier_recv = trio.open_memory_channel(math.inf)
+    server_ws = MemoryWebSocket(to_server_recv, to_carrier_send)
+    carrier_ws = MemoryWebSocket(to_carrier_recv, to_server_send)
+    settings = telephony_settings(SessionSettings())
+    assert settings.playback_lead_ms == TELEPHONY_PLAYBACK_LEAD_MS
+    session = Session(TelephonyTransport(server_ws, TwilioTranslator()), engines(), settings, session_id="sess_call")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(session.run)
+        await carrier_ws.send_message(START["twilio"])
+        phone = Carrier(carrier_ws, "twilio")
+        nursery.start_soon(phone.stream)
+        nursery.start_soon(phone.read)
+        await scenario(phone, session)
+        nursery.cancel_scope.cancel()
+    return session
+
+
+async def test_a_barge_in_over_the_session_under_mock_time(autojump_clock):
+    async def scenario(phone: Carrier, session: Session) -> None:
+        await trio.sleep(0.1)
+        await phone.ws.send_message(dtmf_frame("twilio", phone.next_seq(), "#"))
+        while phone.echoed < 18:  # 720 ms played: "Sure thing." and no more
+            await trio.sleep(0.005)
+        phone.playing = False
+        await trio.sleep(1.0)
+        phone.level = 4000
+        with trio.fail_after(5):
+            await phone.cleared.wait()
+        phone.level = 0
+        while session.conversation.messages[-1:] == [] or session._unfinished:
+            await trio.sleep(0.02)
+        assert [m.content for m in session.conversation.messages] == ["The caller pressed # on the keypad.", "Sure thing."]
+
+    await run_call(scenario)
+
+
+async def test_the_position_after_a_clear_reaches_the_session_while_the_carrier_sends_nothing(autojump_clock):
+    async def scenario(phone: Carrier, session: Session) -> None:
+        await trio.sleep(0.1)
+        await phone.ws.send_message(dtmf_frame("twilio", phone.next_seq(), "#"))
+        while phone.echoed < 18:
+            await trio.sleep(0.005)
+        phone.playing = False
+        phone.level = 4000
+        with trio.fail_after(5):
+            await phone.cleared.wait()
+        # From the clear on, the carrier is silent: the wake of the transport's receive must
+        # still hand the session its playback.position.
+        phone.silent = True
+        with trio.fail_after(5):
+            while session.conversation.messages[-1:] == [] or session._unfinished:
+                await trio.sleep(0.02)
+        assert session.conversation.messages[-1].content == "Sure thing."
+
+    await run_call(scenario)

@@ -1,0 +1,173 @@
+"""The telephony endpoints over real WebSockets on loopback: ``serve_voice`` in-process with
+fake engines, and a client per carrier that speaks its documented wire format (numbers as
+strings, marks echoed as the carrier would, clear). A DTMF turn answered with media frames
+and marks, for each carrier; a barge-in that ends in ``clear``, with the history trimmed to
+what the marks confirmed the caller heard."""
+
+from __future__ import annotations
+
+import base64
+import json
+from functools import partial
+
+import numpy as np
+import pytest
+import trio
+import trio_websocket
+
+from voiceorch.engines.fakes import FakeLLM, FakeSTT, FakeTTS
+from voiceorch.server.voice_ws import serve_voice
+from voiceorch.session import SessionSettings
+from voiceorch.telephony import ulaw_encode
+
+from session_harness import fake_engines
+
+HOST = "127.0.0.1"
+SID = "MZ00000000000000000000000000000001"
+REPLY = "Sure thing. Here is a short answer. Anything else?"
+
+
+def engines():
+    return fake_engines(
+        stt=FakeSTT(delay=0.01), llm=FakeLLM(reply=REPLY, first_delay=0.01, delta_delay=0.001),
+        tts=FakeTTS(delay=0.001, ms_per_char=60),
+    )
+
+
+def twilio_frames(event: str, seq: int, **fields) -> str:
+    return json.dumps({"event": event, "sequenceNumber": str(seq), "streamSid": SID, **fields})
+
+
+START = {
+    "twilio": twilio_frames("start", 1, start={
+        "accountSid": "AC0", "streamSid": SID, "callSid": "CA0", "tracks": ["inbound"], "customParameters": {},
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}),
+    "telnyx": json.dumps({"event": "start", "sequence_number": "1", "stream_id": SID, "start": {
+        "call_control_id": "v3:0", "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}}),
+    "vonage": json.dumps({"event": "websocket:connected", "content-type": "audio/l16;rate=16000"}),
+}
+
+
+def caller_frame(carrier: str, seq: int, level: int) -> str | bytes:
+    if carrier == "vonage":
+        return np.full(320, level, dtype="<i2").tobytes()
+    payload = base64.b64encode(ulaw_encode(np.full(160, level))).decode()
+    media = {"track": "inbound", "chunk": str(seq), "timestamp": str(seq * 20), "payload": payload}
+    key = "streamSid" if carrier == "twilio" else "stream_id"
+    seq_key = "sequenceNumber" if carrier == "twilio" else "sequence_number"
+    return json.dumps({"event": "media", seq_key: str(seq), key: SID, "media": media})
+
+
+def dtmf_frame(carrier: str, seq: int, digit: str) -> str:
+    if carrier == "vonage":
+        return json.dumps({"event": "websocket:dtmf", "digit": digit, "duration": 250})
+    key = "streamSid" if carrier == "twilio" else "stream_id"
+    seq_key = "sequenceNumber" if carrier == "twilio" else "sequence_number"
+    return json.dumps({"event": "dtmf", seq_key: str(seq), key: SID, "dtmf": {"digit": digit}})
+
+
+class Carrier:
+    """One call's carrier side: streams caller audio in real time, reads what the server sends,
+    and echoes each mark (notify) while ``playing`` is set, as if the audio before it had played."""
+
+    def __init__(self, ws, carrier: str) -> None:
+        self.ws, self.carrier = ws, carrier
+        self.seq = 1
+        self.level = 0
+        self.playing = True
+        self.silent = False  # sends no more caller audio
+        self.received: list = []
+        self.audio_frames = 0
+        self.echoed = 0
+        self.cleared = trio.Event()
+        self.marks = trio.Event()
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    async def stream(self) -> None:
+        while not self.silent:
+            await self.ws.send_message(caller_frame(self.carrier, self.next_seq(), self.level))
+            await trio.sleep(0.02)
+
+    async def read(self) -> None:
+        while True:
+            frame = await self.ws.get_message()
+            self.received.append(frame)
+            if isinstance(frame, bytes):
+                self.audio_frames += 1
+                continue
+            data = json.loads(frame)
+            kind = data.get("event", data.get("action"))
+            if kind == "media":
+                assert base64.b64decode(data["media"]["payload"])
+                self.audio_frames += 1
+            elif kind in ("mark", "notify"):
+                self.marks.set()
+                if self.playing:
+                    self.echoed += 1
+                    await self.ws.send_message(self.echo(data))
+            elif kind == "clear":
+                self.cleared.set()
+
+    def echo(self, data: dict) -> str:
+        if self.carrier == "vonage":
+            return json.dumps({"event": "websocket:notify", "payload": data["payload"]})
+        key = "streamSid" if self.carrier == "twilio" else "stream_id"
+        seq_key = "sequenceNumber" if self.carrier == "twilio" else "sequence_number"
+        return json.dumps({"event": "mark", seq_key: str(self.next_seq()), key: SID, "mark": data["mark"]})
+
+
+async def call(carrier: str, scenario) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(serve_voice, engines(), SessionSettings(), host=HOST, port=0))
+            async with trio_websocket.open_websocket_url(f"ws://{HOST}:{server.port}/v1/{carrier}") as ws:
+                if carrier != "vonage":
+                    await ws.send_message(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+                await ws.send_message(START[carrier])
+                phone = Carrier(ws, carrier)
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(phone.stream)
+                    inner.start_soon(phone.read)
+                    await scenario(phone, server)
+                    inner.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("carrier", ["twilio", "telnyx", "vonage"])
+async def test_a_dtmf_turn_is_answered_with_audio_and_marks(carrier):
+    async def scenario(phone: Carrier, server) -> None:
+        await trio.sleep(0.1)
+        await phone.ws.send_message(dtmf_frame(carrier, phone.next_seq(), "4"))
+        await phone.ws.send_message(dtmf_frame(carrier, phone.next_seq(), "#"))
+        await phone.marks.wait()
+        while phone.audio_frames < 10:
+            await trio.sleep(0.05)
+        (session,) = server.sessions
+        while not session.conversation.messages:  # (the exchange is kept when its response ends)
+            await trio.sleep(0.05)
+        assert session.conversation.messages[0].content == "The caller pressed 4 and # on the keypad."
+
+    await call(carrier, scenario)
+
+
+@pytest.mark.parametrize("carrier", ["twilio", "vonage"])
+async def test_a_barge_in_ends_in_clear_and_the_history_keeps_what_the_marks_confirmed(carrier):
+    async def scenario(phone: Carrier, server) -> None:
+        await trio.sleep(0.1)
+        await phone.ws.send_message(dtmf_frame(carrier, phone.next_seq(), "#"))
+        while phone.echoed < 18:  # 18 marks of 40 ms: 720 ms played, "Sure thing." (660 ms) and no more
+            await trio.sleep(0.005)
+        phone.playing = False  # the carrier's playback stalls here (the server's own estimate runs on)
+        await trio.sleep(1.0)
+        phone.level = 4000  # and the caller speaks over the rest
+        await phone.cleared.wait()
+        phone.level = 0
+        (session,) = server.sessions
+        while session.conversation.messages[-1].role != "assistant" or session._unfinished:
+            await trio.sleep(0.02)
+        assert session.conversation.messages[-1].content == "Sure thing."
+
+    await call(carrier, scenario)
