@@ -11,7 +11,11 @@ request) selects how ``POST /v1/audio/transcriptions`` and ``POST /v1/audio/spee
 - ``"malformed"``: 200 with a body that is neither JSON nor audio;
 - ``"drop"``: part of the body, then the connection is closed;
 - ``"stall"``: the headers and part of the body, then nothing until the client goes
-  (:attr:`first_bytes_sent`, then :attr:`client_disconnected`, are set).
+  (:attr:`first_bytes_sent`, then :attr:`client_disconnected`, are set);
+- ``"flood"``: 200 and a chunked body that never ends (``{"text": "aaaa...`` for a
+  transcription, WAV audio for speech) until the client goes (then :attr:`client_disconnected`
+  is set; :attr:`flood_bytes` counts what was sent);
+- ``"error_flood"``: the same, with status 500.
 
 Requests are recorded in :attr:`requests` (target, headers, and the form fields and files
 of a multipart body or the JSON of a JSON body).
@@ -33,7 +37,7 @@ import trio
 
 from fake_openai_server import receive_request
 
-Mode = Literal["ok", "stream_wav", "error500", "malformed", "drop", "stall"]
+Mode = Literal["ok", "stream_wav", "error500", "malformed", "drop", "stall", "flood", "error_flood"]
 
 _MAX_RECEIVE = 65536
 
@@ -47,6 +51,7 @@ class FakeOpenAIAudioServer:
     requests: list[dict[str, Any]] = attrs.field(factory=list)
     first_bytes_sent: trio.Event = attrs.field(factory=trio.Event)
     client_disconnected: trio.Event = attrs.field(factory=trio.Event)
+    flood_bytes: int = 0
     base_url: str = ""
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -93,6 +98,8 @@ class FakeOpenAIAudioServer:
             echo = json.dumps({"error": {"message": f"failed for {headers.get('authorization')}"}}).encode()
             await _send(conn, stream, 500, "application/json", echo)
             return True
+        if self.mode in ("flood", "error_flood"):
+            return await self._flood(conn, stream, b'{"text": "' if target.endswith("transcriptions") else None)
         if self.mode == "malformed":
             await _send(conn, stream, 200, "application/json", b"<html>surprise</html>")
             return True
@@ -121,6 +128,21 @@ class FakeOpenAIAudioServer:
                 pass
             self.client_disconnected.set()
         return False  # "drop": close with the body unfinished
+
+
+    async def _flood(self, conn: h11.Connection, stream: trio.SocketStream, start: bytes | None) -> bool:
+        status = 500 if self.mode == "error_flood" else 200
+        await stream.send_all(conn.send(h11.Response(status_code=status, headers=[("transfer-encoding", "chunked")])))
+        piece = b"a" * 65536 if start is not None else self.tone()[:65536]
+        first = start if start is not None else _wav(self.tone(), self.rate, unknown_length=True)
+        try:
+            await stream.send_all(conn.send(h11.Data(data=first)))
+            while True:
+                await stream.send_all(conn.send(h11.Data(data=piece)))
+                self.flood_bytes += len(piece)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.client_disconnected.set()
+        return False
 
 
 def _wav(pcm: bytes, rate: int, unknown_length: bool) -> bytes:

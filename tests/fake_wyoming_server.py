@@ -14,7 +14,10 @@ answers by ``mode``, read per request so a test may change it:
 - ``"garbage"``: a line that is not JSON;
 - ``"stall"``: no answer (TTS: ``audio-start`` and one chunk first, then
   :attr:`first_audio_sent` is set); waits until the client goes and sets
-  :attr:`client_disconnected`.
+  :attr:`client_disconnected`;
+- ``"flood"``: an answer that never ends: ``transcript-start`` then ``transcript-chunk``
+  events of :attr:`text`, or ``audio-start`` then audio chunks, until the client goes (then
+  :attr:`client_disconnected` is set).
 
 Every event received is kept in :attr:`received` (type, data) per connection.
 """
@@ -34,7 +37,7 @@ from wyoming.tts import SynthesizeStopped
 
 from voiceorch.engines.wyoming_client import WyomingConnection
 
-Mode = Literal["answer", "streamed", "error", "close", "garbage", "stall"]
+Mode = Literal["answer", "streamed", "error", "close", "garbage", "stall", "flood"]
 
 _ATTRIBUTION = Attribution(name="fake", url="")
 
@@ -113,8 +116,18 @@ class FakeWyomingServer:
         elif self.mode == "streamed":
             chunks = [TranscriptChunk(text=word + " ").event() for word in self.text.split()]
             await conn.send(TranscriptStart().event(), *chunks, TranscriptStop().event())
+        elif self.mode == "flood":
+            await conn.send(TranscriptStart().event())
+            await self._flood(conn, TranscriptChunk(text=self.text).event())
         else:
             await self._misbehave(conn)
+
+    async def _flood(self, conn: WyomingConnection, event) -> None:
+        try:
+            while True:
+                await conn.send(event)
+        except Exception:  # the client went away
+            self.client_disconnected.set()
 
     async def _answer_tts(self, conn: WyomingConnection, streaming: bool) -> None:
         audio_format = {"rate": self.rate, "width": 2, "channels": 1}
@@ -122,6 +135,10 @@ class FakeWyomingServer:
             await conn.send(AudioStart(**audio_format).event(), AudioChunk(audio=self._tone(0), **audio_format).event())
             self.first_audio_sent.set()
             await self._wait_for_client(conn)
+            return
+        if self.mode == "flood":
+            await conn.send(AudioStart(**audio_format).event())
+            await self._flood(conn, AudioChunk(audio=self._tone(0), **audio_format).event())
             return
         if self.mode != "answer":
             await self._misbehave(conn)

@@ -12,6 +12,8 @@ import numpy as np
 import soundfile
 import soxr
 
+from .engines.pcm import float_to_pcm
+
 WIRE_RATE = 16_000
 
 
@@ -22,10 +24,6 @@ def read_as_wire_pcm(path: str | Path) -> bytes:
     if rate != WIRE_RATE:
         mono = soxr.resample(mono, rate, WIRE_RATE)
     return float_to_pcm(mono)
-
-
-def float_to_pcm(samples: np.ndarray) -> bytes:
-    return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
 
 def write_wire_pcm(path: str | Path, pcm: bytes) -> None:

@@ -8,6 +8,7 @@ really ends), a remote engine closes its request. Failures are raised as :class:
 
 from __future__ import annotations
 
+import abc
 from typing import Literal, Protocol, Sequence
 
 import attrs
@@ -42,13 +43,47 @@ class EngineError(Exception):
         self.retryable = retryable
 
 
-class SpeechToText(Protocol):
+class EngineLifecycle:
+    """The optional part of an engine's life, which every STT, LLM and TTS engine declares by
+    inheriting it (through :class:`SpeechToText`, :class:`LanguageModel`, :class:`TextToSpeech`).
+
+    The defaults do nothing, so an engine overrides only what it needs; the server calls all
+    of them on every engine, without probing.
+    """
+
+    __slots__ = ()
+
+    #: The engine's queue of calls (``statistics()`` is exported as metrics), or ``None``.
+    limiter: trio.CapacityLimiter | None = None
+
+    async def warm_up(self) -> None:
+        """Run the model (or reach the server) once, so the first real call is not slowed down.
+
+        A remote engine logs a server that does not answer and returns; it does not raise.
+        """
+
+    async def check_ready(self) -> str | None:
+        """``None`` if the engine can serve now, else why not (for ``/readyz``); never raises
+        for a backend that is down. Cancellable."""
+        return None
+
+    async def aclose(self) -> None:
+        """Release what the engine holds (an HTTP client's pooled connections); call it once,
+        at shutdown."""
+
+
+class SpeechToText(EngineLifecycle, abc.ABC):
+    __slots__ = ()
+
+    @abc.abstractmethod
     async def transcribe(self, pcm: bytes) -> str:
         """Transcribe one utterance of 16 kHz mono s16le PCM; returns the text, stripped."""
-        ...
 
 
-class LanguageModel(Protocol):
+class LanguageModel(EngineLifecycle, abc.ABC):
+    __slots__ = ()
+
+    @abc.abstractmethod
     async def stream_reply(
         self, messages: Sequence[ChatMessage], deltas: trio.MemorySendChannel[str]
     ) -> str | None:
@@ -60,15 +95,14 @@ class LanguageModel(Protocol):
         OpenAI API's words (``finish_reason``): ``"length"`` if the token limit cut it off,
         ``"stop"`` if it ended by itself; ``None`` if the LLM did not say.
         """
-        ...
 
 
-class TextToSpeech(Protocol):
+class TextToSpeech(EngineLifecycle, abc.ABC):
+    __slots__ = ()
+
+    @abc.abstractmethod
     async def synthesize(self, text: str) -> bytes:
         """Speak ``text`` (one sentence or clause); returns 16 kHz mono s16le PCM."""
-        ...
-
-
 
 
 #: Voice activity is judged on chunks of this many samples (32 ms at 16 kHz).

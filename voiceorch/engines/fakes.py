@@ -12,11 +12,11 @@ from typing import Sequence
 import attrs
 import trio
 
-from .base import ChatMessage, EngineError, SAMPLE_RATE
+from .base import SAMPLE_RATE, ChatMessage, EngineError, LanguageModel, SpeechToText, TextToSpeech
 
 
 @attrs.define
-class FakeSTT:
+class FakeSTT(SpeechToText):
     """Returns ``text`` (or ``texts`` in turn) after ``delay`` seconds."""
 
     text: str = "hello there"
@@ -34,7 +34,7 @@ class FakeSTT:
 
 
 @attrs.define
-class FakeLLM:
+class FakeLLM(LanguageModel):
     """Streams ``reply`` word by word: first after ``first_delay``, then every ``delta_delay``.
 
     ``requests`` keeps every request's messages; ``closed_early`` counts streams that were
@@ -79,7 +79,7 @@ def fake_pcm(text: str, ms_per_char: float) -> bytes:
 
 
 @attrs.define
-class FakeTTS:
+class FakeTTS(TextToSpeech):
     """Returns ``ms_per_char`` of audio per character after ``delay`` seconds (or after
     ``delays[i]`` for the i-th sentence, where given)."""
 

@@ -10,11 +10,11 @@ import numpy as np
 import trio
 from faster_whisper import WhisperModel
 
-from .base import SAMPLE_RATE, SAMPLE_WIDTH, EngineError
+from .base import SAMPLE_RATE, SAMPLE_WIDTH, EngineError, SpeechToText
 
 
 @attrs.define(kw_only=True)
-class WhisperSTT:
+class WhisperSTT(SpeechToText):
     """A loaded Whisper model; one object is shared by all sessions of a process.
 
     Transcriptions run one at a time in a worker thread, under :attr:`limiter`.

@@ -8,8 +8,8 @@ from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.info import Info
 
-from .base import SAMPLE_RATE, SAMPLE_WIDTH, EngineError
-from .remote_errors import remote_call, warm_up_or_warn
+from .base import SAMPLE_RATE, SAMPLE_WIDTH, EngineError, SpeechToText
+from .remote_errors import MAX_TRANSCRIPT_BYTES, remote_call, warm_up_or_warn
 from .wyoming_client import (
     WyomingAddress,
     WyomingClosed,
@@ -24,13 +24,14 @@ CHUNK_BYTES = SAMPLE_RATE * SAMPLE_WIDTH // 10
 
 
 @attrs.define(kw_only=True)
-class WyomingSTT:
+class WyomingSTT(SpeechToText):
     """Transcribes over the Wyoming protocol, one connection per utterance.
 
     Each call connects, sends ``transcribe``, ``audio-start``, the audio as ``audio-chunk``
     events and ``audio-stop``, and waits for the ``transcript``. A server that streams its
     transcript (``transcript-start``, ``transcript-chunk``..., ``transcript-stop``) is read
-    the same way; its final ``transcript`` wins, and without one the chunks are joined.
+    the same way; its final ``transcript`` wins, and without one the chunks are joined. A
+    transcript (or the chunks so far) over :data:`MAX_TRANSCRIPT_BYTES` is ``stt_failed``.
     """
 
     address: WyomingAddress
@@ -102,6 +103,7 @@ class WyomingSTT:
 
 async def _read_transcript(conn: WyomingConnection) -> str:
     chunks: list[str] = []
+    size = 0  # UTF-8 bytes of the chunks
     streamed = stopped = False
     while True:
         try:
@@ -114,11 +116,15 @@ async def _read_transcript(conn: WyomingConnection) -> str:
         if Transcript.is_type(event.type) or (streamed and TranscriptChunk.is_type(event.type)):
             if not isinstance(text, str):
                 raise WyomingProtocolError(f"{event.type} event without a text string")
+            length = len(text.encode("utf-8", errors="replace"))
+            if length + (0 if Transcript.is_type(event.type) else size) > MAX_TRANSCRIPT_BYTES:
+                raise WyomingProtocolError(f"a transcript over the {MAX_TRANSCRIPT_BYTES}-byte limit")
             if Transcript.is_type(event.type):
                 return _tidy(text)
             chunks.append(text)
+            size += length
         elif TranscriptStart.is_type(event.type):
-            streamed, chunks = True, []
+            streamed, chunks, size = True, [], 0
         elif TranscriptStop.is_type(event.type) and streamed:
             stopped = True
 
