@@ -137,9 +137,7 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
 
     async def close() -> None:
         for engine in (engines.stt, engines.tts, llm):
-            aclose = getattr(engine, "aclose", None)  # the HTTP clients' pools
-            if aclose is not None:
-                await aclose()
+            await engine.aclose()  # the HTTP clients' pools (a no-op for in-process models)
 
     return engines, close
 
@@ -226,7 +224,7 @@ async def run_server(
             )
             port = server.port
             for name in ("stt", "tts"):
-                limiter = getattr(getattr(engines, name), "limiter", None)
+                limiter = getattr(engines, name).limiter
                 if limiter is not None:  # the fakes have none
                     metrics.watch_limiter(name, limiter)
             http_port = None

@@ -163,19 +163,16 @@ class HttpApp:
 
     async def not_ready_reason(self) -> str | None:
         """``None`` if ready: the voice server takes new sessions (it is neither shutting down
-        nor full), the engines are loaded (they are, once this app exists) and every engine
-        that can check its backend (``check_ready``: the LLM client, remote STT/TTS) says it is
-        reachable. An engine without it (in-process models, the fakes) counts as ready."""
+        nor full), the engines are loaded (they are, once this app exists) and every engine's
+        ``check_ready`` says it can serve (the LLM client and remote STT/TTS ask their server;
+        in-process models and the fakes always can)."""
         refusal = self.refusal_reason()
         if refusal is not None:
             return refusal
         for name in ("llm", "stt", "tts"):
-            check = getattr(getattr(self.engines, name), "check_ready", None)
-            if check is None:
-                continue
             try:
                 with trio.fail_after(READY_TIMEOUT_S):
-                    reason = await check()
+                    reason = await getattr(self.engines, name).check_ready()
             except trio.TooSlowError:
                 reason = f"the {name.upper()} did not answer within {READY_TIMEOUT_S:g} s"
             except Exception as exc:  # a health check reports, it does not crash
