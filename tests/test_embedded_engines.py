@@ -73,6 +73,24 @@ async def test_piper_synthesizes_16k_speech(tts: PiperTTS) -> None:
         assert await tts.synthesize("   ") == b""
 
 
+async def test_a_cancelled_piper_synthesis_frees_the_limiter_for_the_next_session(tts: PiperTTS) -> None:
+    """Barge-in during a long synthesis: once the cancelled call has returned, the limiter is
+    free (the synthesis was stopped inside onnxruntime, not abandoned to run to its end)."""
+    text = " ".join(["This sentence is long, and it goes on and on with many more words in it."] * 12)
+    with trio.fail_after(60):
+        await tts.warm_up()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tts.synthesize, text)
+            while tts.limiter.statistics().borrowed_tokens == 0:
+                await trio.sleep(0.01)
+            await trio.sleep(0.5)  # well into the model (the whole text takes several seconds)
+            nursery.cancel_scope.cancel()  # barge-in
+        statistics = tts.limiter.statistics()
+        assert (statistics.borrowed_tokens, statistics.tasks_waiting) == (0, 0)
+        assert tts.terminated == 1
+        assert await tts.synthesize("The next session speaks.")  # the engine is fine
+
+
 def _children_running(command_part: str) -> list[int]:
     """PIDs of our own child processes whose command line contains ``command_part``."""
     found = []

@@ -2,8 +2,10 @@
 
 Engines know nothing of sessions, turns or servers. Each call is a Trio checkpoint and may be
 cancelled: an in-process engine runs its blocking model call in a worker thread under its own
-``trio.CapacityLimiter`` (the thread is abandoned on cancel and keeps its limiter slot until it
-really ends), a remote engine closes its request. Failures are raised as :class:`EngineError`.
+``trio.CapacityLimiter`` (Piper's synthesis is stopped inside onnxruntime and gives its slot
+back at once; a Whisper thread is abandoned and keeps its slot until it really ends), a remote
+engine closes its request. Failures are raised as :class:`EngineError`. Every STT, LLM and TTS
+engine inherits :class:`EngineLifecycle` (through the interface it implements).
 """
 
 from __future__ import annotations

@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from os import PathLike
+from typing import Any
 
 import attrs
 import numpy as np
+import onnxruntime
+import outcome
 import soxr
 import trio
 from piper import PiperVoice, SynthesisConfig
 
-from .base import SAMPLE_RATE, EngineError
+from .base import SAMPLE_RATE, EngineError, TextToSpeech
+from .pcm import float_to_pcm
 
 
 @attrs.define(kw_only=True)
-class PiperTTS:
+class PiperTTS(TextToSpeech):
     """A loaded Piper voice; one object is shared by all sessions of a process.
 
-    Syntheses run one at a time in a worker thread, under :attr:`limiter`.
+    Syntheses run one at a time in a worker thread, under :attr:`limiter`. A cancelled
+    synthesis is stopped inside onnxruntime (``RunOptions.terminate``), so it frees the
+    limiter for the next session within one model step rather than after the whole sentence.
     """
 
     voice: PiperVoice
     syn_config: SynthesisConfig = attrs.field(factory=SynthesisConfig)
-    #: One synthesis at a time; an abandoned (cancelled) synthesis keeps its slot until its
-    #: thread really ends. ``limiter.statistics()`` shows who holds it and who waits.
+    #: One synthesis at a time; held until the synthesis's thread has really ended (a
+    #: cancelled one ends within a model step). ``limiter.statistics()`` shows who holds it
+    #: and who waits.
     limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
+    #: Syntheses stopped inside onnxruntime because their caller was cancelled.
+    terminated: int = 0
 
     @classmethod
     def load(cls, model_path: str | PathLike[str], *, length_scale: float | None = None) -> PiperTTS:
@@ -36,26 +46,69 @@ class PiperTTS:
     async def synthesize(self, text: str) -> bytes:
         """Speak ``text`` (one sentence or clause); returns 16 kHz mono s16le PCM.
 
-        Empty or blank text gives ``b""``. Cancellation returns at once; the abandoned thread
-        finishes the sentence in the background and only then frees the limiter.
+        Empty or blank text gives ``b""``. On cancellation the synthesis is told to stop
+        (onnxruntime's ``terminate``, checked between the model's nodes, and between Piper's
+        sentences) and this call waits for its thread to end, so when it raises ``Cancelled``
+        the limiter is free again. Raises :class:`EngineError` ``tts_failed`` if Piper fails.
         """
         if not text.strip():
             return b""
-        return await trio.to_thread.run_sync(
-            partial(self._synthesize_sync, text), abandon_on_cancel=True, limiter=self.limiter
-        )
+        run_options = onnxruntime.RunOptions()
+        async with self.limiter:  # the wait for it is cancellable
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_terminate_on_cancel, run_options)
+                with trio.CancelScope(shield=True):  # the thread is stopped by terminate, not abandoned
+                    result = await trio.to_thread.run_sync(
+                        partial(outcome.capture, self._synthesize_sync, text, run_options)
+                    )
+                nursery.cancel_scope.cancel()
+        pcm = result.unwrap()
+        if pcm is None:  # stopped by terminate: our caller was cancelled, and this raises it
+            self.terminated += 1
+            await trio.lowlevel.checkpoint()
+            raise AssertionError("a synthesis was terminated without a cancellation")  # pragma: no cover
+        return pcm
 
-    async def warm_up(self) -> None:
-        """Synthesize one short sentence, so the first real one is not slowed down."""
-        await self.synthesize("Hello.")
-
-    def _synthesize_sync(self, text: str) -> bytes:
+    def _synthesize_sync(self, text: str, run_options: onnxruntime.RunOptions) -> bytes | None:
+        """Blocking; ``None`` if ``run_options.terminate`` stopped it."""
+        voice = dataclasses.replace(self.voice, session=_Terminable(self.voice.session, run_options))
+        chunks = []
         try:
-            chunks = list(self.voice.synthesize(text, self.syn_config))
+            for chunk in voice.synthesize(text, self.syn_config):
+                if run_options.terminate:
+                    return None
+                chunks.append(chunk)
             if not chunks:
                 return b""
             audio = np.concatenate([chunk.audio_float_array for chunk in chunks])
             audio = soxr.resample(audio.astype(np.float32), chunks[0].sample_rate, SAMPLE_RATE)
         except Exception as exc:
+            if run_options.terminate:
+                return None
             raise EngineError("tts_failed", f"speech synthesis failed: {exc!r}") from exc
-        return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        return float_to_pcm(audio)
+
+    async def warm_up(self) -> None:
+        """Synthesize one short sentence, so the first real one is not slowed down."""
+        await self.synthesize("Hello.")
+
+
+async def _terminate_on_cancel(run_options: onnxruntime.RunOptions) -> None:
+    """Wait until cancelled (by the caller of :meth:`PiperTTS.synthesize`, or by it once the
+    thread is done), then tell the synthesis to stop. Its ``Cancelled`` ends here, so the
+    nursery raises no exception group; the caller's cancellation is raised by its own task."""
+    try:
+        await trio.sleep_forever()
+    except trio.Cancelled:
+        run_options.terminate = True
+
+
+@attrs.frozen
+class _Terminable:
+    """Piper's ONNX session, with every run under ``run_options`` (so it can be terminated)."""
+
+    session: onnxruntime.InferenceSession
+    run_options: onnxruntime.RunOptions
+
+    def run(self, output_names: Any, input_feed: dict[str, Any]) -> list[Any]:
+        return self.session.run(output_names, input_feed, self.run_options)
