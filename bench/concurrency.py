@@ -15,7 +15,9 @@ silent chunks (512 ms), sent 520 ms after the utterance's last frame. So the ide
 ``added_latency_ms`` (voice-to-voice minus the 500 ms window) is 20 ms, and
 ``after_vad_window_ms`` (from that frame to the first reply frame) is the server's reaction.
 
-For each N: a fresh fake-engine server (so its memory and its log are those of this level); N
+For each N: a fresh fake-engine server (so its memory and its log are those of this level),
+started with :func:`fake_server_args` (its session cap raised above N: at the default 32 every
+session past the 32nd was refused with 1013 and the level silently lost its turns); N
 sessions connect, then all start their microphones together (phases spread over one 20 ms
 frame, as independent microphones would be) and hold ``turns`` turns each: speech, silence until
 the reply has played (response.done), again.
@@ -24,6 +26,8 @@ the reply has played (response.done), again.
 from __future__ import annotations
 
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -46,18 +50,50 @@ from .scenarios import (
     vad_details,
     voice_latencies,
 )
-from .servers import ServerProcess, cpu_seconds, read_log, rss_kb
+from .servers import ServerProcess, child_environment, cpu_seconds, read_log, rss_kb, server_code
 
 TONE_HZ = 1000
 TONE_AMPLITUDE = 8000
 ALIGN_MS = 160
 #: p99 added latency under which a level counts as fine.
 ADDED_P99_LIMIT_MS = 50.0
+#: Sessions the fake-engine server admits beyond the level's N (its cap must never be what a level measures).
+SESSION_CAP_MARGIN = 16
 
 
-def fake_server_vad() -> str:
-    """The class name of the speech detector that ``voiceorch serve --fake-engines`` uses."""
+def fake_server_args(n: int) -> list[str]:
+    """``voiceorch serve`` arguments for a level of ``n`` sessions: fake engines, no fixed HTTP
+    port, and every limit that could end a session of the bench raised well past it: the session
+    cap (``--max-sessions``, 32 by default) above ``n``. The others cannot bind here: the sessions
+    send audio all the time (``--idle-timeout`` counts silence from the client), at real time
+    (the input pace allows 4x), a level lasts less than ``--max-session``; the listen backlog is
+    the kernel's somaxconn and each session takes one file descriptor (see ``limits`` in the JSON)."""
+    return ["--fake-engines", "--http-port", "0", "--max-sessions", str(n + SESSION_CAP_MARGIN)]
+
+
+def limits() -> dict:
+    """The machine's limits that a level of many sessions could hit (recorded beside the figures)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
+        somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        somaxconn = None
+    return {"open_files_soft": soft, "open_files_hard": hard, "somaxconn": somaxconn}
+
+
+_VAD_PROBE = "from voiceorch.server import app; print(type(app._fake_engines().vad).__name__)"
+
+
+def fake_server_vad(tree: Path | None = None) -> str:
+    """The class name of the speech detector that ``voiceorch serve --fake-engines`` uses (of
+    the checkout ``tree`` if given: asked in a child process that imports it)."""
+    try:
+        if tree is not None:
+            probe = subprocess.run(
+                [sys.executable, "-c", _VAD_PROBE], capture_output=True, text=True, timeout=120,
+                **child_environment(tree),
+            )
+            return probe.stdout.strip().splitlines()[-1] if probe.returncode == 0 else "unknown"
         from voiceorch.server import app
 
         return type(app._fake_engines().vad).__name__
@@ -202,10 +238,18 @@ async def _run_level(url: str, n: int, turns: int, speech: Clip, pid: int, timeo
     cpu = None
     if window["server_cpu_start"] is not None and window["server_cpu_end"] is not None:
         cpu = round(100 * (window["server_cpu_end"] - window["server_cpu_start"]) / elapsed, 1)
+    completed = sum(1 for turn in turns_all if turn["status"] == "completed")
     return {
         "sessions": n,
         "turns_expected": n * turns,
-        "turns_completed": sum(1 for turn in turns_all if turn["status"] == "completed"),
+        "turns_completed": completed,
+        "turns_lost": n * turns - completed,
+        # A session that did not complete all its turns (refused, dropped, a turn interrupted or failed).
+        "sessions_lost": sum(
+            1 for record in sessions if sum(1 for t in record["turns"] if t["status"] == "completed") < turns
+        ),
+        # A session whose client saw an exception (e.g. its close handshake timed out), turns complete or not.
+        "sessions_failed": sum(1 for record in sessions if record.get("failed")),
         "errors": [error for record in sessions for error in record["errors"]],
         "elapsed_s": round(elapsed, 2),
         "send_lag_ms": send_lag,
@@ -273,39 +317,66 @@ def loop_lag(log_path: Path, wall_start: float, wall_end: float) -> dict | None:
     }
 
 
+def verdict(level: dict, limit_ms: float = ADDED_P99_LIMIT_MS) -> tuple[bool, str]:
+    """Whether a level passed, and why not: a lost session or turn always fails it (whatever the
+    latency of the turns that did complete), so does a session whose client failed (e.g. its close
+    handshake timed out) and a level where the clients fell behind real time (their figures then
+    measure the backlog); then p99 added latency >= ``limit_ms``."""
+    reasons = []
+    if level["turns_completed"] < level["turns_expected"] or level.get("sessions_lost"):
+        reasons.append(
+            f"{level['turns_expected'] - level['turns_completed']}/{level['turns_expected']} turns lost, "
+            f"{level.get('sessions_lost', 0)}/{level['sessions']} sessions"
+        )
+    if level.get("sessions_failed"):
+        reasons.append(f"{level['sessions_failed']}/{level['sessions']} sessions failed in the client")
+    if level.get("send_lag_ms") is not None and not level.get("kept_real_time", True):
+        reasons.append(f"behind real time (send lag p99 {level['send_lag_ms']['p99']:.0f} ms)")
+    added = level["added_latency_ms"]
+    if added is None:
+        reasons.append("no turn measured")
+    elif added["p99"] >= limit_ms:
+        reasons.append(f"p99 {added['p99']:.0f} ms >= {limit_ms:.0f}")
+    return not reasons, "pass" if not reasons else "FAILED: " + "; ".join(reasons)
+
+
 def run_concurrency(
-    levels: list[int], *, turns: int, tone_ms: int, log_dir: Path, say, timeout_per_level: float = 300
+    levels: list[int], *, turns: int, tone_ms: int, log_dir: Path, say, timeout_per_level: float = 300,
+    server_tree: Path | None = None,
 ) -> dict:
-    """Each level against its own fresh fake-engine server (so memory and logs are per level)."""
-    vad = fake_server_vad()
+    """Each level against its own fresh fake-engine server (so memory and logs are per level);
+    with ``server_tree`` the servers run that checkout's ``voiceorch`` (the clients stay ours)."""
+    code = server_code(server_tree)
+    vad = fake_server_vad(server_tree)
     speech, described = utterance(vad, tone_ms)
+    say(f"concurrency: server code {code['voiceorch_file']} at {code['commit']}")
     say(f"concurrency: the fake-engine server detects speech with {vad}; speech: {described}")
     results = []
     for n in levels:
         log_path = log_dir / f"fake-server-{n}.log"
-        server = ServerProcess.start("--fake-engines", log_path=log_path, ready_timeout=120)
-        say(f"concurrency: {n} session(s) x {turns} turns against {server.url}")
+        server_args = fake_server_args(n)
+        server = ServerProcess.start(*server_args, log_path=log_path, ready_timeout=120, tree=server_tree)
+        say(f"concurrency: {n} session(s) x {turns} turns against {server.url} ({' '.join(server_args)})")
         before = machine.snapshot()
+        load_before = _load_average()
         try:
             level = trio.run(_run_level, server.url, n, turns, speech, server.pid, timeout_per_level)
         finally:
             after = machine.snapshot()
             exit_code = server.stop()
         level["foreign_cpu_percent"] = machine.foreign_cpu_percent(before, after)
+        level["load_average"] = {"before": load_before, "after": _load_average()}
+        level["server_args"] = server_args
         level["server_exit_code"] = exit_code
         level["server_log"] = str(log_path)
         level["loop_lag"] = loop_lag(log_path, *level["window_wall"])
         level["server_log_errors"] = [
             line.get("event") for line in read_log(log_path) if line.get("level") in ("error", "critical")
         ]
+        level["passed"], level["verdict"] = verdict(level)
+        say(f"concurrency: {n} session(s): {level['verdict']}")
         results.append(level)
-    fine = [
-        level["sessions"]
-        for level in results
-        if level["added_latency_ms"] is not None
-        and level["added_latency_ms"]["p99"] < ADDED_P99_LIMIT_MS
-        and level["turns_completed"] == level["turns_expected"]
-    ]
+    fine = [level["sessions"] for level in results if level["passed"]]
     # The largest N such that every level tested up to it passed (a stricter reading).
     every = None
     for level in sorted(results, key=lambda level: level["sessions"]):
@@ -314,6 +385,8 @@ def run_concurrency(
         every = level["sessions"]
     return {
         "engines": "fake (voiceorch serve --fake-engines)",
+        "server_code": code,
+        "limits": limits(),
         "vad": vad,
         "speech": f"{described}, starting on a {ALIGN_MS} ms stream boundary",
         "turns_per_session": turns,
@@ -323,3 +396,11 @@ def run_concurrency(
         "max_sessions_all_levels_under_limit": every,
         "loop_lag_logged": any(level["loop_lag"] is not None for level in results),
     }
+
+
+def _load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (as ``uptime`` prints them)."""
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None

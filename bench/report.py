@@ -161,7 +161,9 @@ def summarize(results: dict) -> dict:
                 "after_vad_window_ms": level["after_vad_window_ms"],
                 "loop_lag_p99_ms": (level["loop_lag"] or {}).get("p99_ms_max"),
                 "rss_kb_per_session": level["rss_kb"]["per_session"],
+                "server_cpu_percent": level.get("server_cpu_percent"),
                 "turns": f"{level['turns_completed']}/{level['turns_expected']}",
+                "verdict": _level_verdict(level, concurrency["added_p99_limit_ms"]),
             }
             for level in concurrency["levels"]
         }
@@ -310,6 +312,7 @@ def render(results: dict) -> str:
                     _f((level["send_lag_ms"] or {}).get("p99"), 1),
                     "yes" if level["kept_real_time"] else "NO",
                     _f(added.get("p50"), 1),
+                    _f(added.get("p95"), 1),
                     _f(added.get("p99"), 1),
                     _f(after.get("p99"), 1),
                     "-" if lag is None else f"{_f(lag['p99_ms_max'], 1)}/{_f(lag['max_ms'], 1)}",
@@ -317,6 +320,8 @@ def render(results: dict) -> str:
                     _f(level["client_cpu_percent"]),
                     _f(None if level["rss_kb"]["per_session"] is None else level["rss_kb"]["per_session"] / 1024, 2),
                     _f(level.get("foreign_cpu_percent")),
+                    _f(((level.get("load_average") or {}).get("after") or [None])[0], 2),
+                    _level_verdict(level, concurrency["added_p99_limit_ms"]),
                 ]
             )
         parts += [
@@ -324,8 +329,9 @@ def render(results: dict) -> str:
             f"Concurrency (fake engines, {concurrency['vad']}; speech: {concurrency['speech']})",
             _table(
                 [
-                    "sessions", "turns", "send lag p99", "real time", "added p50", "added p99",
+                    "sessions", "turns", "send lag p99", "real time", "added p50", "added p95", "added p99",
                     "after-window p99", "loop lag p99/max", "server cpu%", "client cpu%", "MB/session", "other cpu%",
+                    "load 1m", "verdict",
                 ],
                 rows,
             ),
@@ -345,6 +351,15 @@ def render(results: dict) -> str:
     if results.get("notes"):
         parts += ["", "Notes:"] + [f"  - {note}" for note in results["notes"]]
     return "\n".join(parts)
+
+
+def _level_verdict(level: dict, limit_ms: float) -> str:
+    """A level's verdict (computed for files written before the runner recorded it)."""
+    if "verdict" in level:
+        return level["verdict"]
+    from .concurrency import verdict
+
+    return verdict(level, limit_ms)[1]
 
 
 def _render_hops(found: dict, engines: str) -> list[str]:

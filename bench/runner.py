@@ -69,6 +69,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--sessions", help="concurrency levels, e.g. 1,5,10 (default 1,5,10,20,40; --quick 1,4); 'none' skips")
     parser.add_argument("--turns", type=int, default=2, help="turns per session in the concurrency part (default %(default)s)")
+    parser.add_argument(
+        "--server-tree", type=Path,
+        help="run the concurrency part's fake-engine servers from this checkout's voiceorch (e.g. a "
+        "`git worktree add /tmp/base COMMIT`); the clients stay this tree's",
+    )
     parser.add_argument("--tone-ms", type=int, default=1600, help="synthetic utterance length if the fake server uses FakeVAD")
     parser.add_argument("--no-floors", action="store_true", help="skip the floors (no overhead figures)")
     parser.add_argument("--floor-repeat", type=int, default=3, help="measurements of each floor input (median kept; default %(default)s)")
@@ -454,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.levels:
         results["concurrency"] = run_concurrency(
-            args.levels, turns=args.turns, tone_ms=args.tone_ms, log_dir=log_dir, say=say, timeout_per_level=args.timeout
+            args.levels, turns=args.turns, tone_ms=args.tone_ms, log_dir=log_dir, say=say, timeout_per_level=args.timeout,
+            server_tree=args.server_tree,
         )
         if results["concurrency"]["vad"] == "FakeVAD":
             results["notes"].append(

@@ -31,7 +31,8 @@ class ServerProcess:
         return self.process.pid
 
     @classmethod
-    def start(cls, *args: str, log_path: Path, ready_timeout: float = 300) -> ServerProcess:
+    def start(cls, *args: str, log_path: Path, ready_timeout: float = 300, tree: Path | None = None) -> ServerProcess:
+        """``tree``: run the ``voiceorch`` package of that checkout (cwd and PYTHONPATH), not this one."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         stdout_path = log_path.with_suffix(".stdout")
         started = time.monotonic()
@@ -41,7 +42,7 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                **child_environment(tree),
             )
         server = None
         try:
@@ -74,6 +75,35 @@ class ServerProcess:
 
     def log_lines(self) -> list[dict]:
         return read_log(self.log_path)
+
+
+def child_environment(tree: Path | None) -> dict:
+    """``cwd`` and ``env`` of a ``python -m voiceorch`` child: this checkout's, or ``tree``'s."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if tree is None:
+        return {"env": env}
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {"env": env, "cwd": str(tree)}
+
+
+def server_code(tree: Path | None) -> dict:
+    """Which ``voiceorch`` a child started with :func:`child_environment` imports, and its commit."""
+    root = tree or Path(__file__).resolve().parent.parent
+    probe = subprocess.run(
+        [sys.executable, "-c", "import voiceorch; print(voiceorch.__file__)"],
+        capture_output=True, text=True, timeout=60, **child_environment(tree),
+    )
+    git = ["git", "-C", str(root)]
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "voiceorch"], capture_output=True, text=True
+    ).stdout.splitlines()
+    return {
+        "tree": str(root),
+        "voiceorch_file": probe.stdout.strip() or None,
+        "commit": commit,
+        "uncommitted_voiceorch_files": [line[3:] for line in dirty],
+    }
 
 
 def _terminate(process: subprocess.Popen) -> int:

@@ -13,6 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
+import trio_websocket
+
+from bench import report
+from bench.concurrency import fake_server_args, verdict
+from bench.servers import ServerProcess
+from voiceorch import protocol as p
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,6 +78,68 @@ def test_concurrency_against_the_fake_engine_server(tmp_path):
     assert set(results["summary"]["concurrency"]) == {"1", "2"}
     assert "max_sessions_under_limit" in results["summary"]
     assert "Concurrency" in table and "Largest N tested" in table
+
+
+async def test_the_concurrency_server_admits_every_session_of_a_level_above_the_default_cap(tmp_path):
+    """The fake-engine server, started with the arguments the concurrency runner gives it for a
+    level of 40 sessions, admits all 40 at once (with serve's default cap of 32 the last 8 were
+    closed with 1013, and the level lost their turns)."""
+    n = 40
+    server = await trio.to_thread.run_sync(
+        lambda: ServerProcess.start(*fake_server_args(n), log_path=tmp_path / "fake.log", ready_timeout=120)
+    )
+    created: list[str] = []
+    all_in = trio.Event()
+    try:
+
+        async def connect() -> None:
+            async with trio_websocket.open_websocket_url(server.url, connect_timeout=30) as ws:
+                event = p.parse_server_event(await ws.get_message())
+                assert isinstance(event, p.SessionCreated), event
+                created.append(event.session_id)
+                if len(created) == n:
+                    all_in.set()
+                await all_in.wait()  # every session is open at once
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for _ in range(n):
+                    nursery.start_soon(connect)
+    finally:
+        await trio.to_thread.run_sync(server.stop)
+    assert len(set(created)) == n
+
+
+def _level(**changes) -> dict:
+    added = {"n": 80, "p50": 25.0, "p95": 28.0, "p99": 30.0, "max": 31.0}
+    level = {
+        "sessions": 40, "turns_expected": 80, "turns_completed": 80, "turns_lost": 0, "sessions_lost": 0,
+        "added_latency_ms": added, "send_lag_ms": None, "after_vad_window_ms": None, "kept_real_time": True,
+        "loop_lag": None, "server_cpu_percent": 50.0, "client_cpu_percent": 40.0,
+        "rss_kb": {"idle": 1, "peak": 2, "per_session": 1.0},
+    }  # fmt: skip
+    return {**level, **changes}
+
+
+def test_a_level_that_lost_sessions_or_turns_fails_whatever_its_latency():
+    assert verdict(_level()) == (True, "pass")
+    # The old runner's 40-session level: 8 sessions refused, their 16 turns lost, the rest fast.
+    passed, why = verdict(_level(turns_completed=64, turns_lost=16, sessions_lost=8))
+    assert not passed
+    assert why == "FAILED: 16/80 turns lost, 8/40 sessions"
+    passed, why = verdict(_level(added_latency_ms={"n": 80, "p50": 40.0, "p95": 90.0, "p99": 183.0, "max": 200.0}))
+    assert (passed, why) == (False, "FAILED: p99 183 ms >= 50")
+    # Every turn done, but clients that fell behind real time or failed at the close do not pass.
+    behind = {"n": 9000, "p50": 300.0, "p95": 5000.0, "p99": 7333.0, "max": 9000.0}
+    passed, why = verdict(_level(sessions_failed=30, send_lag_ms=behind, kept_real_time=False))
+    assert not passed
+    assert why == "FAILED: 30/40 sessions failed in the client; behind real time (send lag p99 7333 ms)"
+    # A file written before the runner recorded verdicts is judged the same in the table.
+    old = _level(turns_completed=64)
+    del old["sessions_lost"], old["turns_lost"]
+    concurrency = {"levels": [old], "added_p99_limit_ms": 50.0, "max_sessions_under_limit": None}
+    results = {"config": {"clips": []}, "concurrency": concurrency}
+    assert report.summarize(results)["concurrency"]["40"]["verdict"].startswith("FAILED: 16/80 turns lost")
 
 
 @pytest.mark.models
