@@ -2,7 +2,13 @@
 
 The model is loaded once per process; each audio source gets a :class:`SileroVADStream` that
 carries the recurrent state (``h``, ``c``) and the 64 samples of context from one 512-sample
-chunk to the next. A chunk takes about 0.1 ms on one core, so it runs on the caller's thread.
+chunk to the next. A chunk takes about 0.1 ms on one core.
+
+The graph's ``input`` is ``[seq_len, 576]`` with one ``h``/``c`` of ``[1, 1, 128]``: a sequence of
+consecutive windows of ONE stream, run recurrently (not a batch of streams; the state has no
+batch dimension). :meth:`SileroVADStream.probabilities` judges all of a stream's pending chunks
+in one call, with exactly the probabilities of one call per chunk; the session runs these off
+the event loop, many streams per thread hop (``voiceorch.engines.vad_batch``).
 """
 
 from __future__ import annotations
@@ -52,10 +58,22 @@ class SileroVADStream:
     _context: np.ndarray = attrs.field(factory=lambda: np.zeros(CONTEXT_SAMPLES, dtype=np.float32))
 
     def probability(self, chunk: bytes) -> float:
-        samples = np.frombuffer(chunk, dtype="<i2").astype(np.float32) / 32768.0
-        if samples.shape[0] != VAD_CHUNK_SAMPLES:
-            raise ValueError(f"a VAD chunk holds {VAD_CHUNK_SAMPLES} samples, got {samples.shape[0]}")
-        window = np.concatenate([self._context, samples])[np.newaxis, :]
-        output, self._h, self._c = self.session.run(None, {"input": window, "h": self._h, "c": self._c})
+        return self.probabilities([chunk])[0]
+
+    def probabilities(self, chunks: list[bytes]) -> list[float]:
+        """The speech probability of each of consecutive ``chunks``, in one ONNX call (blocking,
+        about 0.1 ms a chunk: call it off the event loop). The state moves on only if it works."""
+        if not chunks:
+            return []
+        samples = np.frombuffer(b"".join(chunks), dtype="<i2").astype(np.float32) / 32768.0
+        for chunk in chunks:
+            if len(chunk) != VAD_CHUNK_SAMPLES * 2:
+                raise ValueError(f"a VAD chunk holds {VAD_CHUNK_SAMPLES} samples, got {len(chunk) // 2}")
+        audio = np.concatenate([self._context, samples])
+        step = VAD_CHUNK_SAMPLES
+        windows = np.stack(
+            [audio[i * step : i * step + step + CONTEXT_SAMPLES] for i in range(len(chunks))]
+        )
+        output, self._h, self._c = self.session.run(None, {"input": windows, "h": self._h, "c": self._c})
         self._context = samples[-CONTEXT_SAMPLES:]
-        return float(np.asarray(output).reshape(-1)[0])
+        return [float(x) for x in np.asarray(output).reshape(-1)]

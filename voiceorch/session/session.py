@@ -8,9 +8,17 @@
   interrupts that response at once (barge-in).
 - The **responder** answers queued turns one at a time with :func:`run_turn`, each inside the
   turn's own cancel scope (there live the STT, LLM, TTS and audio-sender tasks).
-- The **writer** owns the sending side of the transport: every event and audio frame passes
-  through one rendezvous channel, so their order on the wire is the order they were produced,
-  and a client that stops reading is cut off after ``send_timeout_s``.
+- The **writer** owns the sending side of the transport. It takes from an
+  :class:`~voiceorch.session.outbox.Outbox` of two lanes: the reader's control events (a
+  bounded queue, taken first) and the turns' events and audio (a rendezvous, so each turn's
+  events keep their order relative to its audio, and a cancelled turn hands over nothing
+  more). A client that stops reading is cut off after ``send_timeout_s``; the reader does not
+  wait behind it (barge-in cancels the turn synchronously, before anything is emitted).
+
+Under server VAD a speculative turn waits for the silence window to confirm it; if the audio
+stops arriving inside the pause, the rest of the window is counted by the wall clock (as if
+the missing audio were silence) and the turn is confirmed then. Unconfirmed turns are not
+activity for the idle timeout.
 
 The session ends when the client goes; cancelling :meth:`Session.run` ends it at once.
 """
@@ -31,6 +39,8 @@ from .history import Conversation
 from .input_pace import InputPace, Pace
 from .settings import SessionSettings
 from .speech_detector import CHUNK_MS, PauseStarted, SpeechDetector, SpeechResumed, SpeechStarted, SpeechStopped
+from ..engines import vad_batch
+from .outbox import Outbox
 from .transport import MessageTransport, TransportReply
 from .turn import Turn, run_turn
 
@@ -72,13 +82,14 @@ class Session:
         self._unfinished: list[Turn] = []  # queued or in progress, oldest first
         self._last_turn: Turn | None = None  # the last turn answered
         self._turns_send, self._turns_recv = trio.open_memory_channel[Turn](settings.max_pending_turns)
-        # (A trio.Event in the outbox is set by the writer when it gets there: see wait_responses_done.)
-        self._outbox_send, self._outbox_recv = trio.open_memory_channel[
-            p.ServerEvent | bytes | TransportReply | trio.Event
-        ](0)
+        # Items: protocol events, audio (bytes), TransportReply, and trio.Event markers, which the
+        # writer sets when it gets there (see wait_responses_done).
+        self._outbox = Outbox()
         # Until the session ends for a reason of its own, an end means the server is going.
         self._close = (CLOSE_GOING_AWAY, "server shutting down")
         self._quiet_since = trio.current_time()  # last client message or end of a response
+        self._audio_at = trio.current_time()  # when the last audio frame was taken in
+        self._ended = trio.Event()  # run() has finished: nothing will be answered any more
         self._scope = trio.CancelScope()  # the whole session's: see end()
         self._draining = False  # the server is shutting down: no new responses
         self._turn_ended = trio.Event()  # set (and replaced) each time a turn ends
@@ -103,6 +114,9 @@ class Session:
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await self.transport.close(*self._close)
+            self._ended.set()
+            self._unfinished.clear()  # queued turns will never be answered now
+            self._turn_ended.set()
             log_event(log, "session.end", turns=self._turn_count)
             metrics.SESSIONS_ACTIVE.dec()
             session_id_var.reset(token)
@@ -138,31 +152,42 @@ class Session:
 
     async def wait_responses_done(self) -> None:
         """Return once no response is queued or in progress and all they sent has been written
-        to the transport (at once if there is none, or the session has ended). Cancellable; it
-        changes nothing."""
-        while self._unfinished:
+        to the transport (at once if there is none, or the session has ended, whatever was
+        still queued). Cancellable; it changes nothing."""
+        while self._unfinished and not self._ended.is_set():
             await self._turn_ended.wait()
+        if self._ended.is_set():
+            await trio.lowlevel.checkpoint()
+            return
         written = trio.Event()  # the writer takes it only after writing all that came before
         try:
-            await self._outbox_send.send(written)
+            await self._outbox.send_control(written)
         except trio.BrokenResourceError:
             return  # the writer is gone: nothing more will be written
-        await written.wait()
+        await written.wait()  # (the writer sets it even if it ends before writing it)
 
     # --- the three tasks ------------------------------------------------------------------
 
     async def _read(self) -> None:
-        """Until the client goes, or sends nothing for ``idle_timeout_s`` while no response is
-        in progress (then the session closes with 1000 "idle timeout")."""
+        """Until the client goes, or sends nothing for ``idle_timeout_s`` while no confirmed
+        response is in progress (then the session closes with 1000 "idle timeout"). A pending
+        speculation is confirmed when the audio stops arriving inside its pause
+        (:meth:`_speculation_deadline`)."""
         while True:
-            with trio.move_on_at(self._quiet_since + self.settings.idle_timeout_s) as idle:
+            idle_at = self._quiet_since + self.settings.idle_timeout_s
+            confirm_at = self._speculation_deadline()
+            with trio.move_on_at(idle_at if confirm_at is None else min(idle_at, confirm_at)) as waited:
                 try:
                     message = await self.transport.receive()
                 except trio.EndOfChannel:
                     self._close = (CLOSE_NORMAL, "")
                     return
-            if idle.cancelled_caught:
-                if self._unfinished:
+            if waited.cancelled_caught:
+                confirm_at = self._speculation_deadline()
+                if confirm_at is not None and trio.current_time() >= confirm_at:
+                    await self._on_audio_stopped()
+                    continue
+                if any(turn.confirmed.is_set() for turn in self._unfinished):
                     self._quiet_since = trio.current_time()  # a reply is playing: not idle
                 if trio.current_time() < self._quiet_since + self.settings.idle_timeout_s:
                     continue
@@ -171,11 +196,28 @@ class Session:
                 return
             self._quiet_since = trio.current_time()
             if isinstance(message, TransportReply):
-                await self._outbox_send.send(message)  # the transport's own answer, via the writer
+                await self._outbox.send_control(message)  # the transport's own answer, via the writer
             elif isinstance(message, bytes):
                 await self._on_audio(message)
             else:
                 await self._on_control(message)
+
+    def _speculation_deadline(self) -> float | None:
+        """When a pending speculation's silence window closes if no more audio comes: the last
+        frame's arrival plus the rest of the window (None if no speculation is pending)."""
+        turn, detector = self._speculative, self._detector
+        if turn is None or turn.scope.cancel_called or detector is None or detector.quiet_ms is None:
+            return None
+        return self._audio_at + max(0.0, detector.silence_ms - detector.quiet_ms) / 1000
+
+    async def _on_audio_stopped(self) -> None:
+        """The audio stopped inside a pause and the silence window has passed by the wall
+        clock: the user's turn has ended (as a file ending in a short silence expects)."""
+        assert self._detector is not None
+        decision = self._detector.assume_silence()
+        if decision is not None:
+            log_event(log, "speech.audio_stopped", audio_ms=decision.audio_ms)
+            await self._on_decision(self._detector, decision)
 
     async def _respond(self) -> None:
         async for turn in self._turns_recv:
@@ -185,7 +227,7 @@ class Session:
                     turn,
                     engines=self.engines,
                     conversation=self.conversation,
-                    outbox=self._outbox_send,
+                    outbox=self._outbox,
                     settings=self.settings,
                 )
                 if done is not None:  # (None: a dropped speculation, unknown to the client)
@@ -201,8 +243,9 @@ class Session:
                 turn_id_var.reset(token)
 
     async def _write(self) -> None:
-        with self._outbox_recv:  # closed when the writer ends, so no one waits on it in vain
-            async for item in self._outbox_recv:
+        try:
+            while True:
+                item = await self._outbox.receive()
                 if isinstance(item, trio.Event):
                     item.set()  # all that came before it has been written
                     continue
@@ -219,11 +262,18 @@ class Session:
                     self._close = (CLOSE_POLICY, "send timeout: the client stopped reading")
                     self._nursery.cancel_scope.cancel()
                     return
+        finally:
+            # Closed when the writer ends, so no one waits on it in vain; drain markers too.
+            for item in self._outbox.close():
+                if isinstance(item, trio.Event):
+                    item.set()
 
     # --- what the reader does ---------------------------------------------------------------
 
     async def _emit(self, event: p.ServerEvent) -> None:
-        await self._outbox_send.send(event)
+        """Queue a control event for the writer, ahead of reply audio (waits only while the
+        control lane is full: a client that stopped reading, soon cut off by the send timeout)."""
+        await self._outbox.send_control(event)
 
     async def _error(self, code: str, message: str) -> None:
         log_event(log, "client.error", logging.INFO, code=code, message=message)
@@ -260,41 +310,53 @@ class Session:
                 )
         else:
             self._input += data
+        self._audio_at = trio.current_time()
         if self._detector is not None:  # it hears everything, so silence still ends the turn
             await self._detect_speech(self._detector, data)
 
     async def _detect_speech(self, detector: SpeechDetector, data: bytes) -> None:
+        """Judge ``data`` (off the event loop for a model that blocks: ``vad_batch``), then act:
+        a barge-in first, synchronously, then the events of the decisions, in order."""
         vad = self.config.turn_detection
-        for decision in detector.feed(data):
-            match decision:
-                case SpeechStarted(audio_ms=at):
-                    # Keep the prefix padding before the speech, drop what came before it.
-                    keep_ms = vad.prefix_padding_ms + (detector.fed_ms - at)
-                    del self._input[: max(0, len(self._input) - int(keep_ms) * p.BYTES_PER_MS)]
-                    self._over_response = any(not turn.scope.cancel_called for turn in self._unfinished)
-                    await self._emit(p.SpeechStartedEvent(audio_ms=at))
-                case PauseStarted() if not (self._over_response and vad.interrupt_response):
-                    await self._speculate()
-                case SpeechResumed():
-                    self._drop_speculation()
-                case SpeechStopped(audio_ms=at):
-                    await self._emit(p.SpeechStoppedEvent(audio_ms=at))
-                    if self._over_response and vad.interrupt_response:
-                        # Speech over a response, too short to interrupt it (a cough, an
-                        # "uh-huh"): not a turn of its own.
-                        log_event(log, "speech.ignored", audio_ms=p.audio_ms(len(self._input)))
-                        self._clear_input()
-                    else:
-                        # Without interrupt_response, speech over a response queues behind it.
-                        await self._commit(supersede=not self._over_response)
-        if detector.in_speech:
-            if vad.interrupt_response and detector.speech_ms >= vad.interrupt_min_speech_ms:
-                self._interrupt()
-                self._over_response = False
-        else:
+        probabilities = await vad_batch.probabilities(detector.stream, detector.chunks(data))
+        if detector is not self._detector:
+            return  # turned off or reset (input_audio.clear) meanwhile: this audio was before it
+        decisions = [d for d in map(detector.feed_probability, probabilities) if d is not None]
+        barge_in = detector.in_speech and vad.interrupt_response and detector.speech_ms >= vad.interrupt_min_speech_ms
+        if barge_in:
+            self._interrupt()
+        for decision in decisions:
+            await self._on_decision(detector, decision)
+        if barge_in:
+            self._over_response = False
+        elif not detector.in_speech:
             # Outside speech keep only what a speech start could still need as its prefix.
             keep_ms = vad.prefix_padding_ms + vad.min_speech_duration_ms + 2 * CHUNK_MS
             del self._input[: max(0, len(self._input) - int(keep_ms) * p.BYTES_PER_MS)]
+
+    async def _on_decision(self, detector: SpeechDetector, decision) -> None:
+        vad = self.config.turn_detection
+        match decision:
+            case SpeechStarted(audio_ms=at):
+                # Keep the prefix padding before the speech, drop what came before it.
+                keep_ms = vad.prefix_padding_ms + (detector.fed_ms - at)
+                del self._input[: max(0, len(self._input) - int(keep_ms) * p.BYTES_PER_MS)]
+                self._over_response = any(not turn.scope.cancel_called for turn in self._unfinished)
+                await self._emit(p.SpeechStartedEvent(audio_ms=at))
+            case PauseStarted() if not (self._over_response and vad.interrupt_response):
+                await self._speculate()
+            case SpeechResumed():
+                self._drop_speculation()
+            case SpeechStopped(audio_ms=at):
+                await self._emit(p.SpeechStoppedEvent(audio_ms=at))
+                if self._over_response and vad.interrupt_response:
+                    # Speech over a response, too short to interrupt it (a cough, an
+                    # "uh-huh"): not a turn of its own.
+                    log_event(log, "speech.ignored", audio_ms=p.audio_ms(len(self._input)))
+                    self._clear_input()
+                else:
+                    # Without interrupt_response, speech over a response queues behind it.
+                    await self._commit(supersede=not self._over_response)
 
     def _interrupt(self) -> None:
         """Barge-in: the user speaks over the responses in progress. Not a checkpoint.
@@ -398,6 +460,14 @@ class Session:
             self.conversation.revise_reply(turn_id, turn.heard_text(played_ms))
 
     async def _commit(self, *, supersede: bool = True) -> None:
+        """End the user's turn: ``input_audio.committed``, then its response (a speculation's
+        output released, or a new turn queued). While the server is shutting down the turn is
+        refused with ``server_shutting_down`` before anything is acknowledged."""
+        if self._draining:
+            self._drop_speculation()
+            self._clear_input()
+            await self._error("server_shutting_down", "the server is shutting down; no new response starts")
+            return
         turn, self._speculative = self._speculative, None
         if turn is not None and turn.scope.cancel_called:
             turn = None

@@ -73,22 +73,52 @@ class SpeechDetector:
         return self._fed_ms
 
     @property
+    def quiet_ms(self) -> float | None:
+        """Silence heard since the current utterance's last speech (None outside speech, or
+        while the user is speaking)."""
+        if not self._in_speech or self._run_start is None:
+            return None
+        return self._fed_ms - self._run_start
+
+    @property
     def speech_ms(self) -> float:
         """Voiced length of the current utterance so far, pauses included but not the silence
         after its last speech (0 outside speech)."""
         return self._voiced_until - self._speech_start if self._in_speech else 0.0
 
     def feed(self, pcm: bytes) -> list[Decision]:
-        self._pending += pcm
+        """Judge ``pcm`` with the stream, chunk by chunk, on the caller's thread: the same as
+        :meth:`chunks` followed by :meth:`feed_probability` for each chunk."""
         decisions: list[Decision] = []
-        whole = len(self._pending) - len(self._pending) % CHUNK_BYTES
-        for offset in range(0, whole, CHUNK_BYTES):
-            probability = self.stream.probability(bytes(self._pending[offset : offset + CHUNK_BYTES]))
-            decision = self._judge(probability)
+        for chunk in self.chunks(pcm):
+            decision = self.feed_probability(self.stream.probability(chunk))
             if decision is not None:
                 decisions.append(decision)
-        del self._pending[:whole]
         return decisions
+
+    def chunks(self, pcm: bytes) -> list[bytes]:
+        """Add ``pcm`` and take the whole VAD chunks it completes (a partial chunk waits for
+        the next call). Their probabilities, computed elsewhere (e.g. in a batch, off the
+        event loop), go to :meth:`feed_probability` in order."""
+        self._pending += pcm
+        whole = len(self._pending) - len(self._pending) % CHUNK_BYTES
+        taken = [bytes(self._pending[offset : offset + CHUNK_BYTES]) for offset in range(0, whole, CHUNK_BYTES)]
+        del self._pending[:whole]
+        return taken
+
+    def feed_probability(self, probability: float) -> Decision | None:
+        """Judge the next chunk, given its speech probability."""
+        return self._judge(probability)
+
+    def assume_silence(self) -> SpeechStopped | None:
+        """The audio stopped arriving inside a pause and the rest of the silence window went by
+        (by the wall clock): end the utterance as if that silence had been heard. Returns the
+        :class:`SpeechStopped` (dated at the start of the silence), or None outside a pause."""
+        quiet_since = self._run_start
+        if not self._in_speech or quiet_since is None:
+            return None
+        self._in_speech, self._run_start, self._paused = False, None, False
+        return SpeechStopped(quiet_since)
 
     def _judge(self, probability: float) -> Decision | None:
         start, self._fed_ms = self._fed_ms, self._fed_ms + CHUNK_MS
