@@ -28,7 +28,8 @@ from voiceorch.engines.embedded import piper_voice_path, whisper_model_dir  # no
 from voiceorch.telephony import CallAudio, CallFormat  # noqa: E402
 
 REAL = {
-    "jfk_16k.wav": "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.",
+    "jfk_16k.wav": "And so my fellow Americans, ask not what your country can do for you, "
+    "ask what you can do for your country.",
     "hotwords_16k.wav": "Then you go into your comfy eye folder again in the comfy eye.",
 }
 #: Sentences for the Piper voice: (what it is told to say, how a transcript writes it) where those differ.
@@ -87,7 +88,11 @@ def main() -> None:
     for index, entry in enumerate(SYNTHETIC):
         utterances.append((f"piper_{index}", trio.run(tts.synthesize, spoken(entry)), reference(entry)))
     model = WhisperModel(str(whisper_model_dir()), device="cpu", compute_type="int8", cpu_threads=1)
-    conditions = {"16 kHz": lambda pcm: pcm, "8 kHz μ-law": lambda pcm: phone(pcm, "mulaw"), "8 kHz A-law": lambda pcm: phone(pcm, "alaw")}
+    conditions = {
+        "16 kHz": lambda pcm: pcm,
+        "8 kHz μ-law": lambda pcm: phone(pcm, "mulaw"),
+        "8 kHz A-law": lambda pcm: phone(pcm, "alaw"),
+    }
     rows = []
     for beam in (1, 5):
         for condition, transform in conditions.items():
@@ -95,7 +100,9 @@ def main() -> None:
             started = time.perf_counter()
             for name, pcm, text in utterances:
                 audio = np.frombuffer(transform(pcm), dtype="<i2").astype(np.float32) / 32768.0
-                segments, _ = model.transcribe(audio, language="en", beam_size=beam, vad_filter=False, condition_on_previous_text=False)
+                segments, _ = model.transcribe(
+                    audio, language="en", beam_size=beam, vad_filter=False, condition_on_previous_text=False
+                )
                 hyp = " ".join(s.text.strip() for s in segments)
                 ref = words(text)
                 kind = "synthetic" if name.startswith("piper") else "real"
@@ -105,7 +112,8 @@ def main() -> None:
                     print(f"{condition:12} {name:16} {hyp}", file=sys.stderr)
             elapsed = time.perf_counter() - started
             total = [sum(v[0] for v in errors.values()), sum(v[1] for v in errors.values())]
-            rows.append((beam, condition, *(100 * e / n for e, n in (errors["real"], errors["synthetic"], total)), elapsed))
+            rates = (100 * e / n for e, n in (errors["real"], errors["synthetic"], total))
+            rows.append((beam, condition, *rates, elapsed))
     print("| beam | audio | WER real (2, %d words) | WER synthetic (%d, %d words) | WER all | decode s |" % (
         sum(len(words(t)) for t in REAL.values()), len(SYNTHETIC), sum(len(words(reference(t))) for t in SYNTHETIC)))
     print("| --- | --- | --- | --- | --- | --- |")

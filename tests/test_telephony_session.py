@@ -49,7 +49,8 @@ async def test_a_barge_in_over_the_session_under_mock_time(autojump_clock):
         phone.level = 0
         while session.conversation.messages[-1:] == [] or session._unfinished:
             await trio.sleep(0.02)
-        assert [m.content for m in session.conversation.messages] == ["The caller pressed # on the keypad.", "Sure thing."]
+        history = [m.content for m in session.conversation.messages]
+        assert history == ["The caller pressed # on the keypad.", "Sure thing."]
 
     await run_call(scenario)
 

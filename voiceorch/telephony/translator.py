@@ -153,7 +153,8 @@ class CallTranslator:
     def _started(self, call_id: str, call_format: CallFormat, parameters: Any, out: Translation) -> None:
         self.call_id = call_id
         self.audio = CallAudio(call_format)
-        out.notes.append(("call.start", {"call_id": call_id, "encoding": call_format.encoding, "rate": call_format.rate}))
+        fields = {"call_id": call_id, "encoding": call_format.encoding, "rate": call_format.rate}
+        out.notes.append(("call.start", fields))
         instructions = parameters.get("instructions") if isinstance(parameters, dict) else None
         if isinstance(instructions, str) and instructions.strip():
             if self.allow_instructions:
@@ -361,7 +362,8 @@ class TelnyxTranslator(TwilioTranslator):
         encoding = self._field(data, "start", "media_format", "encoding")
         rate = self._field(data, "start", "media_format", "sample_rate", kind=int)
         if encoding not in _TELNYX_ENCODINGS or rate not in (8000, 16000):
-            raise BadFrame("unsupported_format", f"only PCMU, PCMA or L16 at 8000 or 16000 Hz; got {encoding} at {rate}")
+            message = f"only PCMU, PCMA or L16 at 8000 or 16000 Hz; got {encoding} at {rate}"
+            raise BadFrame("unsupported_format", message)
         if self._next_seq is None and "sequence_number" in data:
             self._next_seq = self._field(data, "sequence_number", kind=int) + 1
         return CallFormat(_TELNYX_ENCODINGS[encoding], rate)
@@ -410,7 +412,8 @@ class TelnyxTranslator(TwilioTranslator):
 
     def _send_audio(self, payload: bytes, out: Translation, *, last: bool = False) -> None:
         if payload:
-            out.to_carrier.append(json.dumps({"event": "media", "media": {"payload": base64.b64encode(payload).decode()}}))
+            media = {"payload": base64.b64encode(payload).decode("ascii")}
+            out.to_carrier.append(json.dumps({"event": "media", "media": media}))
 
     def _mark_frames(self, name: str) -> list[Message]:
         return [json.dumps({"event": "mark", "mark": {"name": name}})]
@@ -450,7 +453,8 @@ class VonageTranslator(CallTranslator):
             case "websocket:dtmf":
                 if self.audio is None:
                     raise BadFrame("media_before_start", "dtmf before websocket:connected")
-                digit = data.get("digit", data.get("dtmf", {}).get("digit") if isinstance(data.get("dtmf"), dict) else None)
+                nested = data.get("dtmf")
+                digit = data.get("digit", nested.get("digit") if isinstance(nested, dict) else None)
                 self._digit(digit, now, out)
             case "websocket:notify":
                 payload = data.get("payload")
