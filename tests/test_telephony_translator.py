@@ -310,3 +310,21 @@ def test_vonage_dtmf_and_bad_frames():
     opus = json.dumps({"event": "websocket:connected", "content-type": "audio/opus"})
     wrong = VonageTranslator().from_carrier(opus, 0)
     assert [e.code for e in wrong.errors] == ["unsupported_format"]
+
+
+# --- Twilio's signature -----------------------------------------------------------------------------
+
+
+def test_twilio_signature_matches_twilios_documented_example():
+    from voiceorch.telephony.signature import twilio_signature, twilio_signature_valid
+
+    url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    params = {"CallSid": "CA1234567890ABCDE", "Caller": "+12349013030", "Digits": "1234", "From": "+12349013030",
+              "To": "+18005551212"}
+    assert twilio_signature("12345", url, params) == "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+    assert twilio_signature_valid("12345", url, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=", params)
+    assert not twilio_signature_valid("12345", url, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=", {**params, "Digits": "9"})
+    assert not twilio_signature_valid("other", url, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=", params)
+    assert not twilio_signature_valid("12345", url, None, params)
+    wss = "wss://voice.example.com/v1/twilio?token=abc"  # an upgrade is a GET: the URL alone
+    assert twilio_signature_valid("12345", wss, twilio_signature("12345", wss))
