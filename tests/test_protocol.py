@@ -6,7 +6,8 @@ import json
 
 import attrs
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from voiceorch import protocol as p
 from voiceorch.protocol.codec import MAX_JSON_DEPTH
@@ -169,7 +170,9 @@ def _depth(value) -> int:
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab,:\n\u00e9', max_size=8),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text('[]{}"\\a', max_size=4), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text('[]{}"\\a', max_size=4), children, max_size=3)
+    ),
     max_leaves=40,
 )
 
@@ -203,11 +206,22 @@ def test_audio_ms():
     assert p.audio_ms(32_000) == 1000
 
 
-@given(st.one_of(st.text(max_size=200), st.binary(max_size=200), st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(["type", "text", "session", "instructions", "x"]), children, max_size=4),
-    max_leaves=12,
-).map(json.dumps)))
+@given(
+    st.one_of(
+        st.text(max_size=200),
+        st.binary(max_size=200),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+            lambda children: (
+                st.lists(children, max_size=4)
+                | st.dictionaries(
+                    st.sampled_from(["type", "text", "session", "instructions", "x"]), children, max_size=4
+                )
+            ),
+            max_leaves=12,
+        ).map(json.dumps),
+    )
+)
 def test_any_frame_parses_or_raises_protocol_error(frame):
     try:
         event = p.parse_client_event(frame)

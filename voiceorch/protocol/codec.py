@@ -48,9 +48,7 @@ def encode(event: ev.ClientEvent | ev.ServerEvent) -> str:
 def _parse(text: str | bytes, union: Any, known: set[str], limit: int | None) -> Any:
     size = len(text.encode()) if isinstance(text, str) and limit is not None and len(text) * 4 > limit else len(text)
     if limit is not None and size > limit:
-        raise ProtocolError(
-            "message_too_large", f"text frames are limited to {MAX_TEXT_FRAME_BYTES} bytes"
-        )
+        raise ProtocolError("message_too_large", f"text frames are limited to {MAX_TEXT_FRAME_BYTES} bytes")
     try:
         data, kind = load_event_object(text)
     except FrameError as exc:

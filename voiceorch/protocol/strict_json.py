@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import re
 import typing
+from collections.abc import Callable
 from itertools import accumulate
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 import cattrs
@@ -70,9 +71,7 @@ def load_event_object(text: str | bytes) -> tuple[dict[str, Any], str]:
         if isinstance(text, (bytes, bytearray)):
             text = bytes(text).decode(json.detect_encoding(text), "surrogatepass")  # as json.loads does
         if text.count("[") + text.count("{") > MAX_JSON_DEPTH and json_depth(text) > MAX_JSON_DEPTH:
-            raise FrameError(
-                "invalid_json", f"the frame nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
-            )
+            raise FrameError("invalid_json", f"the frame nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
         data = json.loads(text)
     except ValueError as exc:  # (UnicodeDecodeError is one)
         raise FrameError("invalid_json", f"the frame is not valid JSON: {exc}") from None
