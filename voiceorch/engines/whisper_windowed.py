@@ -1,0 +1,134 @@
+"""Whisper with the encoder window sized to the utterance, and a bounded temperature fallback.
+
+faster-whisper's ``transcribe`` always pads the log-mel to 3000 frames (``pad_or_trim`` in
+``generate_segments``; ``chunk_length`` changes how audio is split, not the padded size), so the
+encoder pays for 30 s whatever the utterance. CTranslate2's Whisper encoder accepts fewer frames:
+this engine computes the features with the model's own ``FeatureExtractor`` (exactly what
+``transcribe`` computes), pads them with zeros (as ``pad_or_trim`` does) only to the utterance's
+length plus :attr:`WindowedWhisperSTT.margin_s`, rounded up to whole seconds, and decodes one
+segment without timestamps. Utterances longer than :attr:`max_window_s` go to the ordinary
+``transcribe``.
+
+The tail: faster-whisper retries a failed decode at temperatures 0.2 ... 1.0 (up to six decodes).
+Here :attr:`temperatures` defaults to ``(0.0, 0.4)`` — one retry — and every decode is capped at
+:attr:`max_tokens_per_s` tokens per second of audio (a repetition loop cannot run to 448 tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import attrs
+import numpy as np
+import trio
+from faster_whisper import WhisperModel
+from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.transcribe import get_compression_ratio, get_ctranslate2_storage
+
+from .base import SAMPLE_RATE, SAMPLE_WIDTH, EngineError, SpeechToText
+
+FRAMES_PER_SECOND = 100  # hop 160 at 16 kHz
+
+
+@attrs.define(kw_only=True)
+class WindowedWhisperSTT(SpeechToText):
+    """A loaded Whisper model transcribing short utterances in a window sized to them.
+
+    One transcription at a time in a worker thread, under :attr:`limiter`.
+    """
+
+    model: WhisperModel
+    language: str = "en"
+    margin_s: float = 1.0
+    min_window_s: float = 2.0
+    max_window_s: float = 30.0
+    temperatures: tuple[float, ...] = (0.0, 0.4)
+    compression_ratio_threshold: float = 2.4
+    log_prob_threshold: float = -1.0
+    max_tokens_per_s: float = 8.0
+    #: Pad the window with silent AUDIO (log-mel floor, as openai-whisper does) rather than
+    #: with zero features (faster-whisper's ``pad_or_trim``). Measured worse (repetition loops): off.
+    pad_audio: bool = False
+    limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
+    _tokenizer: Tokenizer | None = attrs.field(default=None, init=False)
+
+    @classmethod
+    def load(cls, model_dir, *, compute_type: str = "int8", cpu_threads: int = 2, **options) -> WindowedWhisperSTT:
+        """Load the CTranslate2 model (blocking; once at start-up)."""
+        model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=cpu_threads)
+        return cls(model=model, **options)
+
+    async def transcribe(self, pcm: bytes) -> str:
+        """Transcribe one utterance of 16 kHz mono s16le PCM; returns the text, stripped.
+
+        Cancellation returns at once; the abandoned thread finishes (one bounded decode) in the
+        background and only then frees the limiter.
+        """
+        if len(pcm) % SAMPLE_WIDTH:
+            raise EngineError("stt_failed", "PCM length is not a whole number of 16-bit samples")
+        if not pcm:
+            return ""
+        return await trio.to_thread.run_sync(
+            partial(self.transcribe_sync, pcm), abandon_on_cancel=True, limiter=self.limiter
+        )
+
+    async def warm_up(self) -> None:
+        """Transcribe one second of silence, so the first real utterance is not slowed down."""
+        await self.transcribe(bytes(SAMPLE_RATE * SAMPLE_WIDTH))
+
+    def window_frames(self, samples: int) -> int:
+        """Mel frames the encoder gets for an utterance of ``samples`` (whole seconds, even)."""
+        seconds = math.ceil(samples / SAMPLE_RATE + self.margin_s)
+        return int(min(max(seconds, self.min_window_s), self.max_window_s) * FRAMES_PER_SECOND)
+
+    def transcribe_sync(self, pcm: bytes) -> str:
+        """Blocking form of :meth:`transcribe` (for a worker thread or the bench)."""
+        audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+        try:
+            if audio.size / SAMPLE_RATE + self.margin_s > self.max_window_s:
+                segments, _ = self.model.transcribe(
+                    audio, language=self.language, beam_size=1, vad_filter=False,
+                    condition_on_previous_text=False, temperature=list(self.temperatures),
+                )
+                return " ".join(s.text.strip() for s in segments if s.text.strip())
+            return self._decode_window(audio)
+        except Exception as exc:
+            raise EngineError("stt_failed", f"transcription failed: {exc!r}") from exc
+
+    def _decode_window(self, audio: np.ndarray) -> str:
+        model = self.model
+        frames = self.window_frames(audio.size)
+        if self.pad_audio:
+            audio = np.pad(audio, (0, max(0, frames * 160 - audio.size)))
+        features = model.feature_extractor(audio)[..., :-1]  # as transcribe(): drop the last frame
+        features = np.pad(features[:, :frames], ((0, 0), (0, max(0, frames - features.shape[-1]))))
+        encoder_output = model.model.encode(get_ctranslate2_storage(features[np.newaxis]), to_cpu=False)
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer(
+                model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=self.language
+            )
+        tokenizer = self._tokenizer
+        prompt = list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
+        max_new = int(8 + self.max_tokens_per_s * min(audio.size, frames * 160) / SAMPLE_RATE)
+        best: tuple[float, str] | None = None
+        for temperature in self.temperatures:
+            kwargs = (
+                {"beam_size": 1}
+                if temperature == 0
+                else {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": temperature}
+            )
+            result = model.model.generate(
+                encoder_output, [prompt], max_length=len(prompt) + max_new, return_scores=True,
+                return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1], **kwargs,
+            )[0]
+            tokens = result.sequences_ids[0]
+            text = tokenizer.decode(tokens).strip()
+            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)  # length_penalty 1
+            if best is None or avg_logprob > best[0]:
+                best = (avg_logprob, text)
+            if result.no_speech_prob > 0.6 and avg_logprob < self.log_prob_threshold:
+                return ""  # silence, as transcribe() skips it
+            if get_compression_ratio(text) <= self.compression_ratio_threshold and avg_logprob >= self.log_prob_threshold:
+                return text
+        return best[1] if best else ""
