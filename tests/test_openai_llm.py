@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+import trio.testing
 
 from fake_openai_server import FakeOpenAIServer
 from voiceorch.engines.base import ChatMessage, EngineError
@@ -306,4 +307,74 @@ async def test_one_server_is_retried_for_retryable_failures_only(
             await expect_error(llm, "llm_bad_response")
             assert len(fake.requests) == expected_requests + 1
     finally:
+        await llm.aclose()
+
+
+async def test_the_wait_for_a_request_slot_fails_with_llm_timeout(
+    fake: FakeOpenAIServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    llm = OpenAICompatibleLLM(base_url=fake.base_url, max_concurrent_requests=2, first_token_timeout=3)
+    try:
+        for holder in ("a", "b"):  # two replies streaming: every slot is taken
+            llm.limiter.acquire_on_behalf_of_nowait(holder)
+        started = trio.current_time()
+        with trio.fail_after(TIMEOUT):  # virtual time
+            error = await expect_error(llm, "llm_timeout")
+        assert trio.current_time() - started == pytest.approx(3)
+        assert "slot" in error.message and "3 s" in error.message
+        assert fake.requests == []  # nothing was sent
+        assert llm.limiter.statistics().tasks_waiting == 0  # the waiter left the queue
+    finally:
+        await llm.aclose()
+
+
+async def test_the_wait_for_a_slot_counts_against_the_first_token_timeout(
+    fake: FakeOpenAIServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    fake.mode = "keepalive"  # the server never sends text
+    fake.delay = 0.1
+    llm = OpenAICompatibleLLM(base_url=fake.base_url, read_timeout=30, first_token_timeout=1.0)
+    llm.limiter.acquire_on_behalf_of_nowait("streaming reply")
+
+    async def release_later() -> None:
+        await trio.sleep(0.6)
+        llm.limiter.release_on_behalf_of("streaming reply")
+
+    try:
+        started = trio.current_time()
+        with trio.fail_after(TIMEOUT):  # virtual time
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(release_later)
+                await expect_error(llm, "llm_timeout")
+        # 1.0 s after the call (virtual time), not 0.6 s of waiting plus a fresh 1.0 s.
+        assert trio.current_time() - started == pytest.approx(1.0, abs=0.05)
+        assert len(fake.requests) == 1
+    finally:
+        await llm.aclose()
+
+
+async def test_the_llm_limiter_queue_depth_is_exported(fake: FakeOpenAIServer) -> None:
+    from prometheus_client import REGISTRY, generate_latest
+
+    from voiceorch import metrics
+    from voiceorch.engines.fakes import FakeSTT, FakeTTS, FakeVAD
+    from voiceorch.server.app import watch_engine_limiters
+    from voiceorch.engines.base import Engines
+
+    llm = OpenAICompatibleLLM(base_url=fake.base_url, max_concurrent_requests=1)
+    watch_engine_limiters(Engines(stt=FakeSTT(), llm=llm, tts=FakeTTS(), vad=FakeVAD()))
+    llm.limiter.acquire_on_behalf_of_nowait("streaming reply")
+    try:
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for _ in range(2):
+                    nursery.start_soon(collect, llm)
+                await trio.testing.wait_all_tasks_blocked()
+                text = generate_latest(REGISTRY).decode()
+                assert 'voiceorch_limiter_waiting{engine="llm"} 2.0' in text
+                llm.limiter.release_on_behalf_of("streaming reply")
+        text = generate_latest(REGISTRY).decode()
+        assert 'voiceorch_limiter_waiting{engine="llm"} 0.0' in text
+    finally:
+        metrics.unwatch_limiter("llm")
         await llm.aclose()

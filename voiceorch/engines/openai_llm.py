@@ -6,7 +6,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -39,11 +39,14 @@ class OpenAICompatibleLLM:
     text was delivered, so the user never hears a reply twice, and a timeout is not retried
     (the user has waited enough). The server that answered last is tried first next time.
 
-    ``max_concurrent_requests`` (default 1) queues requests on our side, in a
-    ``trio.CapacityLimiter`` (:attr:`limiter`): llama-cpp-python's server runs one request
-    at a time, and a second one arriving while a reply streams cuts that reply off (or, with
-    ``--interrupt_requests False``, stalls both streams). Use ``None`` for servers that
-    handle concurrent requests (OpenAI, vLLM, llama.cpp's ``llama-server --parallel``).
+    ``max_concurrent_requests`` (default 1; ``--llm-concurrency``) queues requests on our
+    side, in a ``trio.CapacityLimiter`` (:attr:`limiter`): llama-cpp-python's server runs one
+    request at a time, and a second one arriving while a reply streams cuts that reply off (or,
+    with ``--interrupt_requests False``, stalls both streams). Servers that batch requests
+    (OpenAI, vLLM, Ollama, llama.cpp's ``llama-server --parallel``) take more; ``None`` is no
+    limit. The wait for a slot counts against :attr:`first_token_timeout`. A slot is held from
+    the request to the end of its stream (the turn drains the stream into its own buffer, so
+    that is the generation time, not the reply's playing time).
     """
 
     base_url: str = attrs.field(converter=lambda url: str(url).rstrip("/"))
@@ -97,13 +100,16 @@ class OpenAICompatibleLLM:
         """Stream the assistant's reply to ``messages`` as text deltas into ``deltas``.
 
         Returns the stream's last ``finish_reason`` (``"stop"``, ``"length"``: cut off at
-        :attr:`max_tokens``), or ``None`` if it sent none before ``[DONE]``. Waits first for a slot of :attr:`limiter` (the wait is cancellable). Closes ``deltas``
+        :attr:`max_tokens``), or ``None`` if it sent none before ``[DONE]``. Waits first for a
+        slot of :attr:`limiter` (the wait is cancellable, and counts against
+        :attr:`first_token_timeout`). Closes ``deltas``
         when it returns or raises. Cancelling the call closes the HTTP response (and its
         connection), so the server sees the client go and stops generating.
         If the receiving side of ``deltas`` is closed, the request is dropped the same way and
         the call returns ``None`` quietly. Raises :class:`EngineError` with code ``llm_unavailable``
-        (cannot connect), ``llm_timeout`` (no first text within :attr:`first_token_timeout`, or
-        a silence longer than :attr:`read_timeout`), ``llm_error`` (an error status or error
+        (cannot connect), ``llm_timeout`` (no request slot or no first text within
+        :attr:`first_token_timeout` of the call, or a silence longer than :attr:`read_timeout`),
+        ``llm_error`` (an error status or error
         chunk) or ``llm_bad_response`` (not SSE, bad JSON, or the stream broke off).
         """
         with deltas:
@@ -166,20 +172,44 @@ class OpenAICompatibleLLM:
         max_tokens: int,
         on_delta: Callable[[str], Awaitable[None]],
     ) -> str | None:
+        asked_at = trio.current_time()
         try:
-            async with self.limiter if self.limiter is not None else contextlib.nullcontext():
-                return await self._request_with_failover(messages, max_tokens, on_delta)
+            async with self._slot(asked_at + self.first_token_timeout):
+                return await self._request_with_failover(messages, max_tokens, on_delta, asked_at)
         except EngineError as exc:
             # Server text (an error body, an error chunk) may echo the key: never pass it on.
             if self.api_key and self.api_key in exc.message:
                 raise EngineError(exc.code, exc.message.replace(self.api_key, "***"), retryable=exc.retryable) from None
             raise
 
+    @contextlib.asynccontextmanager
+    async def _slot(self, deadline: float) -> AsyncIterator[None]:
+        """Hold a slot of :attr:`limiter` (if any), waiting for it until ``deadline`` at most.
+
+        Raises :class:`EngineError` ``llm_timeout`` (not retryable) if no slot came free by
+        then. The wait is cancellable; a slot acquired is always released."""
+        if self.limiter is None:
+            yield
+            return
+        with trio.move_on_at(deadline) as waiting:
+            await self.limiter.acquire()
+        if waiting.cancelled_caught:
+            raise EngineError(
+                "llm_timeout",
+                f"no LLM request slot came free within {self.first_token_timeout:g} s "
+                f"({self.limiter.total_tokens:g} requests at a time, all busy)",
+            )
+        try:
+            yield
+        finally:
+            self.limiter.release()
+
     async def _request_with_failover(
         self,
         messages: Sequence[ChatMessage],
         max_tokens: int,
         on_delta: Callable[[str], Awaitable[None]],
+        asked_at: float,
     ) -> str | None:
         delivered = False
 
@@ -193,7 +223,12 @@ class OpenAICompatibleLLM:
         for attempt in range(attempts):
             url = urls[attempt % len(urls)]
             try:
-                finish_reason = await self._request_with_first_token_deadline(url, messages, max_tokens, deliver)
+                # The first attempt's clock started when the caller asked (the wait for a slot
+                # counts); a retry gets a full first-token window of its own.
+                started = asked_at if attempt == 0 else trio.current_time()
+                finish_reason = await self._request_with_first_token_deadline(
+                    url, messages, max_tokens, deliver, started
+                )
             except EngineError as exc:
                 if delivered or not exc.retryable or attempt == attempts - 1:
                     raise
@@ -210,12 +245,13 @@ class OpenAICompatibleLLM:
         messages: Sequence[ChatMessage],
         max_tokens: int,
         on_delta: Callable[[str], Awaitable[None]],
+        started: float,
     ) -> str | None:
         async def first_delta_lifts_the_deadline(delta: str) -> None:
             deadline.deadline = math.inf
             await on_delta(delta)
 
-        with trio.CancelScope(deadline=trio.current_time() + self.first_token_timeout) as deadline:
+        with trio.CancelScope(deadline=started + self.first_token_timeout) as deadline:
             return await self._request(url, messages, max_tokens, first_delta_lifts_the_deadline)
         raise EngineError(  # only reached when the deadline cancelled the request
             "llm_timeout", f"the LLM server sent no reply within {self.first_token_timeout:g} s"

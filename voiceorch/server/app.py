@@ -35,6 +35,14 @@ from .voice_ws import VOICE_PATH, VoiceServer, serve_voice
 log = logging.getLogger(__name__)
 
 
+#: The embedded llama.cpp child answers one request at a time (a second one would cut off or
+#: stall the first), so requests queue on our side.
+EMBEDDED_LLM_CONCURRENCY = 1
+#: vLLM, Ollama, llama-server --parallel and OpenAI batch concurrent requests; 8 streams at once
+#: keep a batching server busy without letting one instance flood a server shared by many.
+REMOTE_LLM_CONCURRENCY = 8
+
+
 @attrs.frozen(kw_only=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -59,8 +67,13 @@ class ServerConfig:
     remote_tts: RemoteEngineSpec | None = None
     stt_api_key: str | None = attrs.field(default=None, repr=False)
     tts_api_key: str | None = attrs.field(default=None, repr=False)
-    #: The LLM's time limit for the first text of a reply (``llm_timeout`` after it).
+    #: The LLM's time limit for the first text of a reply, the wait for a request slot
+    #: included (``llm_timeout`` after it).
     llm_timeout_s: float = 15.0
+    #: LLM requests at a time from this process (more wait for a slot, within ``llm_timeout_s``);
+    #: None: :data:`EMBEDDED_LLM_CONCURRENCY` for the embedded child (one thread, one request at
+    #: a time), :data:`REMOTE_LLM_CONCURRENCY` for ``llm_url``.
+    llm_concurrency: int | None = None
     warm_up: bool = True
     fake_engines: bool = False
     #: On SIGINT/SIGTERM, responses in progress get this long to finish before being cut off.
@@ -128,6 +141,8 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
         api_key=config.llm_api_key,
         model=config.llm_model,
         max_tokens=config.llm_max_tokens,
+        max_concurrent_requests=config.llm_concurrency
+        or (EMBEDDED_LLM_CONCURRENCY if config.llm_url is None else REMOTE_LLM_CONCURRENCY),
         first_token_timeout=config.llm_timeout_s,
         read_timeout=config.llm_timeout_s,  # a long prompt may hold back even the headers
     )
@@ -184,6 +199,15 @@ def _fake_engines() -> Engines:
     )
 
 
+def watch_engine_limiters(engines: Engines) -> None:
+    """Export the queue depth of each engine's limiter (STT, TTS, and the LLM's request slots)
+    as ``voiceorch_limiter_waiting{engine}``."""
+    for name in ("stt", "tts", "llm"):
+        limiter = getattr(engines, name).limiter
+        if limiter is not None:  # the fakes have none
+            metrics.watch_limiter(name, limiter)
+
+
 @attrs.frozen(kw_only=True)
 class RunningServer:
     """What :func:`run_server` reports once it serves: the ports it bound (``http_port`` is
@@ -223,10 +247,7 @@ async def run_server(
                 )
             )
             port = server.port
-            for name in ("stt", "tts"):
-                limiter = getattr(engines, name).limiter
-                if limiter is not None:  # the fakes have none
-                    metrics.watch_limiter(name, limiter)
+            watch_engine_limiters(engines)
             http_port = None
             if config.http_port is not None:
                 http_host = config.http_host or config.host
