@@ -242,6 +242,12 @@ def test_telnyx_other_events_take_sequence_numbers_too():
     assert t._held == [] and t._next_seq == 5  # 3 was no media: 4 is not held back
 
 
+def test_a_telnyx_error_event_is_logged_not_refused():
+    t = started_telnyx()
+    out = t.from_carrier(json.dumps({"event": "error", "payload": {"code": 100002, "title": "Unknown error"}}), 0)
+    assert not out.errors and out.notes[0][0] == "call.carrier_error" and not out.to_carrier
+
+
 def test_telnyx_gives_up_a_gap_after_the_window_and_drops_late_media():
     t = started_telnyx()
     released = 0

@@ -304,6 +304,9 @@ class TwilioTranslator(CallTranslator):
             call_key, params_key = self._start_keys
             self._started(str(start.get(call_key, sid)), call_format, start.get(params_key), out)
             return
+        if event == "error":  # (Telnyx reports its own errors so)
+            out.notes.append(("call.carrier_error", {"payload": str(data.get("payload"))[:500]}))
+            return
         if event not in ("media", "dtmf", "mark", "stop"):
             raise BadFrame("unknown_event", f"unknown event {event!r}")
         if self.stream_id is None:
