@@ -6,7 +6,9 @@ import argparse
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -14,7 +16,39 @@ from . import __version__, logs
 from .session import SessionSettings
 
 
-def _serve_parser(sub: argparse._SubParsersAction) -> None:
+#: How a parsed ``serve`` argument becomes a field of :class:`~voiceorch.server.app.ServerConfig`:
+#: (argparse dest, dotted path in the config: ``field``, ``session.field`` or ``access.field``,
+#: converter or None). :func:`_serve_parser` fills it as it declares each option, taking the
+#: option's default from the same field, so the classes hold the one copy of every default.
+ConfigArgs = list[tuple[str, str, "Callable[[Any], Any] | None"]]
+
+
+def _config_default(path: str) -> Any:
+    """The default of a ServerConfig field (``session.``/``access.`` for the nested ones)."""
+    from .server.app import ServerConfig
+
+    value: Any = ServerConfig()
+    for name in path.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def _none_if_zero(value: int | None) -> int | None:
+    return value or None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _off_if_negative(port: int) -> int | None:
+    return None if port < 0 else port
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
     s = sub.add_parser(
         "serve",
         help="run the voice server with the embedded models",
@@ -29,138 +63,178 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
             "printed on stdout."
         ),
     )
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    s.add_argument("--port", type=int, default=8765, help="voice WebSocket port; 0 picks a free one (default: %(default)s)")
-    s.add_argument(
-        "--http-port", type=int, default=8766,
+    targets: ConfigArgs = []
+
+    def option(group, flag: str, path: str, convert=None, **kwargs) -> None:
+        """An option that sets the config field ``path`` (its default, unless given, that field's)."""
+        if "default" not in kwargs and kwargs.get("action") not in ("store_true", "store_false"):
+            kwargs["default"] = _config_default(path)
+        action = group.add_argument(flag, **kwargs)
+        targets.append((action.dest, path, convert))
+
+    option(s, "--host", "host", help="address to listen on (default: %(default)s)")
+    option(s, "--port", "port", type=int, help="voice WebSocket port; 0 picks a free one (default: %(default)s)")
+    option(
+        s, "--http-port", "http_port", _off_if_negative, type=int,
         help="HTTP port of the browser page, /healthz, /readyz and /metrics; 0 picks a free one, "
         "-1 turns it off (default: %(default)s)",
     )
-    s.add_argument("--http-host", help="address of the HTTP server (default: the same as --host)")
-    s.add_argument(
-        "--page-voice-url", metavar="URL",
+    option(s, "--http-host", "http_host", help="address of the HTTP server (default: the same as --host)")
+    option(
+        s, "--page-voice-url", "page_voice_url", metavar="URL",
         help="where the browser page connects for voice: a path on the page's own origin, e.g. /v1/voice "
         "when a proxy serves the page and the voice endpoint on one port, or a full ws(s):// URL "
         "(default: --port on the page's host)",
     )
     llm = s.add_argument_group("LLM")
-    llm.add_argument(
-        "--llm-url", action="append", default=[],
-        help="use this OpenAI-compatible server instead of the embedded one: the base URL ending "
+    help_url = (
+        "use this OpenAI-compatible server instead of the embedded one: the base URL ending "
         "in /v1, e.g. http://127.0.0.1:8000/v1 (llama.cpp, vLLM, Ollama, OpenAI). Repeat it for "
-        "failover: a request that fails before any text arrived goes to the next server",
+        "failover: a request that fails before any text arrived goes to the next server"
     )
-    llm.add_argument(
-        "--llm-api-key",
-        default=os.environ.get("VOICEORCH_LLM_API_KEY"),
+    llm_url = llm.add_argument("--llm-url", action="append", default=[], help=help_url)
+    targets.append((llm_url.dest, "llm_url", lambda urls: urls[0] if urls else None))
+    targets.append((llm_url.dest, "llm_fallback_urls", lambda urls: tuple(urls[1:])))
+    option(
+        llm, "--llm-api-key", "llm_api_key", default=os.environ.get("VOICEORCH_LLM_API_KEY"),
         help="API key for --llm-url (default: $VOICEORCH_LLM_API_KEY); never logged",
     )
-    llm.add_argument("--llm-model", default="default", help="model name sent to the LLM server (default: %(default)s)")
-    llm.add_argument("--llm-max-tokens", type=int, default=120, help="reply length limit in tokens (default: %(default)s)")
-    llm.add_argument(
-        "--llm-timeout", type=float, default=15.0,
-        help="seconds allowed for the first text of a reply, and for any silence of the LLM server within "
-        "it; past it the turn fails with llm_timeout (default: %(default)s)",
+    option(llm, "--llm-model", "llm_model", help="model name sent to the LLM server (default: %(default)s)")
+    option(llm, "--llm-max-tokens", "llm_max_tokens", type=int, help="reply length limit in tokens (default: %(default)s)")
+    option(
+        llm, "--llm-timeout", "llm_timeout_s", type=float,
+        help="seconds allowed for the first text of a reply (the wait for a request slot included), and "
+        "for any silence of the LLM server within it; past it the turn fails with llm_timeout "
+        "(default: %(default)s)",
     )
-    llm.add_argument("--llm-gguf", type=Path, help="GGUF file for the embedded LLM server (default: SmolLM2-135M-Instruct)")
-    llm.add_argument("--llm-log", type=Path, help="file for the embedded LLM server's output (default: a temporary file)")
+    from .server.app import EMBEDDED_LLM_CONCURRENCY, REMOTE_LLM_CONCURRENCY
+
+    option(
+        llm, "--llm-concurrency", "llm_concurrency", type=_positive_int, metavar="N",
+        help="LLM requests at a time from this process; more wait for a slot (within --llm-timeout). A "
+        "request holds its slot while the reply is generated, not while it plays (default: "
+        f"{EMBEDDED_LLM_CONCURRENCY} for the embedded LLM, which answers one request at a time; "
+        f"{REMOTE_LLM_CONCURRENCY} with --llm-url)",
+    )
+    option(llm, "--llm-gguf", "llm_gguf", type=Path, help="GGUF file for the embedded LLM server (default: SmolLM2-135M-Instruct)")
+    option(llm, "--llm-log", "llm_log", type=Path, help="file for the embedded LLM server's output (default: a temporary file)")
     models = s.add_argument_group("speech models")
-    models.add_argument("--stt-model", type=Path, help="faster-whisper (CTranslate2) model folder (default: embedded tiny.en)")
-    models.add_argument("--tts-voice", type=Path, help="Piper voice .onnx file, with its .onnx.json beside it (default: embedded en_US-joe-medium)")
-    models.add_argument(
-        "--stt-url", type=_engine_url("stt"), metavar="URL",
+    option(models, "--stt-model", "stt_model", type=Path, help="faster-whisper (CTranslate2) model folder (default: embedded tiny.en)")
+    option(
+        models, "--tts-voice", "tts_voice", type=Path,
+        help="Piper voice .onnx file, with its .onnx.json beside it (default: embedded en_US-joe-medium)",
+    )
+    option(
+        models, "--stt-url", "remote_stt", type=_engine_url("stt"), metavar="URL",
         help="use this speech-to-text server instead of the embedded model: wyoming://HOST:PORT "
         "(wyoming-faster-whisper), wyoming+unix:///PATH, or an OpenAI-compatible http(s)://HOST:PORT/v1; "
         "engine options as ?name=value (docs/deploy.md, Remote engines)",
     )
-    models.add_argument(
-        "--tts-url", type=_engine_url("tts"), metavar="URL",
+    option(
+        models, "--tts-url", "remote_tts", type=_engine_url("tts"), metavar="URL",
         help="use this text-to-speech server instead of the embedded voice: wyoming://HOST:PORT "
         "(wyoming-piper), wyoming+unix:///PATH, or an OpenAI-compatible http(s)://HOST:PORT/v1 (?voice=...)",
     )
-    models.add_argument(
-        "--stt-api-key", default=os.environ.get("VOICEORCH_STT_API_KEY"),
+    option(
+        models, "--stt-api-key", "stt_api_key", default=os.environ.get("VOICEORCH_STT_API_KEY"),
         help="API key for an http(s) --stt-url (default: $VOICEORCH_STT_API_KEY); never logged",
     )
-    models.add_argument(
-        "--tts-api-key", default=os.environ.get("VOICEORCH_TTS_API_KEY"),
+    option(
+        models, "--tts-api-key", "tts_api_key", default=os.environ.get("VOICEORCH_TTS_API_KEY"),
         help="API key for an http(s) --tts-url (default: $VOICEORCH_TTS_API_KEY); never logged",
     )
-    models.add_argument(
-        "--stt-timeout", type=float, default=SessionSettings().stt_timeout_s,
+    option(
+        models, "--stt-timeout", "session.stt_timeout_s", type=float,
         help="seconds allowed for one transcription; past it the turn fails with stt_timeout (default: %(default)s)",
     )
-    models.add_argument(
-        "--tts-timeout", type=float, default=SessionSettings().tts_timeout_s,
+    option(
+        models, "--tts-timeout", "session.tts_timeout_s", type=float,
         help="seconds allowed to synthesize one sentence; past it the turn fails with tts_timeout "
         "(default: %(default)s)",
     )
-    models.add_argument("--no-warm-up", dest="warm_up", action="store_false", help="skip running each model once at start-up")
-    models.add_argument(
-        "--fake-engines",
-        action="store_true",
+    option(
+        models, "--no-warm-up", "warm_up", dest="warm_up", action="store_false",
+        help="skip running each model once at start-up",
+    )
+    option(
+        models, "--fake-engines", "fake_engines", action="store_true",
         help="use zero-cost FAKE speech-to-text, LLM and text-to-speech instead of models (speech "
         "detection stays real): for load tests of the orchestration only",
     )
     sess = s.add_argument_group("sessions")
-    defaults = SessionSettings()
-    sess.add_argument("--instructions", default=defaults.instructions, help="system prompt of new sessions")
-    sess.add_argument(
-        "--max-input-audio-ms", type=int, default=defaults.max_input_audio_ms,
+    option(sess, "--instructions", "session.instructions", help="system prompt of new sessions")
+    option(
+        sess, "--max-input-audio-ms", "session.max_input_audio_ms", type=int,
         help="audio one user turn may hold; more is dropped with an error (default: %(default)s)",
     )
-    sess.add_argument(
-        "--max-audio-ahead-ms", type=int, default=defaults.max_audio_ahead_ms,
+    option(
+        sess, "--max-audio-ahead-ms", "session.max_audio_ahead_ms", _none_if_zero, type=int,
         help="how far a client's audio may run ahead of four times real time (so a whole turn may be "
         "uploaded at once); beyond it frames are dropped with an error; 0 turns the bound off "
         "(default: %(default)s)",
     )
-    sess.add_argument(
-        "--send-timeout", type=float, default=defaults.send_timeout_s,
+    option(
+        sess, "--send-timeout", "session.send_timeout_s", type=float,
         help="seconds a client may take to read one message before it is disconnected (default: %(default)s)",
     )
-    sess.add_argument(
-        "--idle-timeout", type=float, default=defaults.idle_timeout_s,
+    option(
+        sess, "--idle-timeout", "session.idle_timeout_s", type=float,
         help="close a session whose client sends nothing this many seconds, no reply playing (default: %(default)s)",
     )
-    sess.add_argument(
-        "--max-session", type=float, default=defaults.max_session_s,
+    option(
+        sess, "--max-session", "session.max_session_s", type=float,
         help="close any session after this many seconds (default: %(default)s)",
     )
     access = s.add_argument_group("access")
-    access.add_argument(
-        "--max-sessions", type=int, default=32,
+    option(
+        access, "--max-sessions", "access.max_sessions", type=int,
         help="sessions at once; more are closed at once with 1013, try again later (default: %(default)s)",
     )
-    access.add_argument(
-        "--auth-token", default=os.environ.get("VOICEORCH_AUTH_TOKEN"),
+    option(
+        access, "--auth-token", "access.token", _none_if_zero, default=os.environ.get("VOICEORCH_AUTH_TOKEN"),
         help="require this token: Authorization: Bearer TOKEN, or ?token=TOKEN for browsers "
         "(default: $VOICEORCH_AUTH_TOKEN; none: no authentication); never logged",
     )
-    access.add_argument(
-        "--allowed-origin", action="append", default=[],
+    option(
+        access, "--allowed-origin", "access.allowed_origins", frozenset, action="append", default=[],
         help="accept browser connections only from this Origin, e.g. https://app.example.com (repeatable)",
     )
-    sess.add_argument(
-        "--playback-lead-ms", type=int, default=defaults.playback_lead_ms,
+    option(
+        sess, "--playback-lead-ms", "session.playback_lead_ms", type=int,
         help="reply audio is paced to real time, at most this far ahead of playback (default: %(default)s)",
     )
-    sess.add_argument(
-        "--speculate-after-ms", type=int, default=defaults.speculate_after_ms,
+    option(
+        sess, "--speculate-after-ms", "session.speculate_after_ms", _none_if_zero, type=int,
         help="under server VAD, start answering once a pause has lasted this long, output held until "
         "the silence window ends the turn; 0 turns it off (default: %(default)s)",
     )
-    s.add_argument(
-        "--shutdown-grace", type=float, default=10.0,
+    option(
+        s, "--shutdown-grace", "shutdown_grace_s", type=float,
         help="on SIGINT/SIGTERM, stop accepting and give responses in progress this many seconds to "
         "finish before closing every session with 1001; a second signal stops at once (default: %(default)s)",
     )
-    s.add_argument(
-        "--instance-id", default=f"{socket.gethostname()}-{os.getpid()}",
+    option(
+        s, "--instance-id", "instance_id", default=f"{socket.gethostname()}-{os.getpid()}",
         help="name of this process among several behind a load balancer: every log line carries it as "
         "\"instance\", and /readyz answers it (default: HOSTNAME-PID)",
     )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return targets
+
+
+def server_config(args: argparse.Namespace, targets: ConfigArgs):
+    """The :class:`~voiceorch.server.app.ServerConfig` that parsed ``serve`` arguments describe."""
+    from .server.access import AccessPolicy
+    from .server.app import ServerConfig
+
+    fields: dict[str, dict[str, Any]] = {"": {}, "session": {}, "access": {}}
+    for dest, path, convert in targets:
+        section, _, name = path.rpartition(".")
+        value = getattr(args, dest)
+        fields[section][name] = convert(value) if convert is not None else value
+    return ServerConfig(
+        **fields[""], session=SessionSettings(**fields["session"]), access=AccessPolicy(**fields["access"])
+    )
 
 
 def _engine_url(kind: str):
@@ -201,65 +275,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voiceorch", description="Real-time voice orchestrator on Trio.")
     parser.add_argument("--version", action="version", version=f"voiceorch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _serve_parser(sub)
+    targets = _serve_parser(sub)
     _talk_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         for kind, model in (("stt", "--stt-model"), ("tts", "--tts-voice")):
             if getattr(args, f"{kind}_url") and getattr(args, model[2:].replace("-", "_")):
                 parser.error(f"--{kind}-url and {model} exclude each other (a remote engine has no local model)")
-        return _serve(args)
+        return _serve(args, targets)
     return _talk(args)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from .server.access import AccessPolicy
-    from .server.app import ServerConfig, run_until_signalled
+def _serve(args: argparse.Namespace, targets: ConfigArgs) -> int:
+    from .server.app import run_until_signalled
 
     logs.configure(args.log_level)
     logs.instance_id_var.set(args.instance_id)  # trio.run's tasks inherit it
-    config = ServerConfig(
-        host=args.host,
-        port=args.port,
-        http_host=args.http_host,
-        http_port=None if args.http_port < 0 else args.http_port,
-        llm_url=args.llm_url[0] if args.llm_url else None,
-        llm_fallback_urls=tuple(args.llm_url[1:]),
-        llm_api_key=args.llm_api_key,
-        llm_model=args.llm_model,
-        llm_max_tokens=args.llm_max_tokens,
-        llm_timeout_s=args.llm_timeout,
-        llm_gguf=args.llm_gguf,
-        llm_log=args.llm_log,
-        stt_model=args.stt_model,
-        tts_voice=args.tts_voice,
-        remote_stt=args.stt_url,
-        remote_tts=args.tts_url,
-        stt_api_key=args.stt_api_key,
-        tts_api_key=args.tts_api_key,
-        warm_up=args.warm_up,
-        fake_engines=args.fake_engines,
-        shutdown_grace_s=args.shutdown_grace,
-        instance_id=args.instance_id,
-        page_voice_url=args.page_voice_url,
-        session=SessionSettings(
-            stt_timeout_s=args.stt_timeout,
-            tts_timeout_s=args.tts_timeout,
-            instructions=args.instructions,
-            max_input_audio_ms=args.max_input_audio_ms,
-            max_audio_ahead_ms=args.max_audio_ahead_ms or None,
-            send_timeout_s=args.send_timeout,
-            playback_lead_ms=args.playback_lead_ms,
-            idle_timeout_s=args.idle_timeout,
-            max_session_s=args.max_session,
-            speculate_after_ms=args.speculate_after_ms or None,
-        ),
-        access=AccessPolicy(
-            token=args.auth_token or None,
-            allowed_origins=frozenset(args.allowed_origin),
-            max_sessions=args.max_sessions,
-        ),
-    )
+    config = server_config(args, targets)
     trio.run(run_until_signalled, config)
     print("[voiceorch] stopped", flush=True)
     return 0
