@@ -15,15 +15,14 @@ import trio
 from httpx_sse import EventSource, SSEError
 
 from ..logs import log_event
-from .base import ChatMessage, EngineError
+from .base import ChatMessage, EngineError, LanguageModel
+from .remote_errors import error_snippet, redact
 
 log = logging.getLogger(__name__)
 
-_BODY_SNIPPET = 200
-
 
 @attrs.define(kw_only=True)
-class OpenAICompatibleLLM:
+class OpenAICompatibleLLM(LanguageModel):
     """Streams replies from ``POST {base_url}/chat/completions`` with ``stream=true``.
 
     ``base_url`` ends in ``/v1`` (like the openai SDK's), for instance
@@ -179,7 +178,7 @@ class OpenAICompatibleLLM:
         except EngineError as exc:
             # Server text (an error body, an error chunk) may echo the key: never pass it on.
             if self.api_key and self.api_key in exc.message:
-                raise EngineError(exc.code, exc.message.replace(self.api_key, "***"), retryable=exc.retryable) from None
+                raise EngineError(exc.code, redact(exc.message, self.api_key), retryable=exc.retryable) from None
             raise
 
     @contextlib.asynccontextmanager
@@ -281,7 +280,7 @@ class OpenAICompatibleLLM:
                     raise EngineError(
                         "llm_error",
                         f"LLM server answered {response.status_code}: "
-                        f"{await self._short_body(response)}",
+                        f"{await error_snippet(response, self.api_key)}",
                         retryable=response.status_code >= 500 or response.status_code == 429,
                     )
                 return await self._read_events(EventSource(response), on_delta)
@@ -320,17 +319,6 @@ class OpenAICompatibleLLM:
         if not finished:
             raise EngineError("llm_bad_response", "stream ended early")
         return last_reason
-
-    async def _short_body(self, response: httpx.Response) -> str:
-        try:
-            raw = await response.aread()
-        except httpx.HTTPError:
-            return "(no body)"
-        text = raw.decode("utf-8", errors="replace")
-        if self.api_key:  # redact before cutting, so no prefix of the key survives
-            text = text.replace(self.api_key, "***")
-        text = " ".join(text.split())
-        return text[:_BODY_SNIPPET] + ("..." if len(text) > _BODY_SNIPPET else "")
 
 
 def _unavailable(base_url: str, exc: Exception) -> EngineError:
