@@ -153,7 +153,7 @@ async def test_a_dtmf_turn_is_answered_with_audio_and_marks(carrier):
     await call(carrier, scenario)
 
 
-@pytest.mark.parametrize("carrier", ["twilio", "vonage"])
+@pytest.mark.parametrize("carrier", ["twilio", "telnyx", "vonage"])
 async def test_a_barge_in_ends_in_clear_and_the_history_keeps_what_the_marks_confirmed(carrier):
     async def scenario(phone: Carrier, server) -> None:
         await trio.sleep(0.1)
