@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 from typing import IO
@@ -26,6 +25,7 @@ import httpx
 import trio
 
 from ..logs import log_event
+from ..supervise import Backoff, leaves, run_with_restarts
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +149,10 @@ async def supervise_llama_server(
     Cancellation terminates and reaps the current child.
     """
     config = attrs.evolve(config, port=config.port or _pick_free_port(config.host))
-    backoff = restart_backoff
     first = True
-    while True:
-        started_at = time.monotonic()
+
+    async def run_once() -> RuntimeError | None:
+        nonlocal first
         failure: RuntimeError | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -163,22 +163,15 @@ async def supervise_llama_server(
                 else:
                     log_event(log, "llm.child.restarted", port=config.port)
         except* RuntimeError as group:
-            failure = _first_leaf(group)
-        if failure is None:
-            continue  # (run_llama_server only returns by raising)
-        if first:
+            failure = next(leaves(group))
+        if first and failure is not None:
             raise failure
-        if time.monotonic() - started_at > 60:
-            backoff = restart_backoff
-        log_event(log, "llm.child.exited", logging.ERROR, reason=str(failure), retry_s=backoff)
-        await trio.sleep(backoff)
-        backoff = min(backoff * 2, max_backoff)
+        return failure  # (run_llama_server only returns by raising)
 
+    def exited(failure: RuntimeError | None, delay: float) -> None:
+        log_event(log, "llm.child.exited", logging.ERROR, reason=str(failure), retry_s=delay)
 
-def _first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
+    await run_with_restarts(run_once, backoff=Backoff(restart_backoff, max_backoff), on_exit=exited)
 
 
 async def _wait_until_ready(process: trio.Process, base_url: str, timeout: float) -> str:

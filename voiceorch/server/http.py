@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -39,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..engines.base import Engines
 from ..logs import log_event
+from ..supervise import Backoff, run_with_restarts
 from .voice_ws import VOICE_PATH
 
 log = logging.getLogger(__name__)
@@ -247,9 +247,9 @@ async def run_http_server(
     failed (then it keeps trying in the background). Never raises except ``Cancelled``.
     """
     reported = False
-    backoff = restart_backoff
-    while True:
-        started_at = time.monotonic()
+
+    async def run_once() -> Exception | None:
+        nonlocal port, reported
         try:
             async with trio.open_nursery() as nursery:
                 port = await nursery.start(lambda task_status: serve_http(app, host=host, port=port, task_status=task_status))
@@ -257,13 +257,17 @@ async def run_http_server(
                 if not reported:
                     reported = True
                     task_status.started(port)
-            log_event(log, "http.stopped", logging.WARNING, port=port)
+            return None
         except Exception as exc:
-            log.error("http.failed", exc_info=exc, extra={"fields": {"host": host, "port": port, "retry_s": backoff}})
             if not reported:
                 reported = True
                 task_status.started(None)
-        if time.monotonic() - started_at > 60:
-            backoff = restart_backoff
-        await trio.sleep(backoff)
-        backoff = min(backoff * 2, max_backoff)
+            return exc
+
+    def exited(failure: Exception | None, delay: float) -> None:
+        if failure is None:
+            log_event(log, "http.stopped", logging.WARNING, port=port, retry_s=delay)
+        else:
+            log.error("http.failed", exc_info=failure, extra={"fields": {"host": host, "port": port, "retry_s": delay}})
+
+    await run_with_restarts(run_once, backoff=Backoff(restart_backoff, max_backoff), on_exit=exited)

@@ -37,6 +37,7 @@ from .. import metrics as stats
 from .. import protocol as p
 from ..engines.base import ChatMessage, EngineError, Engines
 from ..logs import log_event
+from ..supervise import leaves
 from .history import Conversation
 from .playback import Playback
 from .sentences import SentenceSplitter
@@ -174,7 +175,7 @@ async def run_turn(
                 await out.send(p.ResponseCreated(turn_id=turn.turn_id))
                 await _respond(turn, engines, conversation, out, settings, progress)
         except* EngineError as group:
-            error = next(_leaves(group))
+            error = next(leaves(group))
         except* Exception as group:
             log.error("turn.crashed", exc_info=group)
             error = EngineError("internal_error", "the server failed to answer this turn")
@@ -232,14 +233,6 @@ def _time_limit(seconds: float, code: str, what: str) -> Iterator[None]:
             yield
     except trio.TooSlowError:
         raise EngineError(code, f"{what} took longer than {seconds:g} s") from None
-
-
-def _leaves(exc: BaseException):
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
 
 
 async def _respond(
