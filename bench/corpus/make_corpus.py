@@ -53,12 +53,15 @@ STT_SENTENCES = [
     "How many days are there in a leap year?", "Who painted the Mona Lisa?", "What is the boiling point of water?",
     "Send a message to Sarah saying I am running late.", "What is the population of Canada?",
     "How do plants make their food?", "Is it going to rain this weekend?", "What is the tallest animal in the world?",
-    "Give me a recipe for pancakes.", "What language do they speak in Brazil?", "How long does it take to fly to London?",
+    "Give me a recipe for pancakes.", "What language do they speak in Brazil?",
+    "How long does it take to fly to London?",
     "Wake me up at six thirty in the morning.", "What is the chemical symbol for gold?",
     "Who was the first person on the moon?", "How many continents are there?", "Explain how a rainbow forms.",
-    "What is my next meeting about?", "Turn the volume down a little.", "What is the difference between a frog and a toad?",
+    "What is my next meeting about?", "Turn the volume down a little.",
+    "What is the difference between a frog and a toad?",
     "Why do cats purr?", "Find a pharmacy near me that is open now.", "What year did the Titanic sink?",
-    "How many hours of sleep does an adult need?", "Spell the word rhythm for me.", "What is the freezing point of water in Fahrenheit?",
+    "How many hours of sleep does an adult need?", "Spell the word rhythm for me.",
+    "What is the freezing point of water in Fahrenheit?",
     "Who invented the telephone?", "What are the three primary colours?", "Open the garage door please.",
     "How much is a dozen?", "What do pandas eat?", "Can dogs see colours?",
 ]
@@ -147,7 +150,8 @@ def _say(text: str, voice: str, out: Path) -> np.ndarray:
 
 
 def _write(path: Path, pcm: np.ndarray, lead_s: float = 0.3, tail_s: float = 0.0) -> None:
-    pcm = np.concatenate([np.zeros(int(lead_s * 16000), "<i2"), pcm.astype("<i2"), np.zeros(int(tail_s * 16000), "<i2")])
+    lead, tail = np.zeros(int(lead_s * 16000), "<i2"), np.zeros(int(tail_s * 16000), "<i2")
+    pcm = np.concatenate([lead, pcm.astype("<i2"), tail])
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -168,14 +172,16 @@ def build(out: Path) -> dict:
         pause = PAUSES_S[i % len(PAUSES_S)]
         path = out / f"pause_{i:02d}.wav"
         if voice == PIPER:
-            pcm = np.concatenate([_say(first, voice, path), np.zeros(int(pause * 16000), "<i2"), _say(second, voice, path)])
+            gap = np.zeros(int(pause * 16000), "<i2")
+            pcm = np.concatenate([_say(first, voice, path), gap, _say(second, voice, path)])
         else:
             _, name, speed = voice.split(":")
             ssml = f'<speak>{first} <break time="{int(pause * 1000)}ms"/> {second}</speak>'
             pcm = _trim(_espeak(ssml, name, int(speed), path, ssml=True))
         _write(path, pcm)
         manifest["pause"].append(
-            {"file": path.name, "text": f"{first} {second}", "first": first, "voice": voice, "pause_s": pause, "complete": False}
+            {"file": path.name, "text": f"{first} {second}", "first": first, "voice": voice,
+             "pause_s": pause, "complete": False}
         )
     for i, text in enumerate(PAUSE_COMPLETE):
         voice = VOICES[(i + 3) % len(VOICES)]

@@ -129,6 +129,7 @@ class WindowedWhisperSTT(SpeechToText):
                 best = (avg_logprob, text)
             if result.no_speech_prob > 0.6 and avg_logprob < self.log_prob_threshold:
                 return ""  # silence, as transcribe() skips it
-            if get_compression_ratio(text) <= self.compression_ratio_threshold and avg_logprob >= self.log_prob_threshold:
+            ratio_ok = get_compression_ratio(text) <= self.compression_ratio_threshold
+            if ratio_ok and avg_logprob >= self.log_prob_threshold:
                 return text
         return best[1] if best else ""

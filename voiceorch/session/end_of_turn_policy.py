@@ -23,8 +23,8 @@ import attrs
 #: Words after which an English sentence is plainly unfinished (articles, prepositions, conjunctions,
 #: possessives, "is"). Kept short: a false "unfinished" only waits until the cap, but it does wait.
 UNFINISHED_LAST_WORDS = frozenset(
-    """a an the to for of in on at by with from into about than and or but because if my your his her our
-    their its is""".split()
+    """a an the to for of in on at by with from into about than near between and or but because if my your
+    his her our their its is""".split()
 )
 EAGERNESS_CAP_MS = {"high": 1000, "medium": 2000, "auto": 2000, "low": 3000}
 
