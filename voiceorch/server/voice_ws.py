@@ -155,7 +155,8 @@ async def _serve_connection(
 ) -> None:
     path = request.path.split("?", 1)[0]
     if path not in (VOICE_PATH, REALTIME_PATH, *TELEPHONY_PATHS):
-        body = f"no such endpoint; the voice endpoints are {VOICE_PATH}, {REALTIME_PATH}, {', '.join(TELEPHONY_PATHS)}\n"
+        endpoints = ", ".join((VOICE_PATH, REALTIME_PATH, *TELEPHONY_PATHS))
+        body = f"no such endpoint; the voice endpoints are {endpoints}\n"
         await request.reject(404, body=body.encode())
         return
     headers = [(bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in request.headers]
