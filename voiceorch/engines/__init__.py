@@ -1,7 +1,9 @@
 """STT, LLM and TTS engines behind small interfaces; they know nothing of sessions.
 
 This package re-exports only the interfaces (:mod:`voiceorch.engines.base`), so importing it
-stays light. Import the implementations from their modules, which pull in heavy libraries:
+stays light. Every STT, LLM and TTS engine inherits :class:`EngineLifecycle` (``warm_up``,
+``check_ready``, ``aclose``, ``limiter``, with do-nothing defaults), which the server calls
+on each engine. Import the implementations from their modules, which pull in heavy libraries:
 
 - :mod:`voiceorch.engines.whisper_stt`: ``WhisperSTT`` (faster-whisper)
 - :mod:`voiceorch.engines.piper_tts`: ``PiperTTS`` (Piper, onnxruntime)
@@ -15,6 +17,7 @@ from .base import (
     SAMPLE_WIDTH as SAMPLE_WIDTH,
     ChatMessage as ChatMessage,
     EngineError as EngineError,
+    EngineLifecycle as EngineLifecycle,
     Engines as Engines,
     LanguageModel as LanguageModel,
     Role as Role,
@@ -27,6 +30,7 @@ __all__ = [
     "SAMPLE_WIDTH",
     "ChatMessage",
     "EngineError",
+    "EngineLifecycle",
     "Engines",
     "LanguageModel",
     "Role",
