@@ -44,18 +44,19 @@ def _pcm(path: Path) -> np.ndarray:
         return np.frombuffer(w.readframes(w.getnframes()), "<i2")
 
 
-def pauses(vad: SileroVAD, pcm: np.ndarray) -> list[int]:
-    """Silence onsets (in samples) after speech, by Silero with the session's hysteresis."""
+def pauses(vad: SileroVAD, pcm: np.ndarray) -> tuple[list[int], list[int]]:
+    """Silence onsets and speech starts (in samples), by Silero with the session's hysteresis."""
     stream = vad.new_stream()
-    speaking, onsets = False, []
+    speaking, onsets, starts = False, [], []
     for k in range(0, pcm.size - CHUNK + 1, CHUNK):
         p = stream.probability(pcm[k : k + CHUNK].tobytes())
         if not speaking and p >= 0.5:
             speaking = True
+            starts.append(k + CHUNK)
         elif speaking and p < 0.35:
             speaking = False
             onsets.append(k + CHUNK)
-    return onsets
+    return onsets, starts
 
 
 def replay(policy, onset: int, limit_ms: int, judge, transcribe) -> tuple[int | None, int]:
@@ -87,6 +88,8 @@ POLICIES = {
     "semantic audio + transcript, cap 2 s": SemanticPolicy.for_eagerness("medium"),
     "semantic audio + transcript, cap 1 s": SemanticPolicy.for_eagerness("high"),
     "semantic audio + transcript, cap 3 s (low)": SemanticPolicy.for_eagerness("low"),
+    "semantic audio p>=0.8 + transcript, cap 2 s": SemanticPolicy.for_eagerness("medium", threshold=0.8),
+    "semantic audio p>=0.9 + transcript, cap 2 s": SemanticPolicy.for_eagerness("medium", threshold=0.9),
 }
 
 
@@ -95,7 +98,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "baselines" / "turn_eval.md")
     args = parser.parse_args()
     folder, manifest = ensure()
-    items = [("jfk_16k (real)", _pcm(DATA / "jfk_16k.wav"), False), ("hotwords_16k (real)", _pcm(DATA / "hotwords_16k.wav"), True)]
+    items = [
+        ("jfk_16k (real)", _pcm(DATA / "jfk_16k.wav"), False),
+        ("hotwords_16k (real)", _pcm(DATA / "hotwords_16k.wav"), True),
+    ]
     items += [(f"{e['file']} {e['voice']}", _pcm(folder / e["file"]), e["complete"]) for e in manifest["pause"]]
     vad = SileroVAD.load()
     model = SmartTurn.load()
@@ -108,7 +114,7 @@ def main() -> None:
     detail = []
     for label, pcm, complete in items:
         pcm = np.concatenate([pcm, np.zeros(int(TAIL_S * 16000), "<i2")])
-        onsets = pauses(vad, pcm)
+        onsets, starts = pauses(vad, pcm)
         if not onsets:
             continue
         cache_j: dict[int, float] = {}
@@ -135,7 +141,8 @@ def main() -> None:
         for name, policy in POLICIES.items():
             cut = False
             for k, onset in enumerate(mids):
-                gap_ms = int((next_speech(pcm, onset, onsets, k)) * 1000 / 16000)
+                # The pause lasts until Silero hears speech again (the session's barge-in point).
+                gap_ms = (starts[k + 1] - onset) * 1000 // 16000
                 ended, _ = replay(policy, onset, gap_ms, judge, transcribe)
                 cut = cut or ended is not None
             final, _ = replay(policy, onsets[-1], int(TAIL_S * 1000), judge, transcribe)
@@ -151,7 +158,8 @@ def main() -> None:
         f"# End of turn: server VAD vs semantic ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
         f"{len(detail)} utterances, {with_pause} with mid-sentence pauses (24 synthetic + JFK); load average "
-        f"{min(loads):.1f}-{max(loads):.1f} (2 cores, shared). Smart Turn call p50 {statistics.median(judge_ms):.0f} ms "
+        f"{min(loads):.1f}-{max(loads):.1f} (2 cores, shared). "
+        f"Smart Turn call p50 {statistics.median(judge_ms):.0f} ms "
         f"(max {max(judge_ms):.0f}); Whisper (utterance + 3 s) p50 {statistics.median(stt_ms):.0f} ms.",
         "",
         "| policy | cut-off rate | end delay p50 ms | p95 ms | max ms |",
@@ -173,14 +181,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines[: 6 + len(POLICIES)]))
-
-
-def next_speech(pcm: np.ndarray, onset: int, onsets: list[int], k: int) -> int:
-    """Samples from a mid pause's onset until the speech resumes (energy above a floor)."""
-    stop = onsets[k + 1]
-    frames = np.abs(pcm[onset:stop].astype(np.int32))
-    loud = np.flatnonzero(frames > 600)
-    return int(loud[0]) if loud.size else stop - onset
 
 
 if __name__ == "__main__":
