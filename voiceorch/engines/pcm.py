@@ -14,6 +14,11 @@ def float_to_pcm(samples: np.ndarray) -> bytes:
     return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
 
+def pcm_to_float(pcm: bytes) -> np.ndarray:
+    """Signed 16-bit little-endian PCM as float32 samples in -1..1 (the models' input)."""
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+
+
 def to_engine_pcm(pcm: bytes, *, rate: int, width: int, channels: int) -> bytes:
     """Mix ``pcm`` (signed 16-bit little-endian, ``channels`` interleaved, at ``rate``) down
     to mono and resample it to 16 kHz. Raises ``ValueError`` for other sample widths, a
@@ -26,7 +31,7 @@ def to_engine_pcm(pcm: bytes, *, rate: int, width: int, channels: int) -> bytes:
         raise ValueError("audio is not a whole number of frames")
     if rate == SAMPLE_RATE and channels == 1:
         return pcm
-    samples = np.frombuffer(pcm, dtype="<i2").reshape(-1, channels).astype(np.float32) / 32768.0
+    samples = pcm_to_float(pcm).reshape(-1, channels)
     mono = samples.mean(axis=1)
     if rate != SAMPLE_RATE and len(mono):
         mono = soxr.resample(mono, rate, SAMPLE_RATE)

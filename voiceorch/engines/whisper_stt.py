@@ -6,11 +6,11 @@ from functools import partial
 from os import PathLike
 
 import attrs
-import numpy as np
 import trio
 from faster_whisper import WhisperModel
 
 from .base import SAMPLE_RATE, SAMPLE_WIDTH, EngineError, SpeechToText
+from .pcm import pcm_to_float
 
 
 @attrs.define(kw_only=True)
@@ -62,7 +62,7 @@ class WhisperSTT(SpeechToText):
         await self.transcribe(bytes(SAMPLE_RATE * SAMPLE_WIDTH))
 
     def _transcribe_sync(self, pcm: bytes) -> str:
-        audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+        audio = pcm_to_float(pcm)
         try:
             segments, _info = self.model.transcribe(
                 audio,
