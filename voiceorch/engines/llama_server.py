@@ -3,7 +3,8 @@
 The server runs as a child process of ours; :func:`run_llama_server` runs one life of it:
 starts it, waits until it answers, reports its ``/v1`` base URL, and terminates and reaps it
 when cancelled. :func:`supervise_llama_server` keeps it running: a child that dies is started
-again on the same port, after a backoff. If our process dies without running that clean-up
+again, on a fresh port, after a backoff. Its output is piped to us and kept bounded
+(:class:`ChildOutput`). If our process dies without running that clean-up
 (SIGKILL, an unhandled SIGTERM), the child notices that its parent is gone within a second and
 exits, so no orphan server is left running.
 """
@@ -15,7 +16,7 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import IO
@@ -42,16 +43,19 @@ def _exit_with_parent(parent=os.getppid()):
         time.sleep(1.0)
     os._exit(1)
 threading.Thread(target=_exit_with_parent, daemon=True).start()
-runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+runpy.run_module({module!r}, run_name="__main__", alter_sys=True)
 """
 
 
 @attrs.frozen(kw_only=True)
 class LlamaServerConfig:
-    """How to run the server. ``port=0`` picks a free loopback port just before starting.
+    """How to run the server. ``port=0`` picks a free loopback port just before each start.
 
-    The child's stdout and stderr go to ``log_path`` (appended) if given, else to an anonymous
-    temporary file; either way the tail of it is quoted when the server fails.
+    The child's stdout and stderr come to us through a pipe: the last lines are kept in
+    memory and quoted when the server fails, and if ``log_path`` is given they are appended
+    there, bounded by ``log_max_bytes`` (then rotated to ``log_path.1``, see
+    :class:`ChildOutput`). Nothing else is written: the child logs every request's timings,
+    which once grew an unlinked temporary file for ever.
     """
 
     model_path: Path = attrs.field(converter=Path)
@@ -63,7 +67,10 @@ class LlamaServerConfig:
     log_path: Path | None = attrs.field(
         default=None, converter=attrs.converters.optional(Path)
     )
+    log_max_bytes: int = 10_000_000
     start_timeout: float = 120.0
+    #: The module run as the server (a test runs a fake one).
+    server_module: str = "llama_cpp.server"
     #: llama-cpp-python's default (True) makes a new request cut off the one streaming, and
     #: in 0.3.36 that leaves both streams stalled; False queues requests one after another.
     interrupt_requests: bool = False
@@ -73,7 +80,7 @@ def llama_server_command(config: LlamaServerConfig, port: int) -> list[str]:
     """The command line that starts the server on ``port`` (``python -m llama_cpp.server ...``
     in effect, through a small bootstrap that exits if our process dies)."""
     return [
-        config.python, "-c", _CHILD_BOOTSTRAP,
+        config.python, "-c", _CHILD_BOOTSTRAP.format(module=config.server_module),
         "--model", str(config.model_path),
         "--host", config.host,
         "--port", str(port),
@@ -100,8 +107,8 @@ async def run_llama_server(
     host = f"[{config.host}]" if ":" in config.host else config.host
     base_url = f"http://{host}:{port}/v1"
 
-    with _open_log(config.log_path) as output:
-        log_start = os.fstat(output.fileno()).st_size
+    output = ChildOutput(config.log_path, max_bytes=config.log_max_bytes)
+    try:
         failure: str
         async with trio.open_nursery() as nursery:
             try:
@@ -111,23 +118,28 @@ async def run_llama_server(
                         command,
                         check=False,
                         stdin=subprocess.DEVNULL,
-                        stdout=output,
+                        stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT,
                     )
                 )
             except OSError as exc:
                 failure = f"cannot start llama server: {exc}"
             else:
+                drained = trio.Event()
+                nursery.start_soon(_drain_output, process.stdout, output, drained)
                 log_event(log, "llm.child.started", pid=process.pid, port=port)
                 failure = await _wait_until_ready(process, base_url, config.start_timeout)
                 if not failure:
                     task_status.started(base_url)
                     await process.wait()
                     failure = f"llama server exited unexpectedly with code {process.returncode}"
+                with trio.move_on_after(1):  # its last words, unless something else holds the pipe
+                    await drained.wait()
             # On a start-up time-out the child still runs: run_process terminates and reaps it.
             nursery.cancel_scope.cancel()
-        tail = _read_tail(output, log_start)
-    raise RuntimeError(f"{failure} (model {config.model_path}); last output:\n{tail}")
+    finally:
+        output.close()
+    raise RuntimeError(f"{failure} (model {config.model_path}); last output:\n{output.tail()}")
 
 
 async def supervise_llama_server(
@@ -135,6 +147,7 @@ async def supervise_llama_server(
     *,
     restart_backoff: float = 1.0,
     max_backoff: float = 30.0,
+    on_restart: Callable[[str], None] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep the server running until cancelled; ``task_status.started(base_url)`` once it first
@@ -142,13 +155,14 @@ async def supervise_llama_server(
 
     The first start must succeed (else ``RuntimeError``, as from :func:`run_llama_server`: a
     missing model or a broken install will not mend itself). After that, a child that exits is
-    logged (``llm.child.exited``, with the tail of its output) and started again on the same
-    port, so the LLM client's base URL stays valid; the backoff doubles from
+    logged (``llm.child.exited``, with the tail of its output) and started again; unless
+    ``config.port`` is fixed, each start gets a fresh free port (so a port taken by someone
+    else while the child was down cannot keep it crash-looping), and ``on_restart(base_url)``
+    tells the LLM client where the new child listens. The backoff doubles from
     ``restart_backoff`` up to ``max_backoff`` and resets once a child has served for a minute.
     While it is down, requests fail with ``llm_unavailable`` and ``/readyz`` says so.
     Cancellation terminates and reaps the current child.
     """
-    config = attrs.evolve(config, port=config.port or _pick_free_port(config.host))
     first = True
 
     async def run_once() -> RuntimeError | None:
@@ -161,7 +175,9 @@ async def supervise_llama_server(
                     first = False
                     task_status.started(base_url)
                 else:
-                    log_event(log, "llm.child.restarted", port=config.port)
+                    log_event(log, "llm.child.restarted", base_url=base_url)
+                    if on_restart is not None:
+                        on_restart(base_url)
         except* RuntimeError as group:
             failure = next(leaves(group))
         if first and failure is not None:
@@ -198,15 +214,52 @@ def _pick_free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def _open_log(log_path: Path | None) -> IO[bytes]:
-    if log_path is None:
-        return tempfile.TemporaryFile(prefix="llama-server-", suffix=".log")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    return open(log_path, "a+b")  # noqa: SIM115 (closed by the caller's `with`)
+@attrs.define
+class ChildOutput:
+    """The child's stdout and stderr: the last :data:`_LOG_TAIL_BYTES` kept in memory (quoted
+    when it fails) and, if ``path`` is given, written there, bounded: past ``max_bytes`` the
+    file is renamed to ``PATH.1`` (replacing the one before) and a new one begun, so it holds
+    at most twice ``max_bytes`` however long the child runs."""
+
+    path: Path | None
+    max_bytes: int
+    _tail: bytearray = attrs.field(factory=bytearray, init=False)
+    _file: IO[bytes] | None = attrs.field(default=None, init=False)
+    _size: int = attrs.field(default=0, init=False)
+
+    def write(self, data: bytes) -> None:
+        """Keep ``data`` (blocking file I/O: call it in a thread)."""
+        self._tail += data
+        del self._tail[:-_LOG_TAIL_BYTES]
+        if self.path is None:
+            return
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "ab")  # noqa: SIM115 (closed by close())
+            self._size = self._file.tell()
+        data = data[-self.max_bytes :]
+        if self._size and self._size + len(data) > self.max_bytes:
+            self._file.close()
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            self._file = open(self.path, "ab")  # noqa: SIM115
+            self._size = 0
+        self._file.write(data)
+        self._file.flush()
+        self._size += len(data)
+
+    def tail(self) -> str:
+        return self._tail.decode("utf-8", errors="replace").strip() or "(no output)"
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
-def _read_tail(log: IO[bytes], start: int) -> str:
-    end = os.fstat(log.fileno()).st_size
-    offset = max(start, end - _LOG_TAIL_BYTES)
-    data = os.pread(log.fileno(), end - offset, offset)
-    return data.decode("utf-8", errors="replace").strip() or "(no output)"
+async def _drain_output(stream: trio.abc.ReceiveStream, output: ChildOutput, drained: trio.Event) -> None:
+    """Copy the child's output into ``output`` until it closes its end (the pipe never fills,
+    so the child never blocks on it); sets ``drained`` at the end. Cancellation stops it."""
+    async with stream:
+        while data := await stream.receive_some(65536):
+            await trio.to_thread.run_sync(output.write, data)
+    drained.set()

@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -132,8 +133,15 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
         if llm_url is None:
             gguf = config.llm_gguf or embedded.smollm2_gguf_path()
             llama = LlamaServerConfig(model_path=gguf, log_path=config.llm_log)
+
+            def moved(base_url: str) -> None:  # a restarted child listens on a fresh port
+                if "llm" in loaded:
+                    loaded["llm"].base_url = base_url
+
             llm_url = await _timed(
-                f"starting the embedded LLM server (llama.cpp, {gguf.name})", nursery.start, supervise_llama_server, llama
+                f"starting the embedded LLM server (llama.cpp, {gguf.name})",
+                nursery.start,
+                partial(supervise_llama_server, llama, on_restart=moved),
             )
     llm = OpenAICompatibleLLM(
         base_url=llm_url,
@@ -146,6 +154,7 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
         first_token_timeout=config.llm_timeout_s,
         read_timeout=config.llm_timeout_s,  # a long prompt may hold back even the headers
     )
+    loaded["llm"] = llm
     engines = Engines(stt=loaded["stt"], llm=llm, tts=loaded["tts"], vad=loaded["vad"])
     if config.warm_up:
         await _timed("warming up the models", _warm_up, engines)
