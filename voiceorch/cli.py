@@ -117,7 +117,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
         f"{REMOTE_LLM_CONCURRENCY} with --llm-url)",
     )
     option(llm, "--llm-gguf", "llm_gguf", type=Path, help="GGUF file for the embedded LLM server (default: SmolLM2-135M-Instruct)")
-    option(llm, "--llm-log", "llm_log", type=Path, help="file for the embedded LLM server's output (default: a temporary file)")
+    option(
+        llm, "--llm-log", "llm_log", type=Path, metavar="FILE",
+        help="append the embedded LLM server's output to this file, rotated to FILE.1 past 10 MB (default: none; "
+        "its last lines are logged if it fails)",
+    )
     models = s.add_argument_group("speech models")
     option(models, "--stt-model", "stt_model", type=Path, help="faster-whisper (CTranslate2) model folder (default: embedded tiny.en)")
     option(
