@@ -99,3 +99,26 @@ async def test_cancelling_a_response_closes_the_http_stream():
         done = await client.until("response.done")
         await server.client_disconnected.wait()
     assert done.status == "cancelled"
+
+
+async def test_the_http_request_and_its_slot_end_when_generation_ends_not_when_the_audio_has_played():
+    # 30 sentences: far more than the channels between the LLM and the audio used to hold, so
+    # the stream was held open by the paced audio until most of the reply had played.
+    server = FakeOpenAIServer(deltas=[f"This is sentence {i}. " for i in range(30)])
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            llm = OpenAICompatibleLLM(base_url=await nursery.start(server.serve), max_concurrent_requests=1)
+            async with connected(fake_engines(llm=llm)) as client:
+                await client.send({"type": "input_text", "text": "Tell me a long story."})
+                while not isinstance(await client.next(), bytes):
+                    pass  # up to the first audio frame
+                with trio.fail_after(5):  # (the reply's audio lasts about 45 s)
+                    while llm.limiter.statistics().borrowed_tokens:
+                        await trio.sleep(0.01)
+                texts = [e.delta for e in client.events("response.text.delta")]
+                assert len(texts) == 30  # the whole reply was read while its audio had just begun
+                await client.send({"type": "response.cancel"})
+                done = await client.until("response.done")
+            await llm.aclose()
+            nursery.cancel_scope.cancel()
+    assert done.status == "cancelled"
