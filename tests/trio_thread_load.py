@@ -1,4 +1,5 @@
-"""Run: .venv/bin/python tests/trio_thread_load.py N SECONDS (from the repository root; PYTHONPATH=. to measure a checkout).
+"""Run: .venv/bin/python tests/trio_thread_load.py N SECONDS (from the repository root;
+PYTHONPATH=. to measure another checkout).
 
 N in-process sessions (fake STT/LLM/TTS, real Silero), each fed jfk_16k.wav at real time in
 20 ms frames plus one refused frame every 100 ms; reports the Trio thread's CPU per session and
@@ -52,6 +53,7 @@ async def main():
     lags.sort()
     print(json.dumps({"sessions": N, "seconds": SECONDS, "trio_thread_cpu_s": round(cpu, 2),
         "trio_cpu_per_session_pct": round(100 * cpu / SECONDS / N, 2),
-        "lag_p50_ms": round(lags[len(lags)//2], 2), "lag_p99_ms": round(lags[int(len(lags)*.99)], 2), "lag_max_ms": round(lags[-1], 2)}))
+        "lag_p50_ms": round(lags[len(lags)//2], 2),
+        "lag_p99_ms": round(lags[int(len(lags)*.99)], 2), "lag_max_ms": round(lags[-1], 2)}))
 
 trio.run(main)
