@@ -11,7 +11,7 @@ import trio
 from trio.testing import wait_all_tasks_blocked
 
 from voiceorch import protocol as p
-from voiceorch.engines.fakes import FakeLLM, FakeSTT, FakeTTS
+from voiceorch.engines.fakes import FakeSTT, FakeTTS
 from voiceorch.session import Session, SessionSettings, memory_transport_pair
 
 from session_harness import PUSH_TO_TALK, connected, fake_engines
