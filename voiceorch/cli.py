@@ -100,7 +100,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
         help="API key for --llm-url (default: $VOICEORCH_LLM_API_KEY); never logged",
     )
     option(llm, "--llm-model", "llm_model", help="model name sent to the LLM server (default: %(default)s)")
-    option(llm, "--llm-max-tokens", "llm_max_tokens", type=int, help="reply length limit in tokens (default: %(default)s)")
+    option(
+        llm, "--llm-max-tokens", "llm_max_tokens", type=int, help="reply length limit in tokens (default: %(default)s)"
+    )
     option(
         llm, "--llm-timeout", "llm_timeout_s", type=float,
         help="seconds allowed for the first text of a reply (the wait for a request slot included), and "
@@ -116,14 +118,20 @@ def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
         f"{EMBEDDED_LLM_CONCURRENCY} for the embedded LLM, which answers one request at a time; "
         f"{REMOTE_LLM_CONCURRENCY} with --llm-url)",
     )
-    option(llm, "--llm-gguf", "llm_gguf", type=Path, help="GGUF file for the embedded LLM server (default: SmolLM2-135M-Instruct)")
+    option(
+        llm, "--llm-gguf", "llm_gguf", type=Path,
+        help="GGUF file for the embedded LLM server (default: SmolLM2-135M-Instruct)",
+    )
     option(
         llm, "--llm-log", "llm_log", type=Path, metavar="FILE",
         help="append the embedded LLM server's output to this file, rotated to FILE.1 past 10 MB (default: none; "
         "its last lines are logged if it fails)",
     )
     models = s.add_argument_group("speech models")
-    option(models, "--stt-model", "stt_model", type=Path, help="faster-whisper (CTranslate2) model folder (default: embedded tiny.en)")
+    option(
+        models, "--stt-model", "stt_model", type=Path,
+        help="faster-whisper (CTranslate2) model folder (default: embedded tiny.en)",
+    )
     option(
         models, "--tts-voice", "tts_voice", type=Path,
         help="Piper voice .onnx file, with its .onnx.json beside it (default: embedded en_US-joe-medium)",

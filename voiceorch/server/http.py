@@ -252,7 +252,9 @@ async def run_http_server(
         nonlocal port, reported
         try:
             async with trio.open_nursery() as nursery:
-                port = await nursery.start(lambda task_status: serve_http(app, host=host, port=port, task_status=task_status))
+                port = await nursery.start(
+                    lambda task_status: serve_http(app, host=host, port=port, task_status=task_status)
+                )
                 log_event(log, "http.listen", host=host, port=port)
                 if not reported:
                     reported = True
