@@ -82,7 +82,9 @@ class FakeOpenAIAudioServer:
         finally:
             await stream.aclose()
 
-    async def _respond(self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request, body: bytes) -> bool:
+    async def _respond(
+        self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request, body: bytes
+    ) -> bool:
         target = request.target.decode()
         headers = {name.decode().lower(): value.decode() for name, value in request.headers}
         record: dict[str, Any] = {"target": target, "headers": headers}
@@ -128,7 +130,6 @@ class FakeOpenAIAudioServer:
                 pass
             self.client_disconnected.set()
         return False  # "drop": close with the body unfinished
-
 
     async def _flood(self, conn: h11.Connection, stream: trio.SocketStream, start: bytes | None) -> bool:
         status = 500 if self.mode == "error_flood" else 200

@@ -149,9 +149,7 @@ def _chunk(content: str | None, finish_reason: str | None) -> dict[str, Any]:
     }
 
 
-async def receive_request(
-    conn: h11.Connection, stream: trio.SocketStream
-) -> tuple[h11.Request | None, bytes]:
+async def receive_request(conn: h11.Connection, stream: trio.SocketStream) -> tuple[h11.Request | None, bytes]:
     """The next request and its body, or ``(None, b"")`` when the client closed."""
     request: h11.Request | None = None
     body = bytearray()
@@ -169,9 +167,7 @@ async def receive_request(
             return None, b""
 
 
-async def _send_json(
-    conn: h11.Connection, stream: trio.SocketStream, status: int, payload: dict[str, Any]
-) -> None:
+async def _send_json(conn: h11.Connection, stream: trio.SocketStream, status: int, payload: dict[str, Any]) -> None:
     data = json.dumps(payload).encode()
     headers = [("content-type", "application/json"), ("content-length", str(len(data)))]
     await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))

@@ -68,16 +68,29 @@ class FakeWyomingServer:
 
     def info(self) -> Info:
         asr = AsrProgram(
-            name="fake-asr", attribution=_ATTRIBUTION, installed=True, description="fake", version="0",
+            name="fake-asr",
+            attribution=_ATTRIBUTION,
+            installed=True,
+            description="fake",
+            version="0",
             models=[],
         )
         voice = TtsVoice(
-            name="fake-voice", attribution=_ATTRIBUTION, installed=True, description="fake", version="0",
+            name="fake-voice",
+            attribution=_ATTRIBUTION,
+            installed=True,
+            description="fake",
+            version="0",
             languages=["en"],
         )
         tts = TtsProgram(
-            name="fake-tts", attribution=_ATTRIBUTION, installed=True, description="fake", version="0",
-            voices=[voice], supports_synthesize_streaming=self.supports_synthesize_streaming,
+            name="fake-tts",
+            attribution=_ATTRIBUTION,
+            installed=True,
+            description="fake",
+            version="0",
+            voices=[voice],
+            supports_synthesize_streaming=self.supports_synthesize_streaming,
         )
         return Info(asr=[asr], tts=[tts])
 

@@ -80,7 +80,9 @@ class Events:
 
     def audio(self, response_id: str) -> bytes:
         return b"".join(
-            base64.b64decode(e.delta) for e in self.log if e.type == "response.output_audio.delta" and e.response_id == response_id
+            base64.b64decode(e.delta)
+            for e in self.log
+            if e.type == "response.output_audio.delta" and e.response_id == response_id
         )
 
 

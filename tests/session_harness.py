@@ -15,7 +15,6 @@ from voiceorch.engines.base import Engines
 from voiceorch.engines.fakes import FakeLLM, FakeSTT, FakeTTS, FakeVAD
 from voiceorch.session import Session, SessionSettings, memory_transport_pair
 
-
 #: Sessions where the client ends each turn with input_audio.commit (no server VAD).
 PUSH_TO_TALK = SessionSettings(turn_detection=p.TurnDetection(type="none"))
 

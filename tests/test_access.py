@@ -10,11 +10,9 @@ import pytest
 import trio
 import trio_websocket
 
+from session_harness import PUSH_TO_TALK, fake_engines
 from voiceorch.server.access import AccessPolicy
 from voiceorch.server.voice_ws import serve_voice
-from voiceorch.session import SessionSettings
-
-from session_harness import PUSH_TO_TALK, fake_engines
 
 TOKEN = "s3cret-t0ken"
 

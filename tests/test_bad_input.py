@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 import attrs
 import pytest
@@ -23,17 +23,16 @@ import trio
 import trio_websocket
 from trio.testing import wait_all_tasks_blocked
 
+from raw_ws import UPGRADE, Closed, RawClient, frame, open_socket, raw_frame, reset
+from session_harness import PUSH_TO_TALK, connected, count_tasks, fake_engines
 from voiceorch import protocol as p
-from voiceorch.protocol.codec import MAX_JSON_DEPTH
 from voiceorch.engines.base import ChatMessage, Engines
 from voiceorch.engines.fakes import FakeLLM, FakeSTT, FakeTTS
+from voiceorch.protocol.codec import MAX_JSON_DEPTH
 from voiceorch.server import voice_ws
 from voiceorch.server.voice_ws import serve_voice
 from voiceorch.session import Session, SessionSettings, memory_transport_pair
 from voiceorch.session.input_pace import InputPace, Pace
-
-from raw_ws import UPGRADE, Closed, RawClient, frame, open_socket, raw_frame, reset
-from session_harness import PUSH_TO_TALK, connected, count_tasks, fake_engines
 
 HOST = "127.0.0.1"
 TIMEOUT = 30
@@ -98,13 +97,17 @@ async def tasks_settle_at(expected: int, *, within: float = 10, poll: float = 0.
 
 
 @asynccontextmanager
-async def scene(settings: SessionSettings = PUSH_TO_TALK, engines: Engines | None = None, *, settle=tasks_settle_at, timeout: float = TIMEOUT):
+async def scene(
+    settings: SessionSettings = PUSH_TO_TALK,
+    engines: Engines | None = None,
+    *,
+    settle=tasks_settle_at,
+    timeout: float = TIMEOUT,
+):
     """The server, with a bystander session open through the attack; checks on the way out."""
     with trio.fail_after(timeout):
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                partial(serve_voice, engines or quick_engines(), settings, host=HOST, port=0)
-            )
+            server = await nursery.start(partial(serve_voice, engines or quick_engines(), settings, host=HOST, port=0))
             url = f"ws://{HOST}:{server.port}/v1/voice"
             async with trio_websocket.open_websocket_url(url) as bystander:
                 assert (await next_event(bystander))["type"] == "session.created"
@@ -168,9 +171,7 @@ async def test_frames_at_the_limits_are_accepted():
             assert event["audio_ms"] == 1000
 
 
-@pytest.mark.parametrize(
-    "message", ["x" * ((1 << 20) + 1), b"\x00" * ((1 << 20) + 2)], ids=["text", "binary"]
-)
+@pytest.mark.parametrize("message", ["x" * ((1 << 20) + 1), b"\x00" * ((1 << 20) + 2)], ids=["text", "binary"])
 async def test_a_message_over_1_mib_closes_the_connection_with_1009(message):
     async with scene() as s:
         async with trio_websocket.open_websocket_url(s.url) as ws:

@@ -10,13 +10,12 @@ import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 
+from session_harness import check_framing, connected, count_tasks, fake_engines
 from voiceorch import protocol as p
 from voiceorch.engines.fakes import FakeLLM, FakeSTT, FakeTTS, FakeVAD, fake_pcm
 from voiceorch.session import SessionSettings
 from voiceorch.session.playback import Playback
 from voiceorch.session.speech_detector import SpeechDetector, SpeechStarted, SpeechStopped
-
-from session_harness import check_framing, connected, count_tasks, fake_engines
 
 SENTENCES = ["Sure thing.", "Here is a short answer.", "Anything else?"]
 REPLY = " ".join(SENTENCES)
@@ -307,7 +306,9 @@ async def test_response_cancel_and_clear_keep_working_under_server_vad(autojump_
 
 
 async def test_a_thousand_interrupted_turns_leave_nothing_behind(autojump_clock):
-    engines = fake_engines(stt=FakeSTT(delay=0.05), llm=FakeLLM(first_delay=0.05, delta_delay=0.01), tts=FakeTTS(delay=0.01))
+    engines = fake_engines(
+        stt=FakeSTT(delay=0.05), llm=FakeLLM(first_delay=0.05, delta_delay=0.01), tts=FakeTTS(delay=0.01)
+    )
     async with connected(engines, VAD) as client:
         await wait_all_tasks_blocked()
         idle_tasks = count_tasks()
@@ -338,7 +339,7 @@ async def test_work_starts_inside_the_silence_window_and_waits_for_the_turn_to_e
     engines = fake_engines(stt=FakeSTT(text="a question", delay=0.3))
     async with connected(engines, VAD) as client:
         await stream(client, ("speech", 1000), ("silence", 800))
-        stopped = await client.until("input_audio.speech_stopped")
+        await client.until("input_audio.speech_stopped")
         done = await client.until("response.done")
     # Nothing of the response came before the turn had ended (the silence window closed).
     kinds = [e if isinstance(e, bytes) else e.TYPE for e in client.log]

@@ -52,8 +52,15 @@ def test_an_unfinished_transcript_overrides_a_complete_audio_verdict() -> None:
 
 @pytest.mark.parametrize(
     ("text", "unfinished"),
-    [("book a table for", True), ("Ask not what your country can do.", False), ("and then the...", True),
-     ("Where is the Eiffel Tower?", False), ("I want to", True), ("", False), (None, False)],
+    [
+        ("book a table for", True),
+        ("Ask not what your country can do.", False),
+        ("and then the...", True),
+        ("Where is the Eiffel Tower?", False),
+        ("I want to", True),
+        ("", False),
+        (None, False),
+    ],
 )
 def test_transcript_unfinished(text, unfinished) -> None:
     assert transcript_unfinished(text) is unfinished

@@ -26,14 +26,14 @@ import attrs
 import pytest
 import trio
 import trio_websocket
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from session_harness import check_framing, count_tasks, fake_engines
 from voiceorch import protocol as p
 from voiceorch.engines.fakes import FakeLLM, FakeSTT, FakeTTS
 from voiceorch.server.voice_ws import serve_voice
 from voiceorch.session import SessionSettings
-
-from session_harness import check_framing, count_tasks, fake_engines
 
 HOST = "127.0.0.1"
 
@@ -125,7 +125,9 @@ def mutated_events(draw) -> str:
             container[key] = draw(st.sampled_from([[container[key]], {"value": container[key]}]))
         elif op == "near-type":
             event["type"] = draw(
-                st.sampled_from(["input_audio.comit", "INPUT_TEXT", "session.updated", "response.create", "", "input_text "])
+                st.sampled_from(
+                    ["input_audio.comit", "INPUT_TEXT", "session.updated", "response.create", "", "input_text "]
+                )
             )
         else:
             container[key] = draw(json_values)
@@ -223,7 +225,6 @@ def live_server():
     )
     settings_ = SessionSettings(max_audio_ahead_ms=5000, max_input_audio_ms=3000)
     ready = threading.Event()
-    stop = threading.Event()
     state = {}
 
     async def main() -> None:

@@ -23,14 +23,13 @@ import pytest
 import trio
 import trio_websocket
 
-from voiceorch.server import voice_ws
-from voiceorch.server.access import AccessPolicy
-from voiceorch.server.voice_ws import VoiceServer, serve_voice
-
 from raw_ws import HOST, open_socket, reset
 from real_server import start_server
 from session_harness import PUSH_TO_TALK, count_tasks
 from test_bad_input import next_event, quick_engines, tasks_settle_at, typed_turn
+from voiceorch.server import voice_ws
+from voiceorch.server.access import AccessPolicy
+from voiceorch.server.voice_ws import VoiceServer, serve_voice
 
 TOKEN = "s3cret-token"
 ORIGIN = "https://app.example.com"

@@ -12,7 +12,6 @@ import re
 import socket
 
 import httpx
-import pytest
 import trio
 import trio_websocket
 
@@ -219,8 +218,8 @@ async def test_voice_port_survives_a_reset_during_the_handshake():
 
 
 async def test_the_supervisor_restarts_a_failed_http_server_on_the_same_port(monkeypatch):
-    from voiceorch.engines.fakes import FakeLLM
     from voiceorch.engines.base import Engines
+    from voiceorch.engines.fakes import FakeLLM
     from voiceorch.server import http
 
     real_serve = http.serve_http
@@ -230,7 +229,9 @@ async def test_the_supervisor_restarts_a_failed_http_server_on_the_same_port(mon
         attempts.append(port)
         if len(attempts) == 1:
             async with trio.open_nursery() as nursery:
-                bound = await nursery.start(lambda task_status: real_serve(app, host=host, port=port, task_status=task_status))
+                bound = await nursery.start(
+                    lambda task_status: real_serve(app, host=host, port=port, task_status=task_status)
+                )
                 task_status.started(bound)
                 await trio.sleep(0.1)
                 raise RuntimeError("hypercorn blew up")
@@ -241,7 +242,9 @@ async def test_the_supervisor_restarts_a_failed_http_server_on_the_same_port(mon
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(
-                lambda task_status: http.run_http_server(app, host=HOST, port=0, restart_backoff=0.05, task_status=task_status)
+                lambda task_status: http.run_http_server(
+                    app, host=HOST, port=0, restart_backoff=0.05, task_status=task_status
+                )
             )
             while len(attempts) < 2:
                 await trio.sleep(0.05)

@@ -6,12 +6,11 @@ import pytest
 import trio
 import trio_websocket
 
+from conftest import DATA
+from real_server import start_server
 from voiceorch import protocol as p
 from voiceorch.audio_files import read_as_wire_pcm
 from voiceorch.talk import TurnInput, configure, run_turn, send_audio
-
-from conftest import DATA
-from real_server import start_server
 
 pytestmark = pytest.mark.models
 
@@ -68,7 +67,7 @@ async def test_a_spoken_two_turn_conversation(server):
         assert report.done.metrics.audio_ms == pytest.approx(len(report.audio) / p.BYTES_PER_MS)
         assert report.done.metrics.audio_ms > 500
         samples = memoryview(bytes(report.audio)).cast("h")
-        assert max(abs(s) for s in samples[:: 50]) > 1000
+        assert max(abs(s) for s in samples[::50]) > 1000
         m = report.done.metrics
         assert m.stt_ms > 0 and m.llm_ttft_ms > 0 and m.tts_first_audio_ms > 0
         assert 0 < m.ttfb_ms <= m.total_ms

@@ -51,11 +51,14 @@ async def test_a_killed_llm_child_fails_the_turn_cleanly_is_restarted_and_the_se
     server = start_server("--llm-max-tokens", "12")
     try:
         with trio.fail_after(TIMEOUT):
-            async with trio_websocket.open_websocket_url(server.url) as ws, httpx.AsyncClient(
-                base_url=server.http_url, timeout=10
-            ) as http:
+            async with (
+                trio_websocket.open_websocket_url(server.url) as ws,
+                httpx.AsyncClient(base_url=server.http_url, timeout=10) as http,
+            ):
                 assert json.loads(await ws.get_message())["type"] == "session.created"
-                await ws.send_message(json.dumps({"type": "session.update", "session": {"turn_detection": {"type": "none"}}}))
+                await ws.send_message(
+                    json.dumps({"type": "session.update", "session": {"turn_detection": {"type": "none"}}})
+                )
                 first = (await _typed_turn(ws, "Say hello."))[-1]
                 assert (await http.get("/readyz")).status_code == 200
                 [first_pid] = _child_pids(server)
@@ -89,9 +92,11 @@ async def test_an_external_llm_down_at_start_up_is_waited_for():
     server = start_server("--llm-url", f"http://127.0.0.1:{port}/v1")
     try:
         with trio.fail_after(TIMEOUT):
-            async with trio_websocket.open_websocket_url(server.url) as ws, httpx.AsyncClient(
-                base_url=server.http_url, timeout=10
-            ) as http, trio.open_nursery() as nursery:
+            async with (
+                trio_websocket.open_websocket_url(server.url) as ws,
+                httpx.AsyncClient(base_url=server.http_url, timeout=10) as http,
+                trio.open_nursery() as nursery,
+            ):
                 assert json.loads(await ws.get_message())["type"] == "session.created"
                 down = await http.get("/readyz")
                 failed = await _typed_turn(ws, "Hello?")

@@ -12,14 +12,13 @@ from collections.abc import Sequence
 import attrs
 import trio
 
+from session_harness import fake_engines
 from voiceorch import protocol as p
 from voiceorch.engines.base import ChatMessage
 from voiceorch.engines.fakes import FakeLLM, FakeTTS
 from voiceorch.session.history import Conversation
 from voiceorch.session.settings import SessionSettings
 from voiceorch.session.turn import Turn, run_turn
-
-from session_harness import fake_engines
 
 #: 30 sentences of 5 words: about 3 s of generation at 20 ms a word, 45 s of audio.
 LONG_REPLY = " ".join(f"This is sentence number {i}." for i in range(30))

@@ -194,7 +194,7 @@ async def test_sessions_spread_over_two_instances_and_survive_the_loss_of_one(wy
     not Path(CHROMIUM).exists() and not os.environ.get("VOICEORCH_REQUIRE_BROWSER"),
     reason="Chromium is not installed at /usr/bin/chromium (apt-get install chromium)",
 )
-def test_the_browser_page_talks_through_the_balancer_on_one_port(wyoming_engines, shared_llm, browser_page):
+def test_the_browser_page_talks_through_the_balancer_on_one_port(wyoming_engines, shared_llm, browser_page):  # noqa: F811
     """The page and its voice WebSocket both come through nginx's one port (``--page-voice-url
     /v1/voice``): a push-to-talk turn from Chromium's fake microphone is heard and answered."""
     instances = {name: _instance(name, wyoming_engines, shared_llm, "--page-voice-url", "/v1/voice") for name in "ab"}

@@ -124,7 +124,12 @@ async def test_tts_reads_wav_at_any_rate_and_resamples(fake: FakeOpenAIAudioServ
     tts = OpenAITTS(base_url=fake.base_url, api_key=KEY, model="piper", voice="joe")
     with trio.fail_after(10):
         audio = await tts.synthesize("Hello there.")
-    assert fake.requests[0]["json"] == {"model": "piper", "input": "Hello there.", "voice": "joe", "response_format": "wav"}
+    assert fake.requests[0]["json"] == {
+        "model": "piper",
+        "input": "Hello there.",
+        "voice": "joe",
+        "response_format": "wav",
+    }
     assert abs(len(audio) / 2 - fake.seconds * SAMPLE_RATE) <= 2
     assert abs(peak_hz(audio) - 440) < 5
 
@@ -218,8 +223,11 @@ def faster_whisper_server() -> Iterator[str]:
 
     port = free_port()
     process = _start_http_server(
-        "faster-whisper-server", [str(whisper_model_dir()), "--host", "127.0.0.1", "--port", str(port)],
-        port, "/health", {"HF_HUB_OFFLINE": "1"},
+        "faster-whisper-server",
+        [str(whisper_model_dir()), "--host", "127.0.0.1", "--port", str(port)],
+        port,
+        "/health",
+        {"HF_HUB_OFFLINE": "1"},
     )
     try:
         yield f"http://127.0.0.1:{port}/v1"
@@ -291,7 +299,9 @@ async def test_serve_with_remote_openai_stt_and_tts_holds_a_spoken_turn(
     from real_server import start_server
     from voiceorch.talk import TurnInput, configure, run_turn
 
-    running = start_server("--stt-url", faster_whisper_server, "--tts-url", local_tts_server + "?voice=en_US-joe-medium")
+    running = start_server(
+        "--stt-url", faster_whisper_server, "--tts-url", local_tts_server + "?voice=en_US-joe-medium"
+    )
     try:
         with trio.fail_after(120):
             async with trio_websocket.open_websocket_url(running.url) as ws:

@@ -67,9 +67,7 @@ async def expect_error(llm: OpenAICompatibleLLM, code: str) -> EngineError:
     return info.value
 
 
-async def test_deltas_arrive_in_order_and_channel_closes(
-    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
-) -> None:
+async def test_deltas_arrive_in_order_and_channel_closes(fake: FakeOpenAIServer, llm: OpenAICompatibleLLM) -> None:
     with trio.fail_after(TIMEOUT):
         assert await collect(llm) == ["Hello", ",", " world", "!"]
 
@@ -85,9 +83,7 @@ async def test_a_reply_returns_its_finish_reason(fake: FakeOpenAIServer, llm: Op
     assert fake.requests[-1]["max_tokens"] == llm.max_tokens
 
 
-async def test_request_carries_messages_and_bearer_key(
-    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
-) -> None:
+async def test_request_carries_messages_and_bearer_key(fake: FakeOpenAIServer, llm: OpenAICompatibleLLM) -> None:
     with trio.fail_after(TIMEOUT):
         await collect(llm)
     (body,) = fake.requests
@@ -107,9 +103,7 @@ async def test_connection_is_reused(fake: FakeOpenAIServer, llm: OpenAICompatibl
     assert len(fake.requests) == 2
 
 
-async def test_server_error_is_llm_error_without_key(
-    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
-) -> None:
+async def test_server_error_is_llm_error_without_key(fake: FakeOpenAIServer, llm: OpenAICompatibleLLM) -> None:
     fake.mode = "error500"  # its body echoes the Authorization header
     with trio.fail_after(TIMEOUT):
         error = await expect_error(llm, "llm_error")
@@ -130,17 +124,13 @@ async def test_connection_refused_is_llm_unavailable() -> None:
         await llm.aclose()
 
 
-async def test_malformed_sse_is_llm_bad_response(
-    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
-) -> None:
+async def test_malformed_sse_is_llm_bad_response(fake: FakeOpenAIServer, llm: OpenAICompatibleLLM) -> None:
     fake.mode = "malformed"
     with trio.fail_after(TIMEOUT):
         await expect_error(llm, "llm_bad_response")
 
 
-async def test_early_drop_is_llm_bad_response(
-    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
-) -> None:
+async def test_early_drop_is_llm_bad_response(fake: FakeOpenAIServer, llm: OpenAICompatibleLLM) -> None:
     fake.mode = "drop"
     with trio.fail_after(TIMEOUT):
         await expect_error(llm, "llm_bad_response")
@@ -169,9 +159,7 @@ async def test_a_server_that_sends_no_text_fails_after_the_first_token_timeout(f
         await llm.aclose()
 
 
-async def test_cancelling_closes_the_stream(
-    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
-) -> None:
+async def test_cancelling_closes_the_stream(fake: FakeOpenAIServer, llm: OpenAICompatibleLLM) -> None:
     fake.mode = "stall"
     send, receive = trio.open_memory_channel[str](0)
     with trio.fail_after(TIMEOUT):
@@ -184,9 +172,7 @@ async def test_cancelling_closes_the_stream(
         await fake.client_disconnected.wait()
 
 
-async def test_consumer_leaving_drops_the_request(
-    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
-) -> None:
+async def test_consumer_leaving_drops_the_request(fake: FakeOpenAIServer, llm: OpenAICompatibleLLM) -> None:
     fake.delay = 0.05
     fake.deltas = [f"word{i} " for i in range(100)]
     send, receive = trio.open_memory_channel[str](0)
@@ -205,9 +191,7 @@ async def test_check_ready_and_warm_up(fake: FakeOpenAIServer, llm: OpenAICompat
     assert fake.requests[0]["max_tokens"] <= 4
 
 
-async def test_requests_are_queued_one_at_a_time(
-    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
-) -> None:
+async def test_requests_are_queued_one_at_a_time(fake: FakeOpenAIServer, llm: OpenAICompatibleLLM) -> None:
     fake.delay = 0.02
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
@@ -230,9 +214,7 @@ async def test_concurrent_requests_when_unlimited(fake: FakeOpenAIServer) -> Non
     assert fake.peak_streams == 3
 
 
-async def test_check_ready_does_not_disturb_a_streaming_reply(
-    fake: FakeOpenAIServer, llm: OpenAICompatibleLLM
-) -> None:
+async def test_check_ready_does_not_disturb_a_streaming_reply(fake: FakeOpenAIServer, llm: OpenAICompatibleLLM) -> None:
     fake.mode = "stall"
     send, receive = trio.open_memory_channel[str](0)
     with trio.fail_after(TIMEOUT):
@@ -357,9 +339,9 @@ async def test_the_llm_limiter_queue_depth_is_exported(fake: FakeOpenAIServer) -
     from prometheus_client import REGISTRY, generate_latest
 
     from voiceorch import metrics
+    from voiceorch.engines.base import Engines
     from voiceorch.engines.fakes import FakeSTT, FakeTTS, FakeVAD
     from voiceorch.server.app import watch_engine_limiters
-    from voiceorch.engines.base import Engines
 
     llm = OpenAICompatibleLLM(base_url=fake.base_url, max_concurrent_requests=1)
     watch_engine_limiters(Engines(stt=FakeSTT(), llm=llm, tts=FakeTTS(), vad=FakeVAD()))

@@ -11,10 +11,9 @@ import gc
 import json
 import tracemalloc
 
+from test_realtime_translator import Link, done
 from voiceorch import protocol as p
 from voiceorch.realtime import translator as rt
-
-from test_realtime_translator import Link, done
 
 #: What 10,000 more steps may leave behind: the bounded collections refilled with new entries
 #: (a few hundred ids) and allocator noise. Unbounded, each step keeps 100 bytes or more.
@@ -44,7 +43,12 @@ def held_after(step, *, warm_up: int = 1_000, steps: int = STEPS) -> int:
 def user_item(i: int, text: str = "a question " * 10) -> dict:
     return {
         "type": "conversation.item.create",
-        "item": {"id": f"item_client_{i:020d}", "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+        "item": {
+            "id": f"item_client_{i:020d}",
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": text}],
+        },
     }
 
 
@@ -98,7 +102,11 @@ def test_a_text_item_beyond_the_bound_is_refused_and_the_held_texts_stay():
     refused["event_id"] = "e1"
     to_session, [error] = link.client(refused)
     assert to_session == []
-    assert (error["error"]["code"], error["error"]["param"], error["error"]["event_id"]) == ("input_text_buffer_full", "item.content", "e1")
+    assert (error["error"]["code"], error["error"]["param"], error["error"]["event_id"]) == (
+        "input_text_buffer_full",
+        "item.content",
+        "e1",
+    )
     [turn], _ = link.client({"type": "response.create"})
     assert turn.text == "\n".join(f"q{i}" for i in range(rt.MAX_PENDING_TEXT_ITEMS))
     _, answers = link.client(refused)  # after response.create, there is room again
@@ -121,9 +129,15 @@ def test_held_texts_never_make_a_frame_the_session_refuses():
 
 def test_instructions_too_long_for_the_session_are_refused_and_change_nothing():
     link = Link()
-    too_long = {"type": "session.update", "session": {"instructions": "x" * p.MAX_TEXT_FRAME_BYTES, "audio": {"output": {"voice": "a"}}}}
+    too_long = {
+        "type": "session.update",
+        "session": {"instructions": "x" * p.MAX_TEXT_FRAME_BYTES, "audio": {"output": {"voice": "a"}}},
+    }
     to_session, [error] = link.client(too_long)
-    assert to_session == [] and (error["error"]["code"], error["error"]["param"]) == ("invalid_value", "session.instructions")
+    assert to_session == [] and (error["error"]["code"], error["error"]["param"]) == (
+        "invalid_value",
+        "session.instructions",
+    )
     [update], _ = link.client({"type": "session.update", "session": {"audio": {"output": {"voice": "b"}}}})
     [updated] = link.session(p.SessionUpdated(session=link.translator._config))
     assert updated["session"]["audio"]["output"]["voice"] == "b"  # the refused update's echo is not pending

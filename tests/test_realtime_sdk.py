@@ -15,8 +15,8 @@ import pytest
 import websockets.exceptions
 
 from conftest import DATA
-from realtime_harness import Events, b64, deadline, sdk_client, wav_as_pcm24
 from real_server import start_server
+from realtime_harness import Events, b64, deadline, sdk_client, wav_as_pcm24
 
 pytestmark = pytest.mark.models
 
@@ -54,7 +54,11 @@ def test_a_text_turn(server):
         events = Events(connection)
         created = events.until("session.created")
         connection.conversation.item.create(
-            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "What is the capital of France?"}]}
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "What is the capital of France?"}],
+            }
         )
         connection.response.create()
         done = events.until("response.done")

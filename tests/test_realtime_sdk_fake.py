@@ -9,10 +9,9 @@ from __future__ import annotations
 import pytest
 import websockets.exceptions
 
-from voiceorch.engines.fakes import fake_pcm
-
-from realtime_harness import Events, b64, deadline, sdk_client
 from real_server import start_server
+from realtime_harness import Events, b64, deadline, sdk_client
+from voiceorch.engines.fakes import fake_pcm
 
 TOKEN = "realtime-test-token"
 REPLY = "Sure thing. Here is a short answer. Anything else?"

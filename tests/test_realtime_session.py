@@ -19,14 +19,13 @@ import trio
 import trio_websocket
 from trio.testing import wait_all_tasks_blocked
 
+from realtime_harness import checked
+from session_harness import fake_engines
 from voiceorch import protocol as p
 from voiceorch.engines.fakes import FakeLLM, FakeSTT
 from voiceorch.realtime import RealtimeTranslator
 from voiceorch.server.realtime_ws import RealtimeTransport, realtime_settings
 from voiceorch.session import Session, SessionSettings, memory_transport_pair
-
-from session_harness import fake_engines
-from realtime_harness import checked
 
 FRAME_MS = 20
 
@@ -135,7 +134,10 @@ async def stream(client: RealtimeClient, *parts: tuple[str, int]) -> None:
 
 
 def user_text(text: str) -> dict:
-    return {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}}
+    return {
+        "type": "conversation.item.create",
+        "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+    }
 
 
 # --- Realtime over the session core ---------------------------------------------------------
@@ -176,12 +178,16 @@ async def test_a_reply_cut_at_the_token_limit_ends_incomplete(autojump_clock):
 
 async def test_push_to_talk_commit_then_response_create_makes_one_response(autojump_clock):
     async with realtime_connected(fake_engines(stt=FakeSTT(text="what time is it"))) as client:
-        await client.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}})
+        await client.send(
+            {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}}
+        )
         updated = await client.until("session.updated")
         assert updated["session"]["audio"]["input"]["turn_detection"] is None
         pcm = speech24(1000)
         for offset in range(0, len(pcm), 9600):  # 200 ms appends, all at once
-            await client.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm[offset : offset + 9600]).decode()})
+            await client.send(
+                {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm[offset : offset + 9600]).decode()}
+            )
         await client.send({"type": "input_audio_buffer.commit"})
         await client.send({"type": "response.create"})
         committed = await client.until("input_audio_buffer.committed")
@@ -217,7 +223,9 @@ async def test_whole_file_uploads_turn_after_turn_are_never_too_fast(autojump_cl
             assert done["response"]["status"] == "completed"
         elapsed_s = trio.current_time() - start
     assert client.of_type("error") == []
-    assert [e["usage"]["seconds"] for e in client.of_type("conversation.item.input_audio_transcription.completed")] == [12.0] * 10
+    assert [e["usage"]["seconds"] for e in client.of_type("conversation.item.input_audio_transcription.completed")] == [
+        12.0
+    ] * 10
     # 120 s of audio in about 35 s: counted against real time it would have run more than its
     # 60 s bound ahead, and been dropped, by the seventh upload.
     assert 120 - elapsed_s > SessionSettings().max_audio_ahead_ms / 1000
@@ -253,7 +261,12 @@ async def test_barge_in_cancels_the_reply_and_truncate_keeps_only_what_was_heard
             started = await client.until("input_audio_buffer.speech_started")
             # The client stops playback at once and tells how much it really played.
             await client.send(
-                {"type": "conversation.item.truncate", "item_id": first_audio["item_id"], "content_index": 0, "audio_end_ms": 500}
+                {
+                    "type": "conversation.item.truncate",
+                    "item_id": first_audio["item_id"],
+                    "content_index": 0,
+                    "audio_end_ms": 500,
+                }
             )
             cut = await client.until("response.done")
             second = await client.until("response.done")
@@ -287,11 +300,23 @@ async def test_a_truncate_beyond_the_audio_sent_is_an_error_and_the_session_goes
         done = await client.until("response.done")
         item_id = done["response"]["output"][0]["id"]
         await client.send(
-            {"type": "conversation.item.truncate", "event_id": "t1", "item_id": item_id, "content_index": 0, "audio_end_ms": 5000}
+            {
+                "type": "conversation.item.truncate",
+                "event_id": "t1",
+                "item_id": item_id,
+                "content_index": 0,
+                "audio_end_ms": 5000,
+            }
         )
         error = await client.until("error")
-        assert (error["error"]["code"], error["error"]["param"], error["error"]["event_id"]) == ("invalid_value", "audio_end_ms", "t1")
-        await client.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 500})
+        assert (error["error"]["code"], error["error"]["param"], error["error"]["event_id"]) == (
+            "invalid_value",
+            "audio_end_ms",
+            "t1",
+        )
+        await client.send(
+            {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 500}
+        )
         await client.until("conversation.item.truncated")
         await wait_all_tasks_blocked()
         # A completed reply that the client says it played only in part is remembered in part.
@@ -306,7 +331,12 @@ async def test_response_cancel_and_an_unsupported_format_in_the_realtime_dialect
         await client.send({"type": "response.cancel"})
         error = await client.until("error")
         assert error["error"]["code"] == "response_cancel_not_active"
-        await client.send({"type": "session.update", "session": {"type": "realtime", "audio": {"output": {"format": {"type": "audio/pcmu"}}}}})
+        await client.send(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"output": {"format": {"type": "audio/pcmu"}}}},
+            }
+        )
         error = await client.until("error")
         assert error["error"]["code"] == "unsupported_audio_format"
         await client.send(user_text("hi"))
@@ -314,7 +344,10 @@ async def test_response_cancel_and_an_unsupported_format_in_the_realtime_dialect
         await client.until("response.output_audio.delta")
         await client.send({"type": "response.cancel"})
         done = await client.until("response.done")
-        assert (done["response"]["status"], done["response"]["status_details"]["reason"]) == ("cancelled", "client_cancelled")
+        assert (done["response"]["status"], done["response"]["status_details"]["reason"]) == (
+            "cancelled",
+            "client_cancelled",
+        )
         assert client.of_type("session.updated") == []
 
 
@@ -322,9 +355,7 @@ async def test_a_client_that_stops_reading_is_closed_after_the_send_timeout(auto
     to_server_send, to_server_recv = trio.open_memory_channel(0)
     to_client_send, to_client_recv = trio.open_memory_channel(0)
     ws = MemoryWebSocket(to_server_recv, to_client_send)
-    session = Session(
-        RealtimeTransport(ws, RealtimeTranslator()), fake_engines(), realtime_settings(SessionSettings())
-    )
+    session = Session(RealtimeTransport(ws, RealtimeTranslator()), fake_engines(), realtime_settings(SessionSettings()))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(session.run)
         assert checked(await to_client_recv.receive())["type"] == "session.created"

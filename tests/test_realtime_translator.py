@@ -16,10 +16,9 @@ import pytest
 import soxr
 from openai.types.realtime import RealtimeResponseStatus
 
+from realtime_harness import checked
 from voiceorch import protocol as p
 from voiceorch.realtime import RealtimeTranslator
-
-from realtime_harness import checked
 
 
 class Link:
@@ -96,7 +95,10 @@ def test_session_update_maps_instructions_and_turn_detection_and_echoes_the_voic
             "type": "realtime",
             "instructions": "Speak like a pirate.",
             "audio": {
-                "input": {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": {"type": "server_vad", "threshold": 0.7}},
+                "input": {
+                    "format": {"type": "audio/pcm", "rate": 24000},
+                    "turn_detection": {"type": "server_vad", "threshold": 0.7},
+                },
                 "output": {"voice": "marin"},
             },
         },
@@ -107,7 +109,11 @@ def test_session_update_maps_instructions_and_turn_detection_and_echoes_the_voic
     # An object replaces the whole setting: what it omits takes the defaults, as upstream.
     vad = v1.session.turn_detection
     assert (vad.type, vad.threshold, vad.prefix_padding_ms, vad.silence_duration_ms, vad.interrupt_response) == (
-        "server_vad", 0.7, 300, 500, True
+        "server_vad",
+        0.7,
+        300,
+        500,
+        True,
     )
     applied = v1.session.apply(p.SessionConfig(instructions="x"))
     [updated] = link.session(p.SessionUpdated(session=applied))
@@ -119,7 +125,9 @@ def test_session_update_maps_instructions_and_turn_detection_and_echoes_the_voic
 
 def test_turn_detection_null_is_push_to_talk():
     link = Link()
-    [v1], _ = link.client({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}})
+    [v1], _ = link.client(
+        {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}}
+    )
     assert v1.session.turn_detection.type == "none"
     [updated] = link.session(p.SessionUpdated(session=v1.session.apply(p.SessionConfig(instructions="x"))))
     assert updated["session"]["audio"]["input"]["turn_detection"] is None
@@ -137,14 +145,46 @@ def test_semantic_vad_is_served_as_server_vad_with_its_defaults():
 @pytest.mark.parametrize(
     ("session", "code", "param"),
     [
-        ({"audio": {"input": {"format": {"type": "audio/pcmu"}}}}, "unsupported_audio_format", "session.audio.input.format"),
-        ({"audio": {"output": {"format": {"type": "audio/pcm", "rate": 16000}}}}, "unsupported_audio_format", "session.audio.output.format"),
-        ({"audio": {"output": {"format": {"type": "audio/pcma"}}}}, "unsupported_audio_format", "session.audio.output.format"),
-        ({"audio": {"input": {"turn_detection": {"type": "semantic_vad", "create_response": False}}}}, "unsupported", "session.audio.input.turn_detection.create_response"),
-        ({"audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}}}}, "unsupported", "session.audio.input.turn_detection.idle_timeout_ms"),
-        ({"audio": {"input": {"turn_detection": {"type": "server_vad", "create_response": False}}}}, "unsupported", "session.audio.input.turn_detection.create_response"),
-        ({"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 1.5}}}}, "invalid_value", "session.audio.input.turn_detection"),
-        ({"audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": "500"}}}}, "invalid_event", "session.audio.input.turn_detection.silence_duration_ms"),
+        (
+            {"audio": {"input": {"format": {"type": "audio/pcmu"}}}},
+            "unsupported_audio_format",
+            "session.audio.input.format",
+        ),
+        (
+            {"audio": {"output": {"format": {"type": "audio/pcm", "rate": 16000}}}},
+            "unsupported_audio_format",
+            "session.audio.output.format",
+        ),
+        (
+            {"audio": {"output": {"format": {"type": "audio/pcma"}}}},
+            "unsupported_audio_format",
+            "session.audio.output.format",
+        ),
+        (
+            {"audio": {"input": {"turn_detection": {"type": "semantic_vad", "create_response": False}}}},
+            "unsupported",
+            "session.audio.input.turn_detection.create_response",
+        ),
+        (
+            {"audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}}}},
+            "unsupported",
+            "session.audio.input.turn_detection.idle_timeout_ms",
+        ),
+        (
+            {"audio": {"input": {"turn_detection": {"type": "server_vad", "create_response": False}}}},
+            "unsupported",
+            "session.audio.input.turn_detection.create_response",
+        ),
+        (
+            {"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 1.5}}}},
+            "invalid_value",
+            "session.audio.input.turn_detection",
+        ),
+        (
+            {"audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": "500"}}}},
+            "invalid_event",
+            "session.audio.input.turn_detection.silence_duration_ms",
+        ),
         ({"type": "transcription"}, "unsupported", "session.type"),
         ({"output_modalities": ["text"]}, "unsupported", "session.output_modalities"),
         ({"tools": [{"type": "function", "name": "f"}]}, "unsupported", "session.tools"),
@@ -154,7 +194,13 @@ def test_semantic_vad_is_served_as_server_vad_with_its_defaults():
 )
 def test_a_session_update_that_cannot_be_honoured_is_refused_whole(session, code, param):
     link = Link()
-    to_session, [error] = link.client({"type": "session.update", "event_id": "client_7", "session": {"instructions": "x", **session} if "instructions" not in session else session})
+    to_session, [error] = link.client(
+        {
+            "type": "session.update",
+            "event_id": "client_7",
+            "session": {"instructions": "x", **session} if "instructions" not in session else session,
+        }
+    )
     assert to_session == []  # nothing of it applied, the instructions neither
     assert error["type"] == "error"
     assert error["error"]["type"] == "invalid_request_error"
@@ -184,7 +230,12 @@ def test_appended_24khz_audio_reaches_the_session_as_16khz_frames():
 
 
 @pytest.mark.parametrize(
-    ("audio", "code"), [("not base64!", "invalid_audio"), (base64.b64encode(b"\x00\x01\x02").decode(), "invalid_audio"), (12, "invalid_event")]
+    ("audio", "code"),
+    [
+        ("not base64!", "invalid_audio"),
+        (base64.b64encode(b"\x00\x01\x02").decode(), "invalid_audio"),
+        (12, "invalid_event"),
+    ],
 )
 def test_bad_audio_in_an_append_is_an_error(audio, code):
     link = Link()
@@ -246,7 +297,14 @@ def test_speech_dates_count_all_the_audio_of_the_session_across_a_clear():
 def test_a_user_text_item_is_held_until_response_create():
     link = Link()
     to_session, [added, item_done] = link.client(
-        {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "What is the capital of France?"}]}}
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "What is the capital of France?"}],
+            },
+        }
     )
     assert to_session == []
     assert (added["type"], item_done["type"]) == ("conversation.item.added", "conversation.item.done")
@@ -262,8 +320,23 @@ def test_a_user_text_item_is_held_until_response_create():
 
 def test_several_text_items_make_one_turn_and_keep_their_ids():
     link = Link()
-    _, [first, _] = link.client({"type": "conversation.item.create", "item": {"id": "item_mine", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello."}]}})
-    _, [second, _] = link.client({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Who are you?"}]}})
+    _, [first, _] = link.client(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "id": "item_mine",
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Hello."}],
+            },
+        }
+    )
+    _, [second, _] = link.client(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Who are you?"}]},
+        }
+    )
     assert first["item"]["id"] == "item_mine" and second["previous_item_id"] == "item_mine"
     [v1], _ = link.client({"type": "response.create", "response": {"metadata": {"topic": "x"}}})
     assert v1 == p.InputText(text="Hello.\nWho are you?")
@@ -275,7 +348,10 @@ def test_several_text_items_make_one_turn_and_keep_their_ids():
         ({"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hi"}]}, "item.role"),
         ({"type": "message", "role": "system", "content": [{"type": "input_text", "text": "hi"}]}, "item.role"),
         ({"type": "function_call_output", "call_id": "c", "output": "{}"}, "item.type"),
-        ({"type": "message", "role": "user", "content": [{"type": "input_audio", "audio": "AAAA"}]}, "item.content[0].type"),
+        (
+            {"type": "message", "role": "user", "content": [{"type": "input_audio", "audio": "AAAA"}]},
+            "item.content[0].type",
+        ),
         ({"type": "message", "role": "user", "content": [{"type": "input_text", "text": "  "}]}, "item.content"),
     ],
 )
@@ -318,7 +394,12 @@ def test_a_commit_the_session_refused_is_not_claimed_by_response_create():
 )
 def test_response_create_options_voiceorch_cannot_honour_are_refused(params, param):
     link = Link()
-    link.client({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}})
+    link.client(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        }
+    )
     to_session, [error] = link.client({"type": "response.create", "response": params})
     assert to_session == [] and error["error"]["param"] == param
 
@@ -369,20 +450,26 @@ def test_a_completed_response_in_the_upstream_event_order_with_consistent_ids():
     final = frames[-1]["response"]
     assert (final["id"], final["status"], final["status_details"]) == (response_id, "completed", None)
     assert final["output"] == [
-        {"id": item_id, "type": "message", "object": "realtime.item", "status": "completed", "role": "assistant",
-         "content": [{"type": "output_audio", "transcript": "Sure thing."}]}
+        {
+            "id": item_id,
+            "type": "message",
+            "object": "realtime.item",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_audio", "transcript": "Sure thing."}],
+        }
     ]
     assert final["voiceorch"]["heard_text"] == "Sure thing."
     transcript_done = frames[-5]
     assert transcript_done["transcript"] == "Sure thing."
 
 
-@pytest.mark.parametrize(
-    ("status", "reason"), [("interrupted", "turn_detected"), ("cancelled", "client_cancelled")]
-)
+@pytest.mark.parametrize(("status", "reason"), [("interrupted", "turn_detected"), ("cancelled", "client_cancelled")])
 def test_a_cut_off_response_is_cancelled_with_the_upstream_reason(status, reason):
     link = Link()
-    link.session(p.ResponseCreated(turn_id="turn_1"), p.ResponseTextDelta(turn_id="turn_1", delta="Sure thing."), reply_audio(40))
+    link.session(
+        p.ResponseCreated(turn_id="turn_1"), p.ResponseTextDelta(turn_id="turn_1", delta="Sure thing."), reply_audio(40)
+    )
     if status == "interrupted":
         link.session(p.ResponseInterrupted(turn_id="turn_1", played_ms=20.0, heard_text=""))
     frames = link.session(done("turn_1", status))
@@ -431,7 +518,13 @@ def test_a_failed_turn_gives_an_error_and_a_failed_response():
         p.Error(code="stt_failed", message="the model crashed", turn_id="turn_1"), done("turn_1", "failed")
     )
     assert types(frames) == ["conversation.item.input_audio_transcription.failed", "error", "response.done"]
-    assert frames[1]["error"] == {"type": "server_error", "code": "stt_failed", "message": "the model crashed", "param": None, "event_id": None}
+    assert frames[1]["error"] == {
+        "type": "server_error",
+        "code": "stt_failed",
+        "message": "the model crashed",
+        "param": None,
+        "event_id": None,
+    }
     assert frames[2]["response"]["status"] == "failed"
     assert frames[2]["response"]["status_details"]["error"]["code"] == "stt_failed"
 

@@ -17,10 +17,22 @@ from voiceorch.engines.wyoming_tts import WyomingTTS
 def test_wyoming_tcp_url_builds_wyoming_engines() -> None:
     stt = build_stt(parse_engine_url("stt", "wyoming://10.0.0.5:10300?language=&model=tiny.en"), timeout=7)
     assert isinstance(stt, WyomingSTT)
-    assert (stt.address, stt.language, stt.model, stt.timeout) == (WyomingAddress("10.0.0.5", 10300), None, "tiny.en", 7)
-    tts = build_tts(parse_engine_url("tts", "wyoming://[::1]:10200?voice=en_US-joe-medium&streaming=off&concurrency=2"), timeout=3)
+    assert (stt.address, stt.language, stt.model, stt.timeout) == (
+        WyomingAddress("10.0.0.5", 10300),
+        None,
+        "tiny.en",
+        7,
+    )
+    tts = build_tts(
+        parse_engine_url("tts", "wyoming://[::1]:10200?voice=en_US-joe-medium&streaming=off&concurrency=2"), timeout=3
+    )
     assert isinstance(tts, WyomingTTS)
-    assert (tts.address.host, tts.voice, tts.streaming, tts.limiter.total_tokens) == ("::1", "en_US-joe-medium", "off", 2)
+    assert (tts.address.host, tts.voice, tts.streaming, tts.limiter.total_tokens) == (
+        "::1",
+        "en_US-joe-medium",
+        "off",
+        2,
+    )
     assert str(tts.address) == "wyoming://[::1]:10200"
 
 
@@ -38,7 +50,11 @@ def test_http_url_builds_openai_engines_with_defaults_and_options() -> None:
     tts = build_tts(spec, timeout=5)
     assert isinstance(tts, OpenAITTS)
     assert (tts.base_url, tts.model, tts.voice, tts.response_format, tts.pcm_rate) == (
-        "https://api.example.com/v1", "tts-1-hd", "nova", "pcm", 24000
+        "https://api.example.com/v1",
+        "tts-1-hd",
+        "nova",
+        "pcm",
+        24000,
     )
     assert spec.describe() == "text-to-speech: OpenAI-compatible server " + spec.url
 

@@ -6,13 +6,12 @@ import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 
+from session_harness import PUSH_TO_TALK, check_framing, connected, count_tasks, fake_engines
 from voiceorch import protocol as p
 from voiceorch.engines.base import EngineError
 from voiceorch.engines.fakes import FakeLLM, FakeSTT, FakeTTS, fake_pcm
 from voiceorch.session import SessionSettings
 from voiceorch.session.sentences import SentenceSplitter
-
-from session_harness import PUSH_TO_TALK, check_framing, connected, count_tasks, fake_engines
 
 REPLY = "Sure thing. Here is a short answer. Anything else?"
 SENTENCES = ["Sure thing.", "Here is a short answer.", "Anything else?"]
@@ -263,7 +262,9 @@ async def test_bad_input_gets_a_clear_error_and_the_session_goes_on(autojump_clo
 
 async def test_input_audio_beyond_the_cap_is_dropped_with_one_error(autojump_clock):
     engines = fake_engines()
-    async with connected(engines, SessionSettings(max_input_audio_ms=1000, turn_detection=PUSH_TO_TALK.turn_detection)) as client:
+    async with connected(
+        engines, SessionSettings(max_input_audio_ms=1000, turn_detection=PUSH_TO_TALK.turn_detection)
+    ) as client:
         for _ in range(15):
             await client.send(audio(100))
         await client.send({"type": "input_audio.commit"})
@@ -289,7 +290,9 @@ async def test_a_client_that_stops_reading_is_cut_off_after_the_send_timeout(aut
     from voiceorch.session import Session, memory_transport_pair
 
     server_end, client_end = memory_transport_pair()
-    session = Session(server_end, fake_engines(), SessionSettings(send_timeout_s=5, turn_detection=PUSH_TO_TALK.turn_detection))
+    session = Session(
+        server_end, fake_engines(), SessionSettings(send_timeout_s=5, turn_detection=PUSH_TO_TALK.turn_detection)
+    )
     with trio.fail_after(60):
         await session.run()  # nobody reads session.created
     assert server_end.close_code == 1008

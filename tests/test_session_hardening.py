@@ -10,12 +10,11 @@ import math
 import trio
 from trio.testing import wait_all_tasks_blocked
 
+from session_harness import PUSH_TO_TALK, connected, fake_engines
+from test_barge_in import speech, stream
 from voiceorch import protocol as p
 from voiceorch.engines.fakes import FakeSTT, FakeTTS
 from voiceorch.session import Session, SessionSettings, memory_transport_pair
-
-from session_harness import PUSH_TO_TALK, connected, fake_engines
-from test_barge_in import speech, stream
 
 
 async def test_a_client_that_stops_sending_inside_the_pause_gets_its_answer_then_idles_out(autojump_clock):
@@ -37,7 +36,9 @@ async def test_a_client_that_stops_sending_inside_the_pause_gets_its_answer_then
     assert committed.turn_id == done.turn_id == "turn_1" and done.status == "completed"
     assert 0.15 <= confirmed_after <= 0.25  # the rest of the 500 ms window, by the wall clock
     assert [e.TYPE for e in client.events() if e.TYPE.startswith("input_audio.speech")] == [
-        "input_audio.speech_started", "input_audio.speech_stopped"]
+        "input_audio.speech_started",
+        "input_audio.speech_stopped",
+    ]
     assert (client.session.transport.close_code, client.session.transport.close_reason) == (1000, "idle timeout")
     assert 2.9 <= closed_at - done_at <= 3.2  # idle from the reply's end: the speculation was no activity
 

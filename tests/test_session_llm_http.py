@@ -8,10 +8,9 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from voiceorch.engines.openai_llm import OpenAICompatibleLLM
-
 from fake_openai_server import FakeOpenAIServer
 from session_harness import connected, fake_engines
+from voiceorch.engines.openai_llm import OpenAICompatibleLLM
 
 
 @asynccontextmanager

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import trio
 import trio.testing
-from hypothesis import HealthCheck, given, settings, strategies as st
-
-from voiceorch.engines.fakes import FakeLLM, FakeSTT, FakeTTS
-from voiceorch.session import SessionSettings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from session_harness import connected, count_tasks, fake_engines
 from test_barge_in import REPLY, stream
+from voiceorch.engines.fakes import FakeLLM, FakeSTT, FakeTTS
+from voiceorch.session import SessionSettings
 
 ACTIONS = st.one_of(
     st.tuples(st.just("speech"), st.integers(1, 40).map(lambda n: n * 20)),

@@ -41,9 +41,10 @@ async def test_sigterm_lets_the_reply_finish_then_closes_every_session_with_1001
     server = start_server("--fake-engines", "--no-warm-up", "--shutdown-grace", "30")
     try:
         with trio.fail_after(TIMEOUT):
-            async with trio_websocket.open_websocket_url(server.url) as busy, trio_websocket.open_websocket_url(
-                server.url
-            ) as idle:
+            async with (
+                trio_websocket.open_websocket_url(server.url) as busy,
+                trio_websocket.open_websocket_url(server.url) as idle,
+            ):
                 await _start_reply(busy)
                 assert json.loads(await idle.get_message())["type"] == "session.created"
                 server.process.send_signal(signal.SIGTERM)

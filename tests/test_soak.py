@@ -36,18 +36,16 @@ import pytest
 import trio
 import trio_websocket
 
+from conftest import DATA
+from raw_ws import Closed, RawClient
+from real_server import start_server
+from session_harness import check_framing, count_tasks, fake_engines
 from voiceorch import protocol as p
 from voiceorch.audio_files import read_as_wire_pcm
 from voiceorch.engines.fakes import FakeLLM, FakeSTT, FakeTTS
 from voiceorch.server.voice_ws import serve_voice
 from voiceorch.session import SessionSettings
 from voiceorch.talk import TurnInput, configure, run_turn, send_audio
-
-from conftest import DATA
-
-from raw_ws import Closed, RawClient
-from real_server import start_server
-from session_harness import check_framing, count_tasks, fake_engines
 
 HOST = "127.0.0.1"
 USERS = 16
@@ -382,7 +380,7 @@ async def test_fifty_turns_in_one_session_with_the_real_models():
     assert len(outcomes) == REAL_TURNS
     failed = [o for o in outcomes if o[2] == "failed"]
     assert all(o[3] == ["llm_timeout"] for o in failed) and len(failed) <= 3, failed
-    for index, ((turn, cut_off), (turn_id, user_text, status, _)) in enumerate(zip(_real_turns(), outcomes)):
+    for index, ((_turn, cut_off), (turn_id, user_text, status, _)) in enumerate(zip(_real_turns(), outcomes)):
         if status == "failed":
             assert index + 1 == REAL_TURNS or outcomes[index + 1][2] != "failed", "two failures in a row"
             continue

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from functools import partial
-from typing import Sequence
 
-import numpy as np
 import pytest
 import trio
 import trio_websocket
 
+from conftest import DATA
+from test_telephony_ws import HOST, START, twilio_frames
 from voiceorch import protocol as p
 from voiceorch.audio_files import read_as_wire_pcm
 from voiceorch.engines.base import ChatMessage, Engines
@@ -25,9 +26,6 @@ from voiceorch.engines.whisper_stt import WhisperSTT
 from voiceorch.server.voice_ws import serve_voice
 from voiceorch.session import SessionSettings
 from voiceorch.telephony import CallAudio, CallFormat, ulaw_decode
-
-from conftest import DATA
-from test_telephony_ws import HOST, SID, START, twilio_frames
 
 pytestmark = pytest.mark.models
 #: JFK pauses for breath: a turn ends after 1.2 s of silence here, so the question is one turn.
@@ -49,8 +47,10 @@ def words(text: str) -> set[str]:
 async def test_a_spoken_question_over_twilio_is_answered_with_mulaw_speech_the_stt_recognises():
     stt = WhisperSTT.load(whisper_model_dir())
     engines = Engines(
-        stt=stt, llm=QuoteLLM(reply=REPLY, first_delay=0.01, delta_delay=0.001),
-        tts=PiperTTS.load(piper_voice_path()), vad=SileroVAD.load(),
+        stt=stt,
+        llm=QuoteLLM(reply=REPLY, first_delay=0.01, delta_delay=0.001),
+        tts=PiperTTS.load(piper_voice_path()),
+        vad=SileroVAD.load(),
     )
     phone = CallAudio(CallFormat("mulaw", 8000))
     question = phone.from_v1(read_as_wire_pcm(DATA / "jfk_16k.wav")) + phone.flush_out()
@@ -83,8 +83,12 @@ async def test_a_spoken_question_over_twilio_is_answered_with_mulaw_speech_the_s
                 silence = bytes([0xFF]) * 160
                 for seq, offset in enumerate(range(0, len(question) + 160 * 60, 160), start=2):
                     chunk = question[offset : offset + 160] or silence  # then 1.2 s of silence
-                    media = {"track": "inbound", "chunk": str(seq), "timestamp": str(seq * 20),
-                             "payload": base64.b64encode(chunk.ljust(160, b"\xff")).decode()}
+                    media = {
+                        "track": "inbound",
+                        "chunk": str(seq),
+                        "timestamp": str(seq * 20),
+                        "payload": base64.b64encode(chunk.ljust(160, b"\xff")).decode(),
+                    }
                     await ws.send_message(twilio_frames("media", seq, media=media))
                     await trio.sleep(0.01)  # twice real time
                 while not reply or trio.current_time() - last_media < 1.0:

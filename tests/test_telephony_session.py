@@ -8,12 +8,11 @@ import math
 
 import trio
 
+from test_realtime_session import MemoryWebSocket
+from test_telephony_ws import START, Carrier, dtmf_frame, engines
 from voiceorch.server.telephony_ws import TELEPHONY_PLAYBACK_LEAD_MS, TelephonyTransport, telephony_settings
 from voiceorch.session import Session, SessionSettings
 from voiceorch.telephony import TwilioTranslator
-
-from test_realtime_session import MemoryWebSocket
-from test_telephony_ws import START, Carrier, dtmf_frame, engines
 
 
 async def run_call(scenario) -> Session:

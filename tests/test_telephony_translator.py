@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 
 from voiceorch import protocol as p
-from voiceorch.telephony import TelnyxTranslator, TwilioTranslator, VonageTranslator, alaw_decode, alaw_encode
-from voiceorch.telephony import ulaw_decode, ulaw_encode
+from voiceorch.telephony import (
+    TelnyxTranslator,
+    TwilioTranslator,
+    VonageTranslator,
+    alaw_decode,
+    alaw_encode,
+    ulaw_decode,
+    ulaw_encode,
+)
 
 SID = "MZ18ad3ab5a668481ce02b83e7395059f0"
 
@@ -47,7 +54,10 @@ def twilio(event: str, seq: int = 1, **fields) -> str:
 
 def twilio_start(params: dict | None = None) -> str:
     start = {
-        "accountSid": "AC0", "streamSid": SID, "callSid": "CA0", "tracks": ["inbound"],
+        "accountSid": "AC0",
+        "streamSid": SID,
+        "callSid": "CA0",
+        "tracks": ["inbound"],
         "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
         "customParameters": params or {},
     }
@@ -219,6 +229,7 @@ def tone(level: int) -> bytes:
 def test_telnyx_media_out_of_order_is_reordered_by_sequence_number():
     in_order, shuffled = started_telnyx(), started_telnyx()
     levels = {seq: 500 * seq for seq in range(2, 12)}
+
     def feed(t: TelnyxTranslator, seq: int) -> bytes:
         return b"".join(t.from_carrier(telnyx("media", seq, media=media(tone(levels[seq]), seq)), 0).to_session)
 
@@ -325,8 +336,13 @@ def test_twilio_signature_matches_twilios_documented_example():
     from voiceorch.telephony.signature import twilio_signature, twilio_signature_valid
 
     url = "https://mycompany.com/myapp.php?foo=1&bar=2"
-    params = {"CallSid": "CA1234567890ABCDE", "Caller": "+12349013030", "Digits": "1234", "From": "+12349013030",
-              "To": "+18005551212"}
+    params = {
+        "CallSid": "CA1234567890ABCDE",
+        "Caller": "+12349013030",
+        "Digits": "1234",
+        "From": "+12349013030",
+        "To": "+18005551212",
+    }
     assert twilio_signature("12345", url, params) == "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
     assert twilio_signature_valid("12345", url, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=", params)
     assert not twilio_signature_valid("12345", url, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=", {**params, "Digits": "9"})

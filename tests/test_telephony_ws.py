@@ -15,12 +15,11 @@ import pytest
 import trio
 import trio_websocket
 
+from session_harness import fake_engines
 from voiceorch.engines.fakes import FakeLLM, FakeSTT, FakeTTS
 from voiceorch.server.voice_ws import serve_voice
 from voiceorch.session import SessionSettings
 from voiceorch.telephony import ulaw_encode
-
-from session_harness import fake_engines
 
 HOST = "127.0.0.1"
 SID = "MZ00000000000000000000000000000001"
@@ -29,7 +28,8 @@ REPLY = "Sure thing. Here is a short answer. Anything else?"
 
 def engines():
     return fake_engines(
-        stt=FakeSTT(delay=0.01), llm=FakeLLM(reply=REPLY, first_delay=0.01, delta_delay=0.001),
+        stt=FakeSTT(delay=0.01),
+        llm=FakeLLM(reply=REPLY, first_delay=0.01, delta_delay=0.001),
         tts=FakeTTS(delay=0.001, ms_per_char=60),
     )
 
@@ -39,11 +39,29 @@ def twilio_frames(event: str, seq: int, **fields) -> str:
 
 
 START = {
-    "twilio": twilio_frames("start", 1, start={
-        "accountSid": "AC0", "streamSid": SID, "callSid": "CA0", "tracks": ["inbound"], "customParameters": {},
-        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}),
-    "telnyx": json.dumps({"event": "start", "sequence_number": "1", "stream_id": SID, "start": {
-        "call_control_id": "v3:0", "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}}),
+    "twilio": twilio_frames(
+        "start",
+        1,
+        start={
+            "accountSid": "AC0",
+            "streamSid": SID,
+            "callSid": "CA0",
+            "tracks": ["inbound"],
+            "customParameters": {},
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+        },
+    ),
+    "telnyx": json.dumps(
+        {
+            "event": "start",
+            "sequence_number": "1",
+            "stream_id": SID,
+            "start": {
+                "call_control_id": "v3:0",
+                "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
+            },
+        }
+    ),
     "vonage": json.dumps({"event": "websocket:connected", "content-type": "audio/l16;rate=16000"}),
 }
 

@@ -6,12 +6,11 @@ import logging
 
 import trio
 
+from session_harness import fake_engines
 from voiceorch import protocol as p
 from voiceorch.session.history import Conversation
 from voiceorch.session.settings import SessionSettings
 from voiceorch.session.turn import Turn, run_turn
-
-from session_harness import fake_engines
 
 
 class CountingList(list):

@@ -58,7 +58,7 @@ def speech(ms: int) -> bytes:
 def _sample_events():
     pcm = np.arange(-500, 500, dtype="<i2").tobytes()
     return [
-        Transcript(text="Ünïcode and\nnewlines \"quoted\"").event(),
+        Transcript(text='Ünïcode and\nnewlines "quoted"').event(),
         AudioChunk(rate=22050, width=2, channels=1, audio=pcm + b"\n{" + pcm).event(),
         FakeWyomingServer().info().event(),
         AudioChunk(rate=16000, width=2, channels=1, audio=b"").event(),
@@ -205,7 +205,11 @@ async def test_tts_streams_when_the_server_offers_it(fake: FakeWyomingServer) ->
     assert engine.server_streams is True
     # describe once, on the first call's connection; then the streaming request each time
     assert [t for t, _ in fake.received[0]] == [
-        "describe", "synthesize-start", "synthesize-chunk", "synthesize", "synthesize-stop"
+        "describe",
+        "synthesize-start",
+        "synthesize-chunk",
+        "synthesize",
+        "synthesize-stop",
     ]
     assert [t for t, _ in fake.received[1]] == ["synthesize-start", "synthesize-chunk", "synthesize", "synthesize-stop"]
     assert fake.received[0][2][1]["text"] == "Hello there."
@@ -319,7 +323,8 @@ async def test_cancelling_a_turn_closes_its_remote_request(fake: FakeWyomingServ
     fake.mode = "stall"
     remote = {"stt": stt_for(fake), "tts": tts_for(fake, streaming="off")}[engine]
     engines = fake_engines(
-        **{engine: remote}, **({"stt": FakeSTT(delay=0)} if engine == "tts" else {}),
+        **{engine: remote},
+        **({"stt": FakeSTT(delay=0)} if engine == "tts" else {}),
         llm=FakeLLM(first_delay=0, delta_delay=0, reply="Fine."),
     )
     with trio.fail_after(30):

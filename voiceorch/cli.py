@@ -15,7 +15,6 @@ import trio
 from . import __version__, logs
 from .session import SessionSettings
 
-
 #: How a parsed ``serve`` argument becomes a field of :class:`~voiceorch.server.app.ServerConfig`:
 #: (argparse dest, dotted path in the config: ``field``, ``session.field`` or ``access.field``,
 #: converter or None). :func:`_serve_parser` fills it as it declares each option, taking the
@@ -75,13 +74,20 @@ def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
     option(s, "--host", "host", help="address to listen on (default: %(default)s)")
     option(s, "--port", "port", type=int, help="voice WebSocket port; 0 picks a free one (default: %(default)s)")
     option(
-        s, "--http-port", "http_port", _off_if_negative, type=int,
+        s,
+        "--http-port",
+        "http_port",
+        _off_if_negative,
+        type=int,
         help="HTTP port of the browser page, /healthz, /readyz and /metrics; 0 picks a free one, "
         "-1 turns it off (default: %(default)s)",
     )
     option(s, "--http-host", "http_host", help="address of the HTTP server (default: the same as --host)")
     option(
-        s, "--page-voice-url", "page_voice_url", metavar="URL",
+        s,
+        "--page-voice-url",
+        "page_voice_url",
+        metavar="URL",
         help="where the browser page connects for voice: a path on the page's own origin, e.g. /v1/voice "
         "when a proxy serves the page and the voice endpoint on one port, or a full ws(s):// URL "
         "(default: --port on the page's host)",
@@ -96,7 +102,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
     targets.append((llm_url.dest, "llm_url", lambda urls: urls[0] if urls else None))
     targets.append((llm_url.dest, "llm_fallback_urls", lambda urls: tuple(urls[1:])))
     option(
-        llm, "--llm-api-key", "llm_api_key", default=os.environ.get("VOICEORCH_LLM_API_KEY"),
+        llm,
+        "--llm-api-key",
+        "llm_api_key",
+        default=os.environ.get("VOICEORCH_LLM_API_KEY"),
         help="API key for --llm-url (default: $VOICEORCH_LLM_API_KEY); never logged",
     )
     option(llm, "--llm-model", "llm_model", help="model name sent to the LLM server (default: %(default)s)")
@@ -104,7 +113,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
         llm, "--llm-max-tokens", "llm_max_tokens", type=int, help="reply length limit in tokens (default: %(default)s)"
     )
     option(
-        llm, "--llm-timeout", "llm_timeout_s", type=float,
+        llm,
+        "--llm-timeout",
+        "llm_timeout_s",
+        type=float,
         help="seconds allowed for the first text of a reply (the wait for a request slot included), and "
         "for any silence of the LLM server within it; past it the turn fails with llm_timeout "
         "(default: %(default)s)",
@@ -112,123 +124,208 @@ def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
     from .server.app import EMBEDDED_LLM_CONCURRENCY, REMOTE_LLM_CONCURRENCY
 
     option(
-        llm, "--llm-concurrency", "llm_concurrency", type=_positive_int, metavar="N",
+        llm,
+        "--llm-concurrency",
+        "llm_concurrency",
+        type=_positive_int,
+        metavar="N",
         help="LLM requests at a time from this process; more wait for a slot (within --llm-timeout). A "
         "request holds its slot while the reply is generated, not while it plays (default: "
         f"{EMBEDDED_LLM_CONCURRENCY} for the embedded LLM, which answers one request at a time; "
         f"{REMOTE_LLM_CONCURRENCY} with --llm-url)",
     )
     option(
-        llm, "--llm-gguf", "llm_gguf", type=Path,
+        llm,
+        "--llm-gguf",
+        "llm_gguf",
+        type=Path,
         help="GGUF file for the embedded LLM server (default: SmolLM2-135M-Instruct)",
     )
     option(
-        llm, "--llm-log", "llm_log", type=Path, metavar="FILE",
+        llm,
+        "--llm-log",
+        "llm_log",
+        type=Path,
+        metavar="FILE",
         help="append the embedded LLM server's output to this file, rotated to FILE.1 past 10 MB (default: none; "
         "its last lines are logged if it fails)",
     )
     models = s.add_argument_group("speech models")
     option(
-        models, "--stt-model", "stt_model", type=Path,
+        models,
+        "--stt-model",
+        "stt_model",
+        type=Path,
         help="faster-whisper (CTranslate2) model folder (default: embedded tiny.en)",
     )
     option(
-        models, "--tts-voice", "tts_voice", type=Path,
+        models,
+        "--tts-voice",
+        "tts_voice",
+        type=Path,
         help="Piper voice .onnx file, with its .onnx.json beside it (default: embedded en_US-joe-medium)",
     )
     option(
-        models, "--stt-url", "remote_stt", type=_engine_url("stt"), metavar="URL",
+        models,
+        "--stt-url",
+        "remote_stt",
+        type=_engine_url("stt"),
+        metavar="URL",
         help="use this speech-to-text server instead of the embedded model: wyoming://HOST:PORT "
         "(wyoming-faster-whisper), wyoming+unix:///PATH, or an OpenAI-compatible http(s)://HOST:PORT/v1; "
         "engine options as ?name=value (docs/deploy.md, Remote engines)",
     )
     option(
-        models, "--tts-url", "remote_tts", type=_engine_url("tts"), metavar="URL",
+        models,
+        "--tts-url",
+        "remote_tts",
+        type=_engine_url("tts"),
+        metavar="URL",
         help="use this text-to-speech server instead of the embedded voice: wyoming://HOST:PORT "
         "(wyoming-piper), wyoming+unix:///PATH, or an OpenAI-compatible http(s)://HOST:PORT/v1 (?voice=...)",
     )
     option(
-        models, "--stt-api-key", "stt_api_key", default=os.environ.get("VOICEORCH_STT_API_KEY"),
+        models,
+        "--stt-api-key",
+        "stt_api_key",
+        default=os.environ.get("VOICEORCH_STT_API_KEY"),
         help="API key for an http(s) --stt-url (default: $VOICEORCH_STT_API_KEY); never logged",
     )
     option(
-        models, "--tts-api-key", "tts_api_key", default=os.environ.get("VOICEORCH_TTS_API_KEY"),
+        models,
+        "--tts-api-key",
+        "tts_api_key",
+        default=os.environ.get("VOICEORCH_TTS_API_KEY"),
         help="API key for an http(s) --tts-url (default: $VOICEORCH_TTS_API_KEY); never logged",
     )
     option(
-        models, "--stt-timeout", "session.stt_timeout_s", type=float,
+        models,
+        "--stt-timeout",
+        "session.stt_timeout_s",
+        type=float,
         help="seconds allowed for one transcription; past it the turn fails with stt_timeout (default: %(default)s)",
     )
     option(
-        models, "--tts-timeout", "session.tts_timeout_s", type=float,
+        models,
+        "--tts-timeout",
+        "session.tts_timeout_s",
+        type=float,
         help="seconds allowed to synthesize one sentence; past it the turn fails with tts_timeout "
         "(default: %(default)s)",
     )
     option(
-        models, "--no-warm-up", "warm_up", dest="warm_up", action="store_false",
+        models,
+        "--no-warm-up",
+        "warm_up",
+        dest="warm_up",
+        action="store_false",
         help="skip running each model once at start-up",
     )
     option(
-        models, "--fake-engines", "fake_engines", action="store_true",
+        models,
+        "--fake-engines",
+        "fake_engines",
+        action="store_true",
         help="use zero-cost FAKE speech-to-text, LLM and text-to-speech instead of models (speech "
         "detection stays real): for load tests of the orchestration only",
     )
     sess = s.add_argument_group("sessions")
     option(sess, "--instructions", "session.instructions", help="system prompt of new sessions")
     option(
-        sess, "--max-input-audio-ms", "session.max_input_audio_ms", type=int,
+        sess,
+        "--max-input-audio-ms",
+        "session.max_input_audio_ms",
+        type=int,
         help="audio one user turn may hold; more is dropped with an error (default: %(default)s)",
     )
     option(
-        sess, "--max-audio-ahead-ms", "session.max_audio_ahead_ms", _none_if_zero, type=int,
+        sess,
+        "--max-audio-ahead-ms",
+        "session.max_audio_ahead_ms",
+        _none_if_zero,
+        type=int,
         help="how far a client's audio may run ahead of four times real time (so a whole turn may be "
         "uploaded at once); beyond it frames are dropped with an error; 0 turns the bound off "
         "(default: %(default)s)",
     )
     option(
-        sess, "--send-timeout", "session.send_timeout_s", type=float,
+        sess,
+        "--send-timeout",
+        "session.send_timeout_s",
+        type=float,
         help="seconds a client may take to read one message before it is disconnected (default: %(default)s)",
     )
     option(
-        sess, "--idle-timeout", "session.idle_timeout_s", type=float,
+        sess,
+        "--idle-timeout",
+        "session.idle_timeout_s",
+        type=float,
         help="close a session whose client sends nothing this many seconds, no reply playing (default: %(default)s)",
     )
     option(
-        sess, "--max-session", "session.max_session_s", type=float,
+        sess,
+        "--max-session",
+        "session.max_session_s",
+        type=float,
         help="close any session after this many seconds (default: %(default)s)",
     )
     access = s.add_argument_group("access")
     option(
-        access, "--max-sessions", "access.max_sessions", type=int,
+        access,
+        "--max-sessions",
+        "access.max_sessions",
+        type=int,
         help="sessions at once; more are closed at once with 1013, try again later (default: %(default)s)",
     )
     option(
-        access, "--auth-token", "access.token", _none_if_zero, default=os.environ.get("VOICEORCH_AUTH_TOKEN"),
+        access,
+        "--auth-token",
+        "access.token",
+        _none_if_zero,
+        default=os.environ.get("VOICEORCH_AUTH_TOKEN"),
         help="require this token: Authorization: Bearer TOKEN, or ?token=TOKEN for browsers "
         "(default: $VOICEORCH_AUTH_TOKEN; none: no authentication); never logged",
     )
     option(
-        access, "--allowed-origin", "access.allowed_origins", frozenset, action="append", default=[],
+        access,
+        "--allowed-origin",
+        "access.allowed_origins",
+        frozenset,
+        action="append",
+        default=[],
         help="accept browser connections only from this Origin, e.g. https://app.example.com (repeatable)",
     )
     option(
-        sess, "--playback-lead-ms", "session.playback_lead_ms", type=int,
+        sess,
+        "--playback-lead-ms",
+        "session.playback_lead_ms",
+        type=int,
         help="reply audio is paced to real time, at most this far ahead of playback (default: %(default)s)",
     )
     option(
-        sess, "--speculate-after-ms", "session.speculate_after_ms", _none_if_zero, type=int,
+        sess,
+        "--speculate-after-ms",
+        "session.speculate_after_ms",
+        _none_if_zero,
+        type=int,
         help="under server VAD, start answering once a pause has lasted this long, output held until "
         "the silence window ends the turn; 0 turns it off (default: %(default)s)",
     )
     option(
-        s, "--shutdown-grace", "shutdown_grace_s", type=float,
+        s,
+        "--shutdown-grace",
+        "shutdown_grace_s",
+        type=float,
         help="on SIGINT/SIGTERM, stop accepting and give responses in progress this many seconds to "
         "finish before closing every session with 1001; a second signal stops at once (default: %(default)s)",
     )
     option(
-        s, "--instance-id", "instance_id", default=f"{socket.gethostname()}-{os.getpid()}",
+        s,
+        "--instance-id",
+        "instance_id",
+        default=f"{socket.gethostname()}-{os.getpid()}",
         help="name of this process among several behind a load balancer: every log line carries it as "
-        "\"instance\", and /readyz answers it (default: HOSTNAME-PID)",
+        '"instance", and /readyz answers it (default: HOSTNAME-PID)',
     )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return targets

@@ -14,14 +14,32 @@ on each engine. Import the implementations from their modules, which pull in hea
 
 from .base import (
     SAMPLE_RATE as SAMPLE_RATE,
+)
+from .base import (
     SAMPLE_WIDTH as SAMPLE_WIDTH,
+)
+from .base import (
     ChatMessage as ChatMessage,
+)
+from .base import (
     EngineError as EngineError,
+)
+from .base import (
     EngineLifecycle as EngineLifecycle,
+)
+from .base import (
     Engines as Engines,
+)
+from .base import (
     LanguageModel as LanguageModel,
+)
+from .base import (
     Role as Role,
+)
+from .base import (
     SpeechToText as SpeechToText,
+)
+from .base import (
     TextToSpeech as TextToSpeech,
 )
 

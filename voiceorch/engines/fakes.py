@@ -7,7 +7,7 @@ They are never used unless a test, the bench or ``voiceorch serve --fake-engines
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import attrs
 import trio

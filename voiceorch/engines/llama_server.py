@@ -64,9 +64,7 @@ class LlamaServerConfig:
     n_ctx: int = 2048
     n_threads: int = 1  # 2 threads halve its speed whenever Whisper or Piper runs beside it
     python: str = sys.executable
-    log_path: Path | None = attrs.field(
-        default=None, converter=attrs.converters.optional(Path)
-    )
+    log_path: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     log_max_bytes: int = 10_000_000
     start_timeout: float = 120.0
     #: The module run as the server (a test runs a fake one).

@@ -173,7 +173,9 @@ class OpenAITTS(_OpenAIAudioEngine, TextToSpeech):
         if len(samples) > MAX_SENTENCE_AUDIO_S * rate:
             raise ValueError(f"{len(samples) / rate:.0f} s of audio, over the {MAX_SENTENCE_AUDIO_S} s limit")
         channels = samples.shape[1]
-        return to_engine_pcm(np.ascontiguousarray(samples).astype("<i2").tobytes(), rate=rate, width=2, channels=channels)
+        return to_engine_pcm(
+            np.ascontiguousarray(samples).astype("<i2").tobytes(), rate=rate, width=2, channels=channels
+        )
 
     async def warm_up(self) -> None:
         """Synthesize one short sentence (checks the server and loads its voice); a failure
@@ -189,4 +191,3 @@ def _wav_bytes(pcm: bytes) -> bytes:
         wav.setframerate(SAMPLE_RATE)
         wav.writeframes(pcm)
     return buffer.getvalue()
-

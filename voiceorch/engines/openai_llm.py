@@ -73,9 +73,7 @@ class OpenAICompatibleLLM(LanguageModel):
 
     def __attrs_post_init__(self) -> None:
         self.limiter = (
-            trio.CapacityLimiter(self.max_concurrent_requests)
-            if self.max_concurrent_requests is not None
-            else None
+            trio.CapacityLimiter(self.max_concurrent_requests) if self.max_concurrent_requests is not None else None
         )
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         self._client = httpx.AsyncClient(
@@ -93,9 +91,7 @@ class OpenAICompatibleLLM(LanguageModel):
         """Close the pooled connections."""
         await self._client.aclose()
 
-    async def stream_reply(
-        self, messages: Sequence[ChatMessage], deltas: trio.MemorySendChannel[str]
-    ) -> str | None:
+    async def stream_reply(self, messages: Sequence[ChatMessage], deltas: trio.MemorySendChannel[str]) -> str | None:
         """Stream the assistant's reply to ``messages`` as text deltas into ``deltas``.
 
         Returns the stream's last ``finish_reason`` (``"stop"``, ``"length"``: cut off at
@@ -279,27 +275,20 @@ class OpenAICompatibleLLM(LanguageModel):
                 if not response.is_success:
                     raise EngineError(
                         "llm_error",
-                        f"LLM server answered {response.status_code}: "
-                        f"{await error_snippet(response, self.api_key)}",
+                        f"LLM server answered {response.status_code}: {await error_snippet(response, self.api_key)}",
                         retryable=response.status_code >= 500 or response.status_code == 429,
                     )
                 return await self._read_events(EventSource(response), on_delta)
         except httpx.TimeoutException as exc:
             if not isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
-                raise EngineError(
-                    "llm_timeout", f"LLM server at {base_url} timed out ({type(exc).__name__})"
-                ) from exc
+                raise EngineError("llm_timeout", f"LLM server at {base_url} timed out ({type(exc).__name__})") from exc
             raise _unavailable(base_url, exc) from exc
         except httpx.HTTPError as exc:
             if responded:
-                raise EngineError(
-                    "llm_bad_response", f"LLM stream broke off ({type(exc).__name__}: {exc})"
-                ) from exc
+                raise EngineError("llm_bad_response", f"LLM stream broke off ({type(exc).__name__}: {exc})") from exc
             raise _unavailable(base_url, exc) from exc
 
-    async def _read_events(
-        self, source: EventSource, on_delta: Callable[[str], Awaitable[None]]
-    ) -> str | None:
+    async def _read_events(self, source: EventSource, on_delta: Callable[[str], Awaitable[None]]) -> str | None:
         finished = False
         last_reason: str | None = None
         try:

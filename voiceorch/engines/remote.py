@@ -94,11 +94,9 @@ def parse_engine_url(kind: Kind, url: str) -> RemoteEngineSpec:
             raise ValueError(f"{url!r}: put no credentials in the URL; use the API key option")
         spec_fields = {"base_url": urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))}
     else:
-        raise ValueError(
-            f"{url!r}: use wyoming://HOST:PORT, wyoming+unix:///PATH or http(s)://HOST:PORT/v1"
-        )
+        raise ValueError(f"{url!r}: use wyoming://HOST:PORT, wyoming+unix:///PATH or http(s)://HOST:PORT/v1")
     allowed = _OPTIONS[(protocol, kind)]
-    for name, value in pairs:
+    for name, _value in pairs:
         if name not in allowed:
             raise ValueError(f"{url!r}: unknown option {name!r} (this engine takes: {', '.join(sorted(allowed))})")
     options = dict(pairs)

@@ -71,9 +71,7 @@ class SileroVADStream:
                 raise ValueError(f"a VAD chunk holds {VAD_CHUNK_SAMPLES} samples, got {len(chunk) // 2}")
         audio = np.concatenate([self._context, samples])
         step = VAD_CHUNK_SAMPLES
-        windows = np.stack(
-            [audio[i * step : i * step + step + CONTEXT_SAMPLES] for i in range(len(chunks))]
-        )
+        windows = np.stack([audio[i * step : i * step + step + CONTEXT_SAMPLES] for i in range(len(chunks))])
         output, self._h, self._c = self.session.run(None, {"input": windows, "h": self._h, "c": self._c})
         self._context = samples[-CONTEXT_SAMPLES:]
         return [float(x) for x in np.asarray(output).reshape(-1)]

@@ -38,9 +38,7 @@ class WhisperSTT(SpeechToText):
         language: str | None = "en",
     ) -> WhisperSTT:
         """Load the CTranslate2 model from ``model_dir`` (blocking; call it once at start-up)."""
-        model = WhisperModel(
-            str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=cpu_threads
-        )
+        model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=cpu_threads)
         return cls(model=model, beam_size=beam_size, language=language)
 
     async def transcribe(self, pcm: bytes) -> str:

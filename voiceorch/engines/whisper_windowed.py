@@ -88,8 +88,12 @@ class WindowedWhisperSTT(SpeechToText):
         try:
             if audio.size / SAMPLE_RATE + self.margin_s > self.max_window_s:
                 segments, _ = self.model.transcribe(
-                    audio, language=self.language, beam_size=1, vad_filter=False,
-                    condition_on_previous_text=False, temperature=list(self.temperatures),
+                    audio,
+                    language=self.language,
+                    beam_size=1,
+                    vad_filter=False,
+                    condition_on_previous_text=False,
+                    temperature=list(self.temperatures),
                 )
                 return " ".join(s.text.strip() for s in segments if s.text.strip())
             return self._decode_window(audio)
@@ -119,8 +123,14 @@ class WindowedWhisperSTT(SpeechToText):
                 else {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": temperature}
             )
             result = model.model.generate(
-                encoder_output, [prompt], max_length=len(prompt) + max_new, return_scores=True,
-                return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1], **kwargs,
+                encoder_output,
+                [prompt],
+                max_length=len(prompt) + max_new,
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=[-1],
+                **kwargs,
             )[0]
             tokens = result.sequences_ids[0]
             text = tokenizer.decode(tokens).strip()

@@ -188,9 +188,7 @@ class WyomingConnection:
 
 
 @asynccontextmanager
-async def open_wyoming(
-    address: WyomingAddress, *, connect_timeout: float
-) -> AsyncIterator[WyomingConnection]:
+async def open_wyoming(address: WyomingAddress, *, connect_timeout: float) -> AsyncIterator[WyomingConnection]:
     """Connect to ``address`` (bounded by ``connect_timeout``; :class:`WyomingUnreachable`
     if it fails) and close the connection on exit, whether by return, error or cancellation:
     the server sees the connection drop at once."""

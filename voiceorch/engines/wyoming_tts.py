@@ -152,9 +152,7 @@ async def _read_audio(conn: WyomingConnection, streaming: bool) -> AudioRuns:
             if seconds > MAX_SENTENCE_AUDIO_S:
                 raise ValueError(f"more than {MAX_SENTENCE_AUDIO_S} s of audio for one sentence (the limit)")
             runs[-1][1].extend(chunk.audio)
-        elif (streaming and SynthesizeStopped.is_type(event.type)) or (
-            not streaming and AudioStop.is_type(event.type)
-        ):
+        elif (streaming and SynthesizeStopped.is_type(event.type)) or (not streaming and AudioStop.is_type(event.type)):
             return runs
 
 

@@ -5,5 +5,15 @@ This package imports nothing of voiceorch except :mod:`voiceorch.protocol`. See 
 """
 
 from . import events as events
-from .codec import RealtimeProtocolError as RealtimeProtocolError, encode as encode, parse_client_event as parse_client_event
-from .translator import RealtimeTranslator as RealtimeTranslator, Translation as Translation, random_id as random_id
+from .codec import (
+    RealtimeProtocolError as RealtimeProtocolError,
+)
+from .codec import (
+    encode as encode,
+)
+from .codec import (
+    parse_client_event as parse_client_event,
+)
+from .translator import RealtimeTranslator as RealtimeTranslator
+from .translator import Translation as Translation
+from .translator import random_id as random_id

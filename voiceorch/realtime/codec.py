@@ -18,9 +18,7 @@ from . import events as ev
 class RealtimeProtocolError(Exception):
     """A client frame cannot be served. The fields are those of the ``error`` event's ``error``."""
 
-    def __init__(
-        self, code: str, message: str, *, param: str | None = None, event_id: str | None = None
-    ) -> None:
+    def __init__(self, code: str, message: str, *, param: str | None = None, event_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

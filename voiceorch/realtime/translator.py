@@ -27,7 +27,8 @@ import binascii
 import collections
 import math
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import numpy as np
@@ -222,7 +223,9 @@ class RealtimeTranslator:
             case ev.InputAudioBufferCommit():
                 tail = self._flush_input()
                 if not self._vad_on and self._uncommitted_bytes + len(tail) == 0:
-                    raise _error("input_audio_buffer_commit_empty", "the input audio buffer is empty: nothing to commit")
+                    raise _error(
+                        "input_audio_buffer_commit_empty", "the input audio buffer is empty: nothing to commit"
+                    )
                 if tail:
                     self._to_session_audio(tail, out)
                 out.to_session.append(p.encode(p.InputAudioCommit()))
@@ -243,7 +246,9 @@ class RealtimeTranslator:
                 current = self._current.response_id if self._current else None
                 if response_id is not None and response_id != current:
                     raise RealtimeProtocolError(
-                        "response_cancel_not_active", f"response {response_id!r} is not in progress", param="response_id"
+                        "response_cancel_not_active",
+                        f"response {response_id!r} is not in progress",
+                        param="response_id",
                     )
                 out.to_session.append(p.encode(p.ResponseCancel()))
             case ev.ConversationItemTruncate():
@@ -254,7 +259,9 @@ class RealtimeTranslator:
             raise _unsupported("session.type", "only realtime sessions are supported (not transcription sessions)")
         for name, place in _BETA_FIELDS.items():
             if getattr(session, name) is not None:
-                raise _error("invalid_event", f"session.{name} is a beta API field; use session.{place}", f"session.{name}")
+                raise _error(
+                    "invalid_event", f"session.{name} is a beta API field; use session.{place}", f"session.{name}"
+                )
         if session.output_modalities is not None and session.output_modalities != ["audio"]:
             raise _unsupported(
                 "session.output_modalities", 'voiceorch always answers with audio and its transcript: use ["audio"]'
@@ -375,7 +382,9 @@ class RealtimeTranslator:
         if item_id in self._items:
             raise _error("invalid_event", f"an item with id {item_id!r} exists already", "item.id")
         text = "\n".join(text.strip() for text in texts if text.strip())
-        size = self._pending_text_bytes + _text_frame_bytes(text) + (_text_frame_bytes("\n") if self._pending_texts else 0)
+        size = (
+            self._pending_text_bytes + _text_frame_bytes(text) + (_text_frame_bytes("\n") if self._pending_texts else 0)
+        )
         if len(self._pending_texts) >= MAX_PENDING_TEXT_ITEMS or _TEXT_FRAME_OVERHEAD + size > MAX_PENDING_TEXT_BYTES:
             raise _error(
                 "input_text_buffer_full",
@@ -424,7 +433,9 @@ class RealtimeTranslator:
                 raise _error("invalid_item_id", f"there is no assistant item {event.item_id!r}", "item_id")
             raise _unsupported("item_id", "only the latest assistant item can be truncated")
         if event.content_index != 0:
-            raise _error("invalid_value", "an assistant item has one content part: use content_index 0", "content_index")
+            raise _error(
+                "invalid_value", "an assistant item has one content part: use content_index 0", "content_index"
+            )
         if event.audio_end_ms < 0 or event.audio_end_ms > math.ceil(item.sent_ms):
             raise _error(
                 "invalid_value",
@@ -602,9 +613,7 @@ class RealtimeTranslator:
                     message=error.message if error else None,
                 ),
             )
-        extension = ev.VoiceorchDetails(
-            status=done.status, heard_text=done.text, metrics=done.metrics
-        )
+        extension = ev.VoiceorchDetails(status=done.status, heard_text=done.text, metrics=done.metrics)
         self._emit(
             frames,
             ev.ResponseDone,

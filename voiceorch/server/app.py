@@ -15,22 +15,22 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import attrs
 import trio
 
+from .. import metrics
 from ..engines import embedded
 from ..engines.base import EngineError, Engines
 from ..engines.remote import RemoteEngineSpec
-from .. import metrics
 from ..logs import log_event
 from ..session import SessionSettings
+from .access import AccessPolicy
 from .http import DEFAULT_HTTP_PORT, HttpApp, run_http_server
 from .loop_lag import watch_loop_lag
-from .access import AccessPolicy
 from .voice_ws import VOICE_PATH, VoiceServer, serve_voice
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,9 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
     async with trio.open_nursery() as loading:
         if "stt" not in loaded:
             stt_dir = config.stt_model or embedded.whisper_model_dir()
-            loading.start_soon(load, "stt", f"loading speech-to-text (faster-whisper, {stt_dir})", WhisperSTT.load, stt_dir)
+            loading.start_soon(
+                load, "stt", f"loading speech-to-text (faster-whisper, {stt_dir})", WhisperSTT.load, stt_dir
+            )
         if "tts" not in loaded:
             voice = config.tts_voice or embedded.piper_voice_path()
             loading.start_soon(load, "tts", f"loading text-to-speech (Piper, {voice})", PiperTTS.load, voice)

@@ -24,12 +24,12 @@ import wsproto.utilities
 
 from ..engines.base import Engines
 from ..logs import log_event
-from ..session import Session, SessionSettings
 from ..protocol import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN_LATER
+from ..session import Session, SessionSettings
 from .access import AccessPolicy, Admission
 from .realtime_ws import REALTIME_PATH, realtime_transport
-from .ws_transport import WebSocketTransport as WebSocketTransport
 from .telephony_ws import TELEPHONY_PATHS, telephony_transport
+from .ws_transport import WebSocketTransport as WebSocketTransport
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,12 @@ async def serve_voice(
     admission = Admission(policy.max_sessions)
     server = VoiceServer(port=listeners[0].inner.socket.getsockname()[1], listeners=listeners, admission=admission)
     log_event(
-        log, "voice.listen", host=host, port=server.port, max_sessions=policy.max_sessions, auth=policy.token is not None
+        log,
+        "voice.listen",
+        host=host,
+        port=server.port,
+        max_sessions=policy.max_sessions,
+        auth=policy.token is not None,
     )
     handler = partial(_handle, engines=engines, settings=settings, policy=policy, admission=admission, server=server)
     websocket_server = trio_websocket.WebSocketServer(

@@ -5,8 +5,8 @@ now complete, so synthesis can start before the LLM has finished. A sentence end
 ``!``, ``?`` or ``…`` followed by white space, or at a line break; a run-on longer than
 ``max_chars`` is cut at its last clause mark (``,`` ``;`` ``:`` dash) so that audio does not
 wait for a long sentence. The very first piece is cut at its first clause mark once it holds
-``first_clause_chars``, so the reply starts to sound as early as it can. Markdown marks, which a speech reply should not contain but small
-models emit, are removed.
+``first_clause_chars``, so the reply starts to sound as early as it can. Markdown marks, which
+a speech reply should not contain but small models emit, are removed.
 """
 
 from __future__ import annotations

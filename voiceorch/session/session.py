@@ -32,15 +32,15 @@ import trio
 
 from .. import metrics
 from .. import protocol as p
-from ..protocol import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY
+from ..engines import vad_batch
 from ..engines.base import Engines
 from ..logs import log_event, session_id_var, turn_id_var
+from ..protocol import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY
 from .history import Conversation
 from .input_pace import InputPace, Pace
+from .outbox import Outbox
 from .settings import SessionSettings
 from .speech_detector import CHUNK_MS, PauseStarted, SpeechDetector, SpeechResumed, SpeechStarted, SpeechStopped
-from ..engines import vad_batch
-from .outbox import Outbox
 from .transport import MessageTransport, TransportReply
 from .turn import Turn, run_turn
 
@@ -125,9 +125,7 @@ class Session:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._write)
-            await self._emit(
-                p.SessionCreated(session_id=self.session_id, audio=p.AUDIO_FORMAT, session=self.config)
-            )
+            await self._emit(p.SessionCreated(session_id=self.session_id, audio=p.AUDIO_FORMAT, session=self.config))
             nursery.start_soon(self._respond)
             with trio.move_on_after(self.settings.max_session_s) as limit:
                 await self._read()

@@ -217,7 +217,12 @@ async def run_turn(
         turn_id=turn.turn_id, status=status, text=heard, metrics=metrics, truncated=progress.truncated
     )
     log_event(
-        log, "turn.done", status=status, error=error and error.code, truncated=progress.truncated, **attrs.asdict(metrics)
+        log,
+        "turn.done",
+        status=status,
+        error=error and error.code,
+        truncated=progress.truncated,
+        **attrs.asdict(metrics),
     )
     stats.observe_response(status, metrics)
     await out.send(done)

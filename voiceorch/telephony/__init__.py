@@ -5,14 +5,30 @@ that ``/v1/twilio``, ``/v1/telnyx`` and ``/v1/vonage`` run the same session core
 This package imports nothing of voiceorch except :mod:`voiceorch.protocol`. See docs/telephony.md.
 """
 
-from .audio import CallAudio as CallAudio, CallFormat as CallFormat, alaw_decode as alaw_decode
-from .audio import alaw_encode as alaw_encode, ulaw_decode as ulaw_decode, ulaw_encode as ulaw_encode
+from .audio import CallAudio as CallAudio
+from .audio import CallFormat as CallFormat
+from .audio import alaw_decode as alaw_decode
+from .audio import alaw_encode as alaw_encode
+from .audio import ulaw_decode as ulaw_decode
+from .audio import ulaw_encode as ulaw_encode
 from .translator import (
     TRANSLATORS as TRANSLATORS,
+)
+from .translator import (
     CallError as CallError,
+)
+from .translator import (
     CallTranslator as CallTranslator,
+)
+from .translator import (
     TelnyxTranslator as TelnyxTranslator,
+)
+from .translator import (
     Translation as Translation,
+)
+from .translator import (
     TwilioTranslator as TwilioTranslator,
+)
+from .translator import (
     VonageTranslator as VonageTranslator,
 )

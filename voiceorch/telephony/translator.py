@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import collections
 import heapq
 import itertools
 import json
@@ -30,7 +29,7 @@ from typing import Any, ClassVar
 import attrs
 
 from .. import protocol as p
-from .audio import CallAudio, CallFormat, MULAW_8K
+from .audio import MULAW_8K, CallAudio, CallFormat
 
 Message = str | bytes
 #: Caller audio goes to the session in frames of at most 40 ms (speech detection judges frames).
