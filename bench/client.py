@@ -222,9 +222,7 @@ class BenchSession:
 
     def events(self, kind: type, *, start: int = 0, stop: int | None = None) -> list[tuple[int, Received]]:
         return [
-            (i, item)
-            for i, item in enumerate(self.received[start:stop], start=start)
-            if isinstance(item.event, kind)
+            (i, item) for i, item in enumerate(self.received[start:stop], start=start) if isinstance(item.event, kind)
         ]
 
 
@@ -242,9 +240,7 @@ async def open_session(
     session's ``instructions`` if given), then run the receiver and (unless ``start_mic`` is
     false: then call ``start_microphone``) the microphone until the block exits; then the
     connection is closed."""
-    async with trio_websocket.open_websocket_url(
-        url, connect_timeout=connect_timeout, disconnect_timeout=5
-    ) as ws:
+    async with trio_websocket.open_websocket_url(url, connect_timeout=connect_timeout, disconnect_timeout=5) as ws:
         created = p.parse_server_event(await ws.get_message())
         if not isinstance(created, p.SessionCreated):
             raise RuntimeError(f"expected session.created, got {created!r}")

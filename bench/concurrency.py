@@ -90,7 +90,10 @@ def fake_server_vad(tree: Path | None = None) -> str:
     try:
         if tree is not None:
             probe = subprocess.run(
-                [sys.executable, "-c", _VAD_PROBE], capture_output=True, text=True, timeout=120,
+                [sys.executable, "-c", _VAD_PROBE],
+                capture_output=True,
+                text=True,
+                timeout=120,
                 **child_environment(tree),
             )
             return probe.stdout.strip().splitlines()[-1] if probe.returncode == 0 else "unknown"
@@ -139,7 +142,14 @@ def percentiles(values: list[float]) -> dict | None:
 
 
 async def _one_session(
-    url: str, index: int, n: int, turns: int, speech: Clip, start: trio.Event, clock: dict, out: list[dict],
+    url: str,
+    index: int,
+    n: int,
+    turns: int,
+    speech: Clip,
+    start: trio.Event,
+    clock: dict,
+    out: list[dict],
     timeout: float,
 ) -> None:
     record: dict = {"session": index, "turns": [], "errors": [], "send_lags_ms": []}
@@ -341,7 +351,13 @@ def verdict(level: dict, limit_ms: float = ADDED_P99_LIMIT_MS) -> tuple[bool, st
 
 
 def run_concurrency(
-    levels: list[int], *, turns: int, tone_ms: int, log_dir: Path, say, timeout_per_level: float = 300,
+    levels: list[int],
+    *,
+    turns: int,
+    tone_ms: int,
+    log_dir: Path,
+    say,
+    timeout_per_level: float = 300,
     server_tree: Path | None = None,
 ) -> dict:
     """Each level against its own fresh fake-engine server (so memory and logs are per level);

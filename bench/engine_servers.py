@@ -188,9 +188,7 @@ def wait_ready(servers: list[EngineServer], timeout: float = READY_TIMEOUT_S) ->
     while waiting:
         for server in list(waiting):
             if server.process.poll() is not None:
-                raise EngineServerError(
-                    f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}"
-                )
+                raise EngineServerError(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
             if _answers(server):
                 server.startup_s = round(time.monotonic() - started, 2)
                 waiting.remove(server)

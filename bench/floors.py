@@ -35,10 +35,10 @@ from pathlib import Path
 
 import trio
 
-from . import machine
-
 from voiceorch import protocol as p
 from voiceorch.engines.base import ChatMessage
+
+from . import machine
 
 #: The last user message of the request sent just before each measured one, so that llama.cpp's
 #: prefix cache holds the conversation up to the measured user message, and not that message.
@@ -85,7 +85,7 @@ async def _measured_pair(
         order = [(local_ms, local), (remote_ms, remote)]
         for samples, fn in order if index % 2 == 0 else reversed(order):
             samples.append(await _time(fn))
-    hops = [round(r - l, 2) for l, r in zip(local_ms, remote_ms)]
+    hops = [round(remote - local, 2) for local, remote in zip(local_ms, remote_ms)]
     return {
         **_floor(local_ms),
         "foreign_cpu_percent": machine.foreign_cpu_percent(before, machine.snapshot()),

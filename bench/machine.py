@@ -82,4 +82,8 @@ async def wait_quiet(max_wait_s: float, threshold: float, interval: float = 1.0)
         load = foreign_cpu_percent(before, snapshot())
         waited = time.monotonic() - started
         if load is None or load < threshold or waited >= max_wait_s:
-            return {"waited_s": round(waited, 1), "foreign_cpu_percent": load, "quiet": load is not None and load < threshold}
+            return {
+                "waited_s": round(waited, 1),
+                "foreign_cpu_percent": load,
+                "quiet": load is not None and load < threshold,
+            }

@@ -126,7 +126,7 @@ def summarize(results: dict) -> dict:
         summary["hops"] = hops(floors)
         summary["floors"] = {
             "stt_floor_ms": {
-                name[len("clip:"):]: f["median_ms"] for name, f in floors["stt"].items() if name.startswith("clip:")
+                name[len("clip:") :]: f["median_ms"] for name, f in floors["stt"].items() if name.startswith("clip:")
             },
             "stt_floor_vad_turn_ms": stats(
                 f["median_ms"] for name, f in floors["stt"].items() if name.startswith("v2v:")
@@ -188,7 +188,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))
     out = [line, "-" * len(line)]
     for row in rows:
-        out.append("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        out.append(
+            "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        )
     return "\n".join(out)
 
 
@@ -200,7 +202,9 @@ def render(results: dict) -> str:
         f"python {machine['python']}  repeat: {results['config']['repeat']}",
     ]
     if results.get("server"):
-        parts.append(f"server: {results['server'].get('url')}  ({results['server'].get('started_by_bench') and 'started by the bench' or 'given with --url'})")
+        parts.append(
+            f"server: {results['server'].get('url')}  ({results['server'].get('started_by_bench') and 'started by the bench' or 'given with --url'})"
+        )
     engines = results["config"].get("engines", "embedded")
     if engines == "remote" and results.get("engine_servers"):
         parts.append(
@@ -253,8 +257,17 @@ def render(results: dict) -> str:
             if "overhead_vs_bound_ms" in o:
                 b = o["overhead_vs_bound_ms"]
                 rows.append(
-                    [scenario, "bound*", b["n"], _f(o["bound_with_speculation_ms"]["p50"]),
-                     _f(b["p50"]), _f(b["p95"]), _f(b["max"]), "-", "-"]
+                    [
+                        scenario,
+                        "bound*",
+                        b["n"],
+                        _f(o["bound_with_speculation_ms"]["p50"]),
+                        _f(b["p50"]),
+                        _f(b["p95"]),
+                        _f(b["max"]),
+                        "-",
+                        "-",
+                    ]
                 )
         parts += [
             "",
@@ -289,7 +302,9 @@ def render(results: dict) -> str:
         parts += ["", "Floors (ms; each model alone, in process, median of its repeats)", _table(["floor", "ms"], rows)]
         load = floors.get("foreign_cpu_percent")
         if load:
-            parts.append(f"other processes on the machine during the floors: p50 {_f(load['p50'])}%, max {_f(load['max'])}% of a core")
+            parts.append(
+                f"other processes on the machine during the floors: p50 {_f(load['p50'])}%, max {_f(load['max'])}% of a core"
+            )
     found = summary.get("hops")
     if found:
         parts += ["", *_render_hops(found, engines)]
@@ -297,7 +312,10 @@ def render(results: dict) -> str:
     if metrics:
         rows = []
         for scenario, m in metrics.items():
-            rows.append([scenario] + [_f((m.get(k) or {}).get("p50")) + "/" + _f((m.get(k) or {}).get("max")) for k in SERVER_METRICS])
+            rows.append(
+                [scenario]
+                + [_f((m.get(k) or {}).get("p50")) + "/" + _f((m.get(k) or {}).get("max")) for k in SERVER_METRICS]
+            )
         parts += ["", "Server metrics from response.done (ms, p50/max)", _table(["path", *SERVER_METRICS], rows)]
     concurrency = results.get("concurrency")
     if concurrency:
@@ -329,9 +347,21 @@ def render(results: dict) -> str:
             f"Concurrency (fake engines, {concurrency['vad']}; speech: {concurrency['speech']})",
             _table(
                 [
-                    "sessions", "turns", "send lag p99", "real time", "added p50", "added p95", "added p99",
-                    "after-window p99", "loop lag p99/max", "server cpu%", "client cpu%", "MB/session", "other cpu%",
-                    "load 1m", "verdict",
+                    "sessions",
+                    "turns",
+                    "send lag p99",
+                    "real time",
+                    "added p50",
+                    "added p95",
+                    "added p99",
+                    "after-window p99",
+                    "loop lag p99/max",
+                    "server cpu%",
+                    "client cpu%",
+                    "MB/session",
+                    "other cpu%",
+                    "load 1m",
+                    "verdict",
                 ],
                 rows,
             ),
@@ -346,7 +376,9 @@ def render(results: dict) -> str:
             f"(and every turn completed): {best if best is not None else 'none'}"
         )
         if every != best:
-            line += f" (but a smaller level failed: every level passed only up to {every if every is not None else 'none'})"
+            line += (
+                f" (but a smaller level failed: every level passed only up to {every if every is not None else 'none'})"
+            )
         parts.append(line)
     if results.get("notes"):
         parts += ["", "Notes:"] + [f"  - {note}" for note in results["notes"]]
@@ -372,18 +404,29 @@ def _render_hops(found: dict, engines: str) -> list[str]:
         hop = h["hop_ms"]
         rows.append(
             [
-                engine, h["inputs"], hop["n"], _f(h["in_process_floor_ms"]["p50"]), _f(h["remote_floor_ms"]["p50"]),
-                _f(hop["p50"], 1), f"{_f(hop['p25'], 1)} .. {_f(hop['p75'], 1)}", f"{_f(hop['min'], 1)} .. {_f(hop['max'], 1)}",
+                engine,
+                h["inputs"],
+                hop["n"],
+                _f(h["in_process_floor_ms"]["p50"]),
+                _f(h["remote_floor_ms"]["p50"]),
+                _f(hop["p50"], 1),
+                f"{_f(hop['p25'], 1)} .. {_f(hop['p75'], 1)}",
+                f"{_f(hop['min'], 1)} .. {_f(hop['max'], 1)}",
             ]
         )
     if rows:
         lines += [
             "Engine hops (ms): remote floor - in-process floor on the same input, the two calls alternating",
-            _table(["engine", "inputs", "pairs", "in-process p50", "remote p50", "hop p50", "p25 .. p75", "min .. max"], rows),
+            _table(
+                ["engine", "inputs", "pairs", "in-process p50", "remote p50", "hop p50", "p25 .. p75", "min .. max"],
+                rows,
+            ),
         ]
         per_input = (found.get("stt") or {}).get("per_input") or {}
         if per_input:
-            lines.append("  stt hop per input (median): " + ", ".join(f"{name} {_f(v, 1)}" for name, v in per_input.items()))
+            lines.append(
+                "  stt hop per input (median): " + ", ".join(f"{name} {_f(v, 1)}" for name, v in per_input.items())
+            )
         for engine in ("stt", "tts"):
             rt = (found.get(engine) or {}).get("connection_ms")
             if rt:
@@ -394,7 +437,11 @@ def _render_hops(found: dict, engines: str) -> list[str]:
     llm = found.get("llm")
     if llm and llm.get("http_round_trip_ms"):
         rt = llm["http_round_trip_ms"]
-        where = "the llama.cpp engine server" if engines == "remote" else "serve's own llama.cpp child, a local HTTP server too"
+        where = (
+            "the llama.cpp engine server"
+            if engines == "remote"
+            else "serve's own llama.cpp child, a local HTTP server too"
+        )
         lines.append(
             f"llm: an HTTP hop in both modes ({where}); its cost is inside llm_ttft_floor. One HTTP round trip "
             f"(GET /v1/models, warm connection): p50 {_f(rt['p50'], 2)} ms (p25 .. p75 {_f(rt['p25'], 2)} .. {_f(rt['p75'], 2)}, max {_f(rt['max'], 2)})"

@@ -31,8 +31,8 @@ from voiceorch.session.settings import SessionSettings
 from . import floors as fl
 from . import machine, report, scenarios
 from .concurrency import loop_lag, run_concurrency
-from .scenarios import Clip
 from .engine_servers import EngineServers
+from .scenarios import Clip
 from .servers import ServerProcess, read_log
 
 SCENARIOS = ["commit", "voice_to_voice", "text", "barge_in"]
@@ -55,31 +55,53 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short run: --repeat 1 --sessions 1,4")
     parser.add_argument("--url", help="measure this running server (ws://.../v1/voice) instead of starting one")
     parser.add_argument(
-        "--engines", choices=ENGINE_MODES, default="embedded",
+        "--engines",
+        choices=ENGINE_MODES,
+        default="embedded",
         help="embedded: the server's in-process models (default); remote: the bench starts "
         "wyoming-faster-whisper, wyoming-piper and a llama.cpp server, the voice server uses them "
         "(--stt-url/--tts-url/--llm-url), and the floors measure each hop",
     )
-    parser.add_argument("--wav", action="append", default=[], type=Path, help="another speech clip (any audio format; repeatable)")
-    parser.add_argument("--repeat", type=int, help="runs of each scenario per clip, each in a fresh session (default 3; --quick 1)")
+    parser.add_argument(
+        "--wav", action="append", default=[], type=Path, help="another speech clip (any audio format; repeatable)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, help="runs of each scenario per clip, each in a fresh session (default 3; --quick 1)"
+    )
     parser.add_argument(
         "--scenarios",
         default=",".join(SCENARIOS),
         help="comma-separated subset of %(default)s (also v2v, barge), or 'none'",
     )
-    parser.add_argument("--sessions", help="concurrency levels, e.g. 1,5,10 (default 1,5,10,20,40; --quick 1,4); 'none' skips")
-    parser.add_argument("--turns", type=int, default=2, help="turns per session in the concurrency part (default %(default)s)")
     parser.add_argument(
-        "--server-tree", type=Path,
+        "--sessions", help="concurrency levels, e.g. 1,5,10 (default 1,5,10,20,40; --quick 1,4); 'none' skips"
+    )
+    parser.add_argument(
+        "--turns", type=int, default=2, help="turns per session in the concurrency part (default %(default)s)"
+    )
+    parser.add_argument(
+        "--server-tree",
+        type=Path,
         help="run the concurrency part's fake-engine servers from this checkout's voiceorch (e.g. a "
         "`git worktree add /tmp/base COMMIT`); the clients stay this tree's",
     )
-    parser.add_argument("--tone-ms", type=int, default=1600, help="synthetic utterance length if the fake server uses FakeVAD")
-    parser.add_argument("--no-floors", action="store_true", help="skip the floors (no overhead figures)")
-    parser.add_argument("--floor-repeat", type=int, default=3, help="measurements of each floor input (median kept; default %(default)s)")
-    parser.add_argument("--timeout", type=float, default=240, help="seconds allowed for one measurement (default %(default)s)")
     parser.add_argument(
-        "--quiet-wait", type=float, default=30,
+        "--tone-ms", type=int, default=1600, help="synthetic utterance length if the fake server uses FakeVAD"
+    )
+    parser.add_argument("--no-floors", action="store_true", help="skip the floors (no overhead figures)")
+    parser.add_argument(
+        "--floor-repeat",
+        type=int,
+        default=3,
+        help="measurements of each floor input (median kept; default %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=240, help="seconds allowed for one measurement (default %(default)s)"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30,
         help="before each measurement, wait up to this many seconds for other processes to use "
         "< --quiet-threshold %% of a core (default %(default)s; 0: don't wait)",
     )
@@ -155,10 +177,14 @@ async def run_scenarios(
                 elif name == "voice_to_voice":
                     sample = await _measure(name, clip.name, run, timeout, quiet, scenarios.voice_to_voice, url, clip)
                 elif name == "text":
-                    prompt = transcripts.get(clip.name) or scenarios.FIXED_PROMPTS.get(clip.name, scenarios.FALLBACK_PROMPT)
+                    prompt = transcripts.get(clip.name) or scenarios.FIXED_PROMPTS.get(
+                        clip.name, scenarios.FALLBACK_PROMPT
+                    )
                     sample = await _measure(name, clip.name, run, timeout, quiet, scenarios.text, url, prompt)
                 else:
-                    sample = await _measure(name, clip.name, run, timeout, quiet, scenarios.barge_in, url, clip, speech_b)
+                    sample = await _measure(
+                        name, clip.name, run, timeout, quiet, scenarios.barge_in, url, clip, speech_b
+                    )
                 samples[name].append(sample)
     return {"samples": samples, "warmup": warmup}
 
@@ -355,7 +381,12 @@ def _real_models(
     wall_start = time.time()
     try:
         measured = trio.run(
-            run_scenarios, url, clips, args.scenario_list, args.repeat, args.timeout,
+            run_scenarios,
+            url,
+            clips,
+            args.scenario_list,
+            args.repeat,
+            args.timeout,
             Quiet(args.quiet_wait, args.quiet_threshold),
         )
     finally:
@@ -376,8 +407,13 @@ def _real_models(
             say("floors: each model alone (the voice server is stopped)")
         before = machine.snapshot()
         results["floors"] = trio.run(
-            run_floors, results["samples"], clips, args.floor_repeat, log_dir,
-            Quiet(args.quiet_wait, args.quiet_threshold), remote,
+            run_floors,
+            results["samples"],
+            clips,
+            args.floor_repeat,
+            log_dir,
+            Quiet(args.quiet_wait, args.quiet_threshold),
+            remote,
         )
         results["floors"]["foreign_cpu_percent"] = machine.foreign_cpu_percent(before, machine.snapshot())
         _apply_floors(results["samples"], results["floors"])
@@ -395,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         print(report.compare(*args.compare))
         return 0
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     out = args.out or RESULTS_DIR / f"{stamp}.json"
     log_dir = out.with_name(out.stem + "-logs")
@@ -447,7 +483,9 @@ def main(argv: list[str] | None = None) -> int:
                 results["engine_servers"] = engines.describe()
                 say(
                     "engine servers ready: "
-                    + ", ".join(f"{kind} {s['url']} in {s['startup_s']} s" for kind, s in results["engine_servers"].items())
+                    + ", ".join(
+                        f"{kind} {s['url']} in {s['startup_s']} s" for kind, s in results["engine_servers"].items()
+                    )
                 )
             _real_models(args, clips, results, log_dir, engines)
         finally:
@@ -459,7 +497,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.levels:
         results["concurrency"] = run_concurrency(
-            args.levels, turns=args.turns, tone_ms=args.tone_ms, log_dir=log_dir, say=say, timeout_per_level=args.timeout,
+            args.levels,
+            turns=args.turns,
+            tone_ms=args.tone_ms,
+            log_dir=log_dir,
+            say=say,
+            timeout_per_level=args.timeout,
             server_tree=args.server_tree,
         )
         if results["concurrency"]["vad"] == "FakeVAD":
@@ -469,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         if not results["concurrency"]["loop_lag_logged"]:
             results["notes"].append("the server logged no loop.lag lines: no event-loop lag figures")
 
-    results["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    results["finished_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     results["summary"] = report.summarize(results)
     report.write_json(results, out)
     print(report.render(results))

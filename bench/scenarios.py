@@ -34,7 +34,9 @@ DEFAULT_WAVS = (DATA / "jfk_16k.wav", DATA / "hotwords_16k.wav")
 #: Typed prompts for the text path when no transcript of the clip was measured in this run
 #: (the transcripts faster-whisper tiny.en gives, from tests/data/README.md).
 FIXED_PROMPTS = {
-    "jfk_16k": "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.",
+    "jfk_16k": (
+        "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+    ),
     "hotwords_16k": "Then you go into your comfy eye folder again in the comfy eye.",
 }
 FALLBACK_PROMPT = "What is the tallest mountain in the world?"
@@ -89,7 +91,8 @@ def speech_span(pcm: bytes, threshold: float = 0.5) -> tuple[float, float]:
     stream = _silero.new_stream()
     chunk = 512 * 2
     speech = [
-        i for i, offset in enumerate(range(0, len(pcm) - chunk + 1, chunk))
+        i
+        for i, offset in enumerate(range(0, len(pcm) - chunk + 1, chunk))
         if stream.probability(pcm[offset : offset + chunk]) >= threshold
     ]
     if not speech:
@@ -377,9 +380,7 @@ async def barge_in(url: str, clip: Clip, speech_b: Clip) -> dict:
                 barge_in_from_speech_ms=None if b_speech_at is None else _ms(t_interrupt - b_speech_at),
                 barge_in_audio_stop_ms=_ms(last_audio.at - b_at),
                 interrupt_after_vad_ms=_ms(t_interrupt - started[0].at) if started else None,
-                b_speech_onset_ms=(
-                    round(started[0].event.audio_ms - played_b.start_pos_ms, 1) if started else None
-                ),
+                b_speech_onset_ms=(round(started[0].event.audio_ms - played_b.start_pos_ms, 1) if started else None),
                 played_ms=interrupted.played_ms,
                 heard_text=interrupted.heard_text,
             )

@@ -91,7 +91,10 @@ def server_code(tree: Path | None) -> dict:
     root = tree or Path(__file__).resolve().parent.parent
     probe = subprocess.run(
         [sys.executable, "-c", "import voiceorch; print(voiceorch.__file__)"],
-        capture_output=True, text=True, timeout=60, **child_environment(tree),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **child_environment(tree),
     )
     git = ["git", "-C", str(root)]
     commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None

@@ -58,7 +58,11 @@ def settings(model) -> dict:
 
         audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
         segments, _ = model.transcribe(
-            audio, language="en", beam_size=1, vad_filter=False, condition_on_previous_text=False,
+            audio,
+            language="en",
+            beam_size=1,
+            vad_filter=False,
+            condition_on_previous_text=False,
             temperature=[0.0, 0.4],
         )
         return " ".join(s.text.strip() for s in segments if s.text.strip())
@@ -125,7 +129,7 @@ def main() -> None:
             lines += [f"  - {n}: `{t}`" for n, t in texts.items()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:12 + len(names)]))
+    print("\n".join(lines[: 12 + len(names)]))
 
 
 if __name__ == "__main__":

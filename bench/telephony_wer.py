@@ -35,8 +35,10 @@ REAL = {
 #: Sentences for the Piper voice: (what it is told to say, how a transcript writes it) where those differ.
 SYNTHETIC: list[str | tuple[str, str]] = [
     "I would like to book a table for four people on Friday at seven.",
-    ("My account number is four five six, and my postcode is twelve thirty four.",
-     "My account number is 456, and my postcode is 1234."),
+    (
+        "My account number is four five six, and my postcode is twelve thirty four.",
+        "My account number is 456, and my postcode is 1234.",
+    ),
     "Can you tell me when the next train to Manchester leaves?",
     "Please cancel my appointment with doctor Patel next Tuesday.",
     "The package was supposed to arrive yesterday but it never came.",
@@ -114,8 +116,12 @@ def main() -> None:
             total = [sum(v[0] for v in errors.values()), sum(v[1] for v in errors.values())]
             rates = (100 * e / n for e, n in (errors["real"], errors["synthetic"], total))
             rows.append((beam, condition, *rates, elapsed))
-    print("| beam | audio | WER real (2, %d words) | WER synthetic (%d, %d words) | WER all | decode s |" % (
-        sum(len(words(t)) for t in REAL.values()), len(SYNTHETIC), sum(len(words(reference(t))) for t in SYNTHETIC)))
+    real_words = sum(len(words(t)) for t in REAL.values())
+    synthetic_words = sum(len(words(reference(t))) for t in SYNTHETIC)
+    print(
+        f"| beam | audio | WER real (2, {real_words} words) | WER synthetic ({len(SYNTHETIC)}, {synthetic_words} words)"
+        " | WER all | decode s |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for beam, condition, real, synthetic, total, elapsed in rows:
         print(f"| {beam} | {condition} | {real:.1f} % | {synthetic:.1f} % | {total:.1f} % | {elapsed:.1f} |")

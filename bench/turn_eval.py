@@ -114,7 +114,7 @@ def main() -> None:
     results = {name: {"cut": 0, "delays": [], "never": 0} for name in POLICIES}
     with_pause = 0
     detail = []
-    for label, pcm, complete in items:
+    for label, pcm, _complete in items:
         pcm = np.concatenate([pcm, np.zeros(int(TAIL_S * 16000), "<i2")])
         onsets, starts = pauses(vad, pcm)
         if not onsets:
@@ -176,8 +176,13 @@ def main() -> None:
             f"| {name} | {r['cut']}/{with_pause} ({100 * r['cut'] / with_pause:.0f} %) | {statistics.median(d):.0f} "
             f"| {p95} | {d[-1]} |"
         )
-    lines += ["", "Per utterance (mid pauses; final-pause delay ms, CUT = ended in a mid pause):", "",
-              "| utterance | pauses | " + " | ".join(POLICIES) + " |", "|" + " --- |" * (len(POLICIES) + 2)]
+    lines += [
+        "",
+        "Per utterance (mid pauses; final-pause delay ms, CUT = ended in a mid pause):",
+        "",
+        "| utterance | pauses | " + " | ".join(POLICIES) + " |",
+        "|" + " --- |" * (len(POLICIES) + 2),
+    ]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row, _, _ in detail]
     lines += ["", "Transcripts at each pause onset (when the transcript rules asked):", ""]
     for row, texts, _ in detail:
