@@ -93,6 +93,9 @@ setup() {
     fi
     "$UV" pip install --quiet --python "$VENV/bin/python" --reinstall --no-deps "$wheel"
     "$UV" pip check --quiet --python "$VENV/bin/python"
+    # The end-of-turn model (Smart Turn v3.2, BSD-2-Clause): only its ONNX file, taken from the
+    # pipecat-ai wheel with its SHA-256 checked, into the venv (none of pipecat's dependencies).
+    VOICEORCH_PIP_PYTHON="$UV_DIR/bin/python" "$VENV/bin/python" -m voiceorch.engines.end_of_turn fetch >/dev/null
     echo "$want" > "$stamp"
   fi
 }

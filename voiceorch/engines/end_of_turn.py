@@ -142,7 +142,7 @@ def fetch(destination: Path | None = None) -> Path:
         return target
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", tmp, PIPECAT_WHEEL], check=True
+            [_pip_python(), "-m", "pip", "download", "--quiet", "--no-deps", "-d", tmp, PIPECAT_WHEEL], check=True
         )
         (wheel,) = Path(tmp).glob("pipecat_ai-*.whl")
         with zipfile.ZipFile(wheel) as archive:
@@ -156,6 +156,12 @@ def fetch(destination: Path | None = None) -> Path:
     target.write_bytes(data)
     target.with_name(MODEL_NAME + ".LICENSE").write_bytes(licence)
     return target
+
+
+def _pip_python() -> str:
+    """A Python with pip for the download: ``$VOICEORCH_PIP_PYTHON`` (run.sh passes its own, since a
+    venv synced by uv has no pip), else this one."""
+    return os.environ.get("VOICEORCH_PIP_PYTHON", sys.executable)
 
 
 def _sha256(path: Path) -> str:
