@@ -16,13 +16,13 @@ import logging
 import attrs
 import trio
 import trio_websocket
-import wsproto.utilities
 
 from .. import metrics
 from ..logs import log_event
 from ..session import SessionSettings
 from ..session.transport import Message, TransportReply
 from ..telephony import TRANSLATORS, CallTranslator, Translation
+from .ws_transport import WebSocketTransport
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class TelephonyTransport:
     """
 
     def __init__(self, ws: trio_websocket.WebSocketConnection, translator: CallTranslator) -> None:
-        self._ws = ws
+        self._ws = WebSocketTransport(ws)
         self.translator = translator
         self._inbox: collections.deque[Message | TransportReply] = collections.deque()
         self._waiting: trio.CancelScope | None = None
@@ -57,11 +57,7 @@ class TelephonyTransport:
                 raise trio.EndOfChannel
             frame: Message | None = None
             with trio.CancelScope() as self._waiting:
-                try:
-                    frame = await self._ws.get_message()
-                except trio_websocket.ConnectionClosed as closed:
-                    log_event(log, "session.connection_closed", code=closed.reason.code, reason=closed.reason.reason)
-                    raise trio.EndOfChannel from None
+                frame = await self._ws.receive()  # (trio.EndOfChannel once the carrier has gone)
             self._waiting = None
             if frame is not None:
                 self._take(self.translator.from_carrier(frame, trio.current_time()))
@@ -83,25 +79,18 @@ class TelephonyTransport:
             log_event(log, event, dialect=dialect, **fields)
 
     async def send(self, message: Message | TransportReply) -> None:
-        if isinstance(message, TransportReply):
-            frames = list(message.frames)
-        else:
+        if not isinstance(message, TransportReply):
             translation = self.translator.from_session(message)
             self._log(translation)
             if translation.to_session:
                 self._inbox.extend(translation.to_session)
                 if self._waiting is not None:
                     self._waiting.cancel()
-            frames = translation.to_carrier
-        for frame in frames:
-            try:
-                await self._ws.send_message(frame)
-            except (trio_websocket.ConnectionClosed, wsproto.utilities.LocalProtocolError) as exc:
-                # LocalProtocolError: the peer is closing (trio-websocket issue #175).
-                raise trio.BrokenResourceError("the carrier connection is closed") from exc
+            message = TransportReply(tuple(translation.to_carrier))
+        await self._ws.send(message)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        await self._ws.aclose(code, reason)
+        await self._ws.close(code, reason)
 
 
 def telephony_settings(settings: SessionSettings) -> SessionSettings:
