@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import time
 import wave
 from pathlib import Path
 
 from bench.corpus.make_corpus import ensure
+from bench.wer import edit_distance, words
 from voiceorch.engines.embedded import whisper_model_dir
 from voiceorch.engines.whisper_stt import WhisperSTT
 from voiceorch.engines.whisper_windowed import WindowedWhisperSTT
@@ -30,19 +30,6 @@ REAL = {
     "ask what you can do for your country.",
     "hotwords_16k.wav": "Then you go into your comfy eye folder again in the comfy eye.",
 }
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split()
-
-
-def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
 
 
 def _pcm(path: Path) -> bytes:

@@ -12,7 +12,6 @@ G.711 encode, decode, soxr 8 → 16 kHz). Run it with ``nice``:
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.wer import edit_distance, words  # noqa: E402
 from voiceorch.audio_files import read_as_wire_pcm  # noqa: E402
 from voiceorch.engines.embedded import piper_voice_path, whisper_model_dir  # noqa: E402
 from voiceorch.telephony import CallAudio, CallFormat  # noqa: E402
@@ -50,27 +50,12 @@ SYNTHETIC: list[str | tuple[str, str]] = [
 ]
 
 
-def words(text: str) -> list[str]:
-    """Lower case, no punctuation; "Dr." is "doctor"."""
-    return [{"dr": "doctor"}.get(w, w) for w in re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split()]
-
-
 def spoken(entry: str | tuple[str, str]) -> str:
     return entry if isinstance(entry, str) else entry[0]
 
 
 def reference(entry: str | tuple[str, str]) -> str:
     return entry if isinstance(entry, str) else entry[1]
-
-
-def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    """Word-level Levenshtein distance (substitutions + deletions + insertions)."""
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
 
 
 def phone(pcm: bytes, encoding: str) -> bytes:
