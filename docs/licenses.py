@@ -21,6 +21,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from voiceorch.engines.end_of_turn import PIPECAT_WHEEL
+
 OUT = Path(__file__).with_name("licenses.md")
 
 # Classifier -> SPDX identifier, for packages that state their licence only as a classifier.
@@ -121,6 +123,10 @@ def render() -> str:
     for what, package, terms in MODELS:
         version = md.version(package)
         lines.append(f"| {what} | `{package}` {version} | {terms} |")
+    lines.append(  # not an installed package: set-up takes the one file from the wheel
+        f"| Smart Turn v3.2 (ONNX), end-of-turn model | the `{PIPECAT_WHEEL}` wheel (only this file, fetched by"
+        " run.sh's set-up; none of pipecat's dependencies) | BSD-2-Clause (the wheel's licence, kept beside the file) |"
+    )
     lines += [
         "",
         f"## Runtime dependencies ({len(packages)} packages, without the test extra)",
