@@ -9,7 +9,20 @@ import logging
 import threading
 import time
 
+import pytest
+
 from voiceorch import logs
+
+
+@pytest.fixture(autouse=True)
+def root_logger_restored():
+    """configure() takes over the root logger: give the other tests theirs back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    logs.stop()
+    root.handlers[:], root.level = handlers, level
+    assert not any(isinstance(h, logs._QueueHandler) for h in root.handlers)
 
 
 def test_queued_lines_carry_the_loggers_context_and_are_written_off_its_thread():
@@ -33,6 +46,7 @@ def test_queued_lines_carry_the_loggers_context_and_are_written_off_its_thread()
     assert [(line["event"], line.get("session_id")) for line in lines] == [("inside", "sess_q"), ("outside", None)]
     assert lines[0]["n"] == 1
     assert written_by and threading.current_thread() not in written_by
+    assert not any(isinstance(h, logs._QueueHandler) for h in logging.getLogger().handlers)  # stop() took it off
 
 
 def test_a_full_queue_drops_records_and_the_next_line_counts_them(monkeypatch):

@@ -86,9 +86,12 @@ def dropped_records() -> int:
 
 
 def stop() -> None:
-    """Write out what is queued and stop the listener thread (also run at exit). Idempotent."""
+    """Write out what is queued, stop the listener thread and take the queue off the root logger
+    (so nothing queues up for a listener that is gone). Also run at exit. Idempotent."""
     global _listener
     if _listener is not None:
+        root = logging.getLogger()
+        root.handlers[:] = [h for h in root.handlers if not isinstance(h, _QueueHandler)]
         _listener.stop()
         _listener = None
 

@@ -46,6 +46,12 @@ from .turn import Turn, run_turn
 
 log = logging.getLogger(__name__)
 
+#: A pending speculation is confirmed by the wall clock only after its silence window's rest plus
+#: this long without audio: a real-time client's frames arrive every 20-40 ms, late by a little
+#: under load, so a shorter gap is jitter, not a microphone that stopped (the bench saw turns end
+#: 17 ms early without it).
+AUDIO_STOPPED_MARGIN_S = 0.15
+
 
 class Session:
     def __init__(
@@ -202,11 +208,13 @@ class Session:
 
     def _speculation_deadline(self) -> float | None:
         """When a pending speculation's silence window closes if no more audio comes: the last
-        frame's arrival plus the rest of the window (None if no speculation is pending)."""
+        frame's arrival plus the rest of the window, plus :data:`AUDIO_STOPPED_MARGIN_S` so that
+        only audio that really stopped counts, never the jitter of a client streaming in real
+        time (None if no speculation is pending)."""
         turn, detector = self._speculative, self._detector
         if turn is None or turn.scope.cancel_called or detector is None or detector.quiet_ms is None:
             return None
-        return self._audio_at + max(0.0, detector.silence_ms - detector.quiet_ms) / 1000
+        return self._audio_at + max(0.0, detector.silence_ms - detector.quiet_ms) / 1000 + AUDIO_STOPPED_MARGIN_S
 
     async def _on_audio_stopped(self) -> None:
         """The audio stopped inside a pause and the silence window has passed by the wall
