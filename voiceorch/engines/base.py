@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import attrs
 import trio
+
+if TYPE_CHECKING:
+    from .tools import ServerTools
 
 #: Audio crossing the engine interfaces: PCM signed 16-bit little-endian, mono, 16 kHz.
 SAMPLE_RATE = 16_000
@@ -134,3 +137,6 @@ class Engines:
     llm: LanguageModel
     tts: TextToSpeech
     vad: VoiceActivityModel
+    #: Tools the server runs itself (:mod:`voiceorch.engines.tools`), offered to the LLM beside
+    #: the client's own; None: none.
+    tools: ServerTools | None = None
