@@ -4,6 +4,7 @@ WebSockets (no timing involved)."""
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import asynccontextmanager
 
 import pytest
@@ -13,6 +14,7 @@ import trio_websocket
 from session_harness import PUSH_TO_TALK, fake_engines
 from voiceorch.server.access import AccessPolicy
 from voiceorch.server.voice_ws import serve_voice
+from voiceorch.telephony.signature import twilio_signature
 
 TOKEN = "s3cret-t0ken"
 
@@ -105,3 +107,49 @@ async def test_beyond_max_sessions_a_connection_is_closed_with_1013():
                         await trio.sleep(0.05)
             else:
                 raise AssertionError("no session admitted after one ended")
+
+
+TWILIO_TOKEN = "twilio-auth-t0ken"
+TELNYX_TOKEN = "telnyx-stream-t0ken"
+CARRIERS = AccessPolicy(
+    token=TOKEN, twilio_auth_token=TWILIO_TOKEN, public_url="wss://voice.example.com", telnyx_stream_token=TELNYX_TOKEN
+)
+
+
+@pytest.mark.parametrize(
+    "path, headers, expected",
+    [
+        ("/v1/twilio", [], 401),  # no signature (and the generic token does not stand in for it)
+        ("/v1/twilio", [("Authorization", f"Bearer {TOKEN}")], 401),
+        ("/v1/twilio", [("X-Twilio-Signature", twilio_signature("wrong", "wss://voice.example.com/v1/twilio"))], 403),
+        ("/v1/twilio", [("X-Twilio-Signature", twilio_signature(TWILIO_TOKEN, "wss://elsewhere.com/v1/twilio"))], 403),
+        (
+            "/v1/twilio",
+            [("X-Twilio-Signature", twilio_signature(TWILIO_TOKEN, "wss://voice.example.com/v1/twilio"))],
+            None,
+        ),
+        ("/v1/telnyx", [], 401),
+        ("/v1/telnyx", [("Authorization", f"Bearer {TOKEN}")], 401),
+        ("/v1/telnyx", [("Authorization", f"Bearer {TELNYX_TOKEN}")], None),
+        ("/v1/telnyx", [("Authorization", TELNYX_TOKEN)], None),
+        ("/v1/vonage", [], 401),  # the generic token still guards the other paths
+        ("/v1/vonage?token=" + TOKEN, [], None),
+    ],
+)
+async def test_the_carriers_credentials_are_checked_on_their_paths(path, headers, expected, caplog):
+    caplog.set_level(logging.INFO)
+    async with voice_server(CARRIERS) as url:
+        url = url.removesuffix("/v1/voice") + path
+        raw = [(name.encode(), value.encode()) for name, value in headers]
+        if expected is None:
+            async with trio_websocket.open_websocket_url(url, extra_headers=raw) as ws:
+                await ws.send_message(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+        else:
+            with pytest.raises(trio_websocket.ConnectionRejected) as info:
+                async with trio_websocket.open_websocket_url(url, extra_headers=raw):
+                    pass
+            assert info.value.status_code == expected
+            (refusal,) = [r for r in caplog.records if r.getMessage() == "voice.refused"]
+            assert refusal.fields["status"] == expected
+    for secret in (TOKEN, TWILIO_TOKEN, TELNYX_TOKEN):
+        assert secret not in caplog.text  # never logged

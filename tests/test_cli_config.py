@@ -22,7 +22,14 @@ def parse(*argv: str) -> tuple[argparse.Namespace, cli.ConfigArgs]:
 
 @pytest.fixture(autouse=True)
 def _no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("VOICEORCH_AUTH_TOKEN", "VOICEORCH_LLM_API_KEY", "VOICEORCH_STT_API_KEY", "VOICEORCH_TTS_API_KEY"):
+    for name in (
+        "VOICEORCH_AUTH_TOKEN",
+        "VOICEORCH_LLM_API_KEY",
+        "VOICEORCH_STT_API_KEY",
+        "VOICEORCH_TTS_API_KEY",
+        "TWILIO_AUTH_TOKEN",
+        "TELNYX_STREAM_AUTH_TOKEN",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -42,6 +49,22 @@ def test_every_config_field_has_an_option_or_is_left_at_its_default_on_purpose()
     assert {f"access.{f.name}" for f in attrs.fields(AccessPolicy)} <= paths
     session_paths = {p.removeprefix("session.") for p in paths if p.startswith("session.")}
     assert session_paths <= {f.name for f in attrs.fields(SessionSettings)}
+
+
+def test_the_phone_options_land_in_the_access_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "from-env")
+    args, targets = parse(
+        "--public-url", "wss://voice.example.com", "--telnyx-stream-token", "tx",
+        "--call-instructions-param", "persona", "--call-instructions-param", "instructions",
+    )  # fmt: skip
+    assert cli.server_config(args, targets).access == AccessPolicy(
+        twilio_auth_token="from-env",
+        public_url="wss://voice.example.com",
+        telnyx_stream_token="tx",
+        call_instruction_params=("persona", "instructions"),
+    )
+    with pytest.raises(SystemExit):  # a signature check needs the URL Twilio signs
+        cli.main(["serve", "--twilio-auth-token", "t"])
 
 
 def test_options_land_in_their_fields() -> None:

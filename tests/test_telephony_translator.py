@@ -188,16 +188,16 @@ def test_dtmf_digits_are_batched_into_one_text_turn():
     assert [p.parse_client_event(f).text for f in out.to_session] == ["The caller pressed 5 and # on the keypad."]
 
 
-def test_custom_parameters_set_instructions_only_when_allowed():
-    for allowed in (False, True):
-        t = TwilioTranslator(allow_instructions=allowed)
-        out = t.from_carrier(twilio_start({"instructions": "You are a dentist's receptionist."}), 0)
+def test_custom_parameters_set_instructions_only_when_allowlisted():
+    parameters = {"instructions": "Say no.", "persona": "You are a dentist's receptionist."}
+    for allowlist, expected in (((), None), (("prompt",), None), (("persona", "instructions"), parameters["persona"])):
+        t = TwilioTranslator(instruction_params=allowlist)
+        out = t.from_carrier(twilio_start(parameters), 0)
         updates = [p.parse_client_event(f) for f in out.to_session]
-        if allowed:
-            patch = p.SessionPatch(instructions="You are a dentist's receptionist.")
-            assert updates == [p.SessionUpdate(session=patch)]
+        if expected is not None:
+            assert updates == [p.SessionUpdate(session=p.SessionPatch(instructions=expected))]
         else:
-            assert updates == []
+            assert updates == [] and "call.instructions_ignored" in [name for name, _ in out.notes]
 
 
 def test_stop_ends_the_stream():

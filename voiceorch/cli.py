@@ -295,6 +295,46 @@ def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
         default=[],
         help="accept browser connections only from this Origin, e.g. https://app.example.com (repeatable)",
     )
+    phone = s.add_argument_group("phone calls (/v1/twilio, /v1/telnyx, /v1/vonage; docs/telephony.md)")
+    option(
+        phone,
+        "--twilio-auth-token",
+        "access.twilio_auth_token",
+        _none_if_zero,
+        metavar="TOKEN",
+        default=os.environ.get("TWILIO_AUTH_TOKEN"),
+        help="verify X-Twilio-Signature on /v1/twilio with this account auth token (401 without it, 403 when "
+        "wrong), in place of --auth-token there (default: $TWILIO_AUTH_TOKEN; none: no check); never logged",
+    )
+    option(
+        phone,
+        "--public-url",
+        "access.public_url",
+        metavar="URL",
+        help="the public base URL the carriers connect to, e.g. wss://voice.example.com (the <Stream url> "
+        "without /v1/twilio), which Twilio's signature covers; needed with --twilio-auth-token",
+    )
+    option(
+        phone,
+        "--telnyx-stream-token",
+        "access.telnyx_stream_token",
+        _none_if_zero,
+        metavar="TOKEN",
+        default=os.environ.get("TELNYX_STREAM_AUTH_TOKEN"),
+        help="require on /v1/telnyx the stream_auth_token given to Telnyx's Call Control, as Authorization: "
+        "Bearer TOKEN, in place of --auth-token there (default: $TELNYX_STREAM_AUTH_TOKEN); never logged",
+    )
+    option(
+        phone,
+        "--call-instructions-param",
+        "access.call_instruction_params",
+        tuple,
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a call's start custom parameter (Vonage: header) of this name sets the session's instructions "
+        "(repeatable, the first present wins; default: none, a call never sets them)",
+    )
     option(
         sess,
         "--playback-lead-ms",
@@ -391,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         for kind, model in (("stt", "--stt-model"), ("tts", "--tts-voice")):
             if getattr(args, f"{kind}_url") and getattr(args, model[2:].replace("-", "_")):
                 parser.error(f"--{kind}-url and {model} exclude each other (a remote engine has no local model)")
+        if args.twilio_auth_token and not args.public_url:
+            parser.error("--twilio-auth-token needs --public-url: the URL Twilio connects to is what it signs")
         return _serve(args, targets)
     return _talk(args)
 

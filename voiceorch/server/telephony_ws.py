@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Sequence
 
 import attrs
 import trio
@@ -99,10 +100,14 @@ def telephony_settings(settings: SessionSettings) -> SessionSettings:
 
 
 def telephony_transport(
-    ws: trio_websocket.WebSocketConnection, path: str, settings: SessionSettings, *, allow_instructions: bool = False
+    ws: trio_websocket.WebSocketConnection,
+    path: str,
+    settings: SessionSettings,
+    *,
+    instruction_params: Sequence[str] = (),
 ) -> tuple[TelephonyTransport, SessionSettings]:
     """The transport and settings of a call accepted on ``path`` (one of :data:`TELEPHONY_PATHS`).
-    ``allow_instructions``: the call's ``start`` custom parameter ``instructions`` (Vonage: the
-    header of that name) sets the session's instructions."""
-    translator = TRANSLATORS[TELEPHONY_PATHS[path.split("?", 1)[0]]](allow_instructions=allow_instructions)
+    ``instruction_params``: the call's ``start`` custom parameters (Vonage: headers) that may set
+    the session's instructions (``serve --call-instructions-param``)."""
+    translator = TRANSLATORS[TELEPHONY_PATHS[path.split("?", 1)[0]]](instruction_params=instruction_params)
     return TelephonyTransport(ws, translator), telephony_settings(settings)

@@ -179,7 +179,9 @@ async def _serve_connection(
             if path == REALTIME_PATH:  # the OpenAI Realtime dialect over the same session core
                 transport, session_settings = realtime_transport(ws, request.path, settings)
             elif path in TELEPHONY_PATHS:  # a carrier's media stream (docs/telephony.md)
-                transport, session_settings = telephony_transport(ws, path, settings)
+                transport, session_settings = telephony_transport(
+                    ws, path, settings, instruction_params=policy.call_instruction_params
+                )
             else:
                 transport, session_settings = WebSocketTransport(ws), settings
             session = Session(transport, engines, session_settings)

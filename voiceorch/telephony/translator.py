@@ -24,6 +24,7 @@ import binascii
 import heapq
 import itertools
 import json
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -74,9 +75,10 @@ class CallTranslator:
 
     dialect: ClassVar[str] = "?"
 
-    def __init__(self, *, allow_instructions: bool = False, dtmf_pause_s: float = DTMF_PAUSE_S) -> None:
-        #: ``start`` custom parameters may set the session's instructions (an operator's choice).
-        self.allow_instructions = allow_instructions
+    def __init__(self, *, instruction_params: Sequence[str] = (), dtmf_pause_s: float = DTMF_PAUSE_S) -> None:
+        #: The ``start`` custom parameters (Vonage: headers) that may set the session's
+        #: instructions, the first present wins (an operator's choice; none by default).
+        self.instruction_params = tuple(instruction_params)
         self._dtmf_pause_s = dtmf_pause_s
         self.audio: CallAudio | None = None  # once the call's format is known
         self.call_id: str | None = None
@@ -154,14 +156,16 @@ class CallTranslator:
         self.audio = CallAudio(call_format)
         fields = {"call_id": call_id, "encoding": call_format.encoding, "rate": call_format.rate}
         out.notes.append(("call.start", fields))
-        instructions = parameters.get("instructions") if isinstance(parameters, dict) else None
-        if isinstance(instructions, str) and instructions.strip():
-            if self.allow_instructions:
+        parameters = parameters if isinstance(parameters, dict) else {}
+        for name in self.instruction_params:
+            instructions = parameters.get(name)
+            if isinstance(instructions, str) and instructions.strip():
                 patch = p.SessionPatch(instructions=instructions)
                 out.to_session.append(p.encode(p.SessionUpdate(session=patch)))
-                out.notes.append(("call.instructions_set", {"chars": len(instructions)}))
-            else:
-                out.notes.append(("call.instructions_ignored", {"reason": "not allowed by the operator"}))
+                out.notes.append(("call.instructions_set", {"parameter": name, "chars": len(instructions)}))
+                return
+        if "instructions" in parameters:
+            out.notes.append(("call.instructions_ignored", {"reason": "the parameter is not allowlisted"}))
 
     def _digit(self, digit: Any, now: float, out: Translation) -> None:
         if not isinstance(digit, str) or len(digit) != 1 or digit not in "0123456789*#ABCD":
