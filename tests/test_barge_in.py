@@ -329,7 +329,7 @@ async def test_a_thousand_interrupted_turns_leave_nothing_behind(autojump_clock)
         session = client.session
         assert session._unfinished == []
         assert session._turns_send.statistics().current_buffer_used == 0
-        assert len(session._input) <= (300 + 150 + 64) * 32
+        assert session._turns.input_bytes <= (300 + 150 + 64) * 32
         # The conversation stays bounded.
         assert len(session.conversation.messages) <= session.settings.history_max_messages
     check_framing(client.log)

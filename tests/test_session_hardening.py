@@ -15,7 +15,7 @@ from test_barge_in import speech, stream
 from voiceorch import protocol as p
 from voiceorch.engines.fakes import FakeSTT, FakeTTS
 from voiceorch.session import Session, SessionSettings, memory_transport_pair
-from voiceorch.session.session import AUDIO_STOPPED_MARGIN_S
+from voiceorch.session.turn_taking import AUDIO_STOPPED_MARGIN_S
 
 
 async def test_a_client_that_stops_sending_inside_the_pause_gets_its_answer_then_idles_out(autojump_clock):

@@ -27,7 +27,7 @@ conversation history keeps only the words the user heard.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import attrs
@@ -65,6 +65,8 @@ class Turn:
     reported_played_ms: float | None = None
     #: Whether the user's words reached the client (``transcript.final``).
     transcribed: bool = False
+    #: Called (no arguments, synchronously) once the user's words have reached the client.
+    on_transcribed: Callable[[], None] | None = None
     #: Set once the user's turn has really ended; a speculative turn starts without it.
     confirmed: trio.Event = attrs.field(factory=trio.Event)
 
@@ -258,6 +260,8 @@ async def _respond(
     await out.send(p.TranscriptFinal(turn_id=turn.turn_id, text=user_text))
     progress.user_text = user_text  # the user's words count once the client has them
     turn.transcribed = True
+    if turn.on_transcribed is not None:
+        turn.on_transcribed()
     if not progress.user_text:
         raise EngineError("no_speech", "no words were recognized in the committed audio")
 

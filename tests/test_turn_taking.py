@@ -1,0 +1,225 @@
+"""The turn-taking state machine alone: scripted speech probabilities, a plain clock value, no I/O."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from voiceorch import protocol as p
+from voiceorch.session import turn_taking as tt
+
+CHUNK = 1024  # one 32 ms VAD chunk of 16 kHz s16le
+CHUNK_S = 0.032
+
+
+class Script:
+    """Drives a :class:`TurnTaking` with scripted VAD output ("S": a speech chunk, "_": silence)."""
+
+    def __init__(self, **kwargs) -> None:
+        self.machine = tt.TurnTaking(lambda: None, **kwargs)  # the stream is never asked: we script it
+        self.now = 0.0
+        self.started: list[tt.Response] = []
+
+    def feed(self, pattern: str) -> list[tt.Action]:
+        actions: list[tt.Action] = []
+        for mark in pattern:
+            self.now += CHUNK_S
+            for action in self.machine.audio(bytes(CHUNK), self.now):
+                if isinstance(action, tt.DetectSpeech):
+                    assert len(action.chunks) == 1
+                    actions += self.machine.vad(action, [1.0 if mark == "S" else 0.0], self.now)
+                else:
+                    actions.append(action)
+        self.started += [a.response for a in actions if isinstance(a, tt.StartResponse)]
+        return actions
+
+
+def events(actions: list[tt.Action]) -> list[str]:
+    return [a.event.TYPE for a in actions if isinstance(a, tt.Emit)]
+
+
+def kinds(actions: list[tt.Action]) -> list[str]:
+    """Action class names, and for events their wire name without ``input_audio.``."""
+    return [
+        type(a).__name__ if not isinstance(a, tt.Emit) else a.event.TYPE.removeprefix("input_audio.") for a in actions
+    ]
+
+
+def test_speech_then_silence_speculates_in_the_pause_and_confirms_at_the_window():
+    s = Script()
+    assert kinds(s.feed("SSSSSSSSSS")) == ["speech_started"]
+    pause = s.feed("_____")  # 160 ms of silence: the pause begins
+    assert kinds(pause) == ["StartResponse"]
+    (spec,) = s.started
+    assert spec.speculative and spec.turn_id == "turn_1" and len(spec.audio) > 0
+    end = s.feed("___________")  # 512 ms in all: the window closes
+    assert kinds(end) == ["speech_stopped", "committed", "ConfirmResponse"]
+    assert end[-1].response is spec and not spec.speculative
+    assert end[1].event.turn_id == "turn_1"
+    assert s.machine.responding
+
+
+def test_speech_resuming_in_the_pause_drops_the_speculation_and_reuses_its_id():
+    s = Script()
+    s.feed("SSSSSSSSSS_____")
+    (spec,) = s.started
+    resumed = s.feed("SS")
+    assert kinds(resumed) == ["CancelResponse"] and resumed[0].response is spec and spec.cancelled
+    s.machine.response_started(spec)
+    s.machine.response_ended(spec)
+    s.feed("SSSS" + "_" * 16)
+    assert [r.turn_id for r in s.started] == ["turn_1", "turn_1"]  # the client never saw the first
+    assert s.started[1].audio.__len__() > len(spec.audio)  # the whole utterance, both parts
+
+
+def test_no_speculation_when_it_is_off():
+    s = Script(speculate_after_ms=None)
+    s.feed("SSSSSSSSSS_____")
+    assert s.started == []
+    end = s.feed("___________")
+    assert kinds(end) == ["speech_stopped", "committed", "StartResponse"]
+    assert not s.started[0].speculative
+
+
+def confirmed_turn(s: Script) -> tt.Response:
+    s.feed("SSSSSSSSSS" + "_" * 16)
+    (response,) = s.started
+    s.machine.response_started(response)
+    return response
+
+
+def test_barge_in_interrupts_first_and_carries_untranscribed_audio_into_the_next_turn():
+    s = Script()
+    first = confirmed_turn(s)
+    speech = s.feed("SSSSSSS")  # 224 ms >= interrupt_min_speech_ms 200
+    assert kinds(speech)[:1] == ["speech_started"]
+    assert any(isinstance(a, tt.Interrupt) and a.response is first for a in speech)
+    first_interrupt = next(i for i, a in enumerate(speech) if isinstance(a, tt.Interrupt))
+    assert first_interrupt < len(speech)  # (the barge-in is decided in the batch that reached it)
+    s.machine.response_ended(first)
+    s.feed("_" * 16)
+    second = s.started[1]
+    assert second.audio.startswith(first.audio)  # the interrupted turn's words were never transcribed
+
+
+def test_barge_in_does_not_carry_a_turn_whose_words_were_transcribed():
+    s = Script()
+    first = confirmed_turn(s)
+    s.machine.response_transcribed(first)
+    s.feed("SSSSSSS")
+    s.machine.response_ended(first)
+    s.feed("_" * 16)
+    assert not s.started[1].audio.startswith(first.audio)
+
+
+def test_barge_in_comes_before_the_events_of_the_same_batch():
+    s = Script()
+    first = confirmed_turn(s)
+    machine = s.machine
+    for _ in range(7):  # seven speech chunks judged in one batch
+        s.now += CHUNK_S
+        (asked,) = machine.audio(bytes(CHUNK), s.now)
+    actions = machine.vad(tt.DetectSpeech(asked.detector, []), [1.0] * 7, s.now)
+    assert kinds(actions) == ["Interrupt", "speech_started"]
+    assert actions[0].response is first and first.cancelled
+
+
+def test_short_speech_over_a_response_is_ignored():
+    s = Script()
+    first = confirmed_turn(s)
+    assert kinds(s.feed("SSSSS" + "_" * 16)) == ["speech_started", "speech_stopped"]  # 160 ms: a cough
+    assert len(s.started) == 1 and not first.cancelled
+
+
+def test_without_interrupt_response_speech_over_a_response_queues_behind_it():
+    s = Script(turn_detection=p.TurnDetection(interrupt_response=False))
+    first = confirmed_turn(s)
+    s.feed("SSSSSSSSSS" + "_" * 16)
+    assert not first.cancelled and len(s.started) == 2
+
+
+def test_a_typed_turn_supersedes_the_responses_in_progress():
+    s = Script(turn_detection=p.TurnDetection(interrupt_response=False))
+    first = confirmed_turn(s)
+    s.feed("SSSSSSSSSS_____")  # a speculation in the next pause
+    spec = s.started[1]
+    actions = s.machine.text("  hello ")
+    assert kinds(actions) == ["CancelResponse", "StartResponse", "CancelResponse"]
+    assert [a.response for a in actions] == [spec, actions[1].response, first]
+    assert actions[1].response.text == "hello" and actions[1].response.turn_id == "turn_2"
+    (empty,) = s.machine.text("  ")
+    assert empty.code == "invalid_event"
+
+
+def test_audio_that_stops_in_the_pause_ends_the_turn_by_the_clock():
+    s = Script()
+    s.feed("SSSSSSSSSS_____")
+    deadline = s.machine.deadline()
+    assert deadline is not None
+    # The rest of the window (512 - 160 ms, in whole chunks) plus the margin, from the last frame.
+    assert deadline == pytest.approx(s.now + (500 - 160) / 1000 + tt.AUDIO_STOPPED_MARGIN_S)
+    assert s.machine.tick(deadline - 0.001) == []
+    end = s.machine.tick(deadline)
+    assert kinds(end) == ["speech_stopped", "committed", "ConfirmResponse"]
+    assert s.machine.deadline() is None
+
+
+def test_commit_of_nothing_is_an_error_and_commit_ends_the_turn():
+    s = Script(turn_detection=p.TurnDetection(type="none"))
+    assert s.machine.commit() == [tt.Fail("input_audio_buffer_empty", "there is no audio to commit")]
+    assert s.feed("SSSS") == []  # push-to-talk: no speech detection at all
+    actions = s.machine.commit()
+    assert kinds(actions) == ["committed", "StartResponse"]
+    assert actions[0].event.audio_ms == 4 * 32
+
+
+def test_a_full_queue_refuses_more_turns():
+    s = Script(turn_detection=p.TurnDetection(type="none"), max_pending_turns=2)
+    assert kinds(s.machine.text("one")) == ["StartResponse"]
+    assert kinds(s.machine.text("two")) == ["StartResponse", "CancelResponse"]
+    (busy,) = s.machine.text("three")
+    assert busy.code == "busy"
+    s.machine.response_started(s.machine._responses[0])
+    assert kinds(s.machine.text("three")) == ["StartResponse", "CancelResponse"]
+
+
+def test_input_buffer_bound():
+    s = Script(turn_detection=p.TurnDetection(type="none"), max_input_audio_ms=64)
+    assert s.feed("SS") == []
+    (full,) = s.feed("SSS")
+    assert full.code == "input_audio_buffer_full"
+    assert s.machine.input_bytes == 2 * CHUNK
+
+
+def test_shutting_down_refuses_the_turn_that_ends_and_drops_the_speculation():
+    s = Script()
+    s.feed("SSSSSSSSSS_____")
+    (spec,) = s.started
+    assert kinds(s.machine.stop_new_turns()) == ["CancelResponse"]
+    end = s.feed("___________")
+    assert kinds(end) == ["speech_stopped", "Fail"] and end[1].code == "server_shutting_down"
+    assert s.machine.input_bytes == 0
+
+
+def test_cancel_response():
+    s = Script()
+    (none,) = s.machine.cancel_response()
+    assert none.code == "no_active_response"
+    first = confirmed_turn(s)
+    assert kinds(s.machine.cancel_response()) == ["CancelResponse"] and first.cancelled
+
+
+def test_clear_forgets_speech_in_progress_and_a_stale_vad_answer():
+    s = Script()
+    s.now += CHUNK_S
+    (asked,) = s.machine.audio(bytes(CHUNK), s.now)
+    actions = s.machine.clear()
+    assert kinds(actions) == ["cleared"] and actions[0].event.audio_ms == 32
+    assert s.machine.vad(asked, [1.0], s.now) == []  # the detector it asked is gone
+
+
+def test_switching_to_push_to_talk_drops_the_speculation():
+    s = Script()
+    s.feed("SSSSSSSSSS_____")
+    actions = s.machine.configure(attrs.evolve(p.TurnDetection(), type="none"))
+    assert kinds(actions) == ["CancelResponse"] and s.machine.detector is None

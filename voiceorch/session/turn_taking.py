@@ -1,0 +1,441 @@
+"""Turn-taking: who speaks when, as one sans-I/O state machine (events in, decisions out, no awaits).
+
+:class:`TurnTaking` holds everything the session decides about the user's turns: the input audio
+buffer, the speech detector's decisions, the speculative response started in a pause, barge-in,
+the audio of interrupted turns carried into the next one, and the wall-clock end of a pause whose
+audio stopped arriving. The session feeds it events and carries out the decisions it returns, in
+order:
+
+- events in: :meth:`~TurnTaking.audio` (a frame taken in), :meth:`~TurnTaking.vad` (the speech
+  probabilities of the chunks it asked about), :meth:`~TurnTaking.tick` (time passing; call it at
+  :meth:`~TurnTaking.deadline`), the client's controls (:meth:`~TurnTaking.commit`,
+  :meth:`~TurnTaking.clear`, :meth:`~TurnTaking.text`, :meth:`~TurnTaking.cancel_response`,
+  :meth:`~TurnTaking.configure`), and the responses' progress (:meth:`~TurnTaking.response_started`,
+  :meth:`~TurnTaking.response_transcribed`, :meth:`~TurnTaking.response_ended`);
+- decisions out: :class:`DetectSpeech` (judge these chunks, then call ``vad``), :class:`Emit` (an
+  event for the client), :class:`Fail` (an ``error`` event), :class:`StartResponse`,
+  :class:`Interrupt` (barge-in), :class:`CancelResponse`, :class:`ConfirmResponse`.
+
+Times are plain numbers of seconds (the session passes ``trio.current_time()``), so the machine
+is tested alone with scripted probabilities and a clock value. Nothing here blocks or awaits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import attrs
+
+from .. import protocol as p
+from ..engines.base import VoiceActivityStream
+from ..logs import log_event
+from .speech_detector import (
+    CHUNK_MS,
+    Decision,
+    PauseStarted,
+    SpeechDetector,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechStopped,
+)
+
+log = logging.getLogger(__name__)
+
+#: A pending speculation is confirmed by the wall clock only after its silence window's rest plus
+#: this long without audio: a real-time client's frames arrive every 20-40 ms, late by a little
+#: under load, so a shorter gap is jitter, not a microphone that stopped (the bench saw turns end
+#: 17 ms early without it).
+AUDIO_STOPPED_MARGIN_S = 0.15
+
+
+@attrs.define(eq=False)
+class Response:
+    """The machine's record of one response (queued, in progress, or speculative)."""
+
+    turn_id: str
+    audio: bytes | None = None
+    text: str | None = None
+    #: Started in a pause, not yet confirmed as a turn of its own.
+    speculative: bool = False
+    cancelled: bool = False
+    #: The user's words reached the client (then its audio is never carried into another turn).
+    transcribed: bool = False
+    #: Waiting in the session's queue (not yet taken by the responder).
+    queued: bool = True
+
+
+# --- decisions out ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class DetectSpeech:
+    """Judge ``chunks`` (32 ms each) with ``detector.stream`` and give the probabilities to :meth:`TurnTaking.vad`."""
+
+    detector: SpeechDetector
+    chunks: list[bytes]
+
+
+@attrs.frozen
+class Emit:
+    event: p.ServerEvent
+
+
+@attrs.frozen
+class Fail:
+    """Tell the client of its mistake (an ``error`` event); nothing else changes."""
+
+    code: str
+    message: str
+
+
+@attrs.frozen
+class StartResponse:
+    """Queue ``response`` for the responder (speculative: its output held until confirmed)."""
+
+    response: Response
+
+
+@attrs.frozen
+class Interrupt:
+    """Barge-in: the user speaks over ``response``, which ends as ``interrupted``."""
+
+    response: Response
+
+
+@attrs.frozen
+class CancelResponse:
+    """End ``response`` now (superseded, cancelled by the client, or a dropped speculation)."""
+
+    response: Response
+
+
+@attrs.frozen
+class ConfirmResponse:
+    """The speculative ``response``'s turn has really ended: release its output."""
+
+    response: Response
+
+
+Action = DetectSpeech | Emit | Fail | StartResponse | Interrupt | CancelResponse | ConfirmResponse
+
+
+@attrs.define
+class TurnTaking:
+    """The turn-taking decisions of one session (see the module's docstring)."""
+
+    #: Makes the speech detector's voice-activity stream (a new one after ``input_audio.clear``).
+    new_vad_stream: Callable[[], VoiceActivityStream]
+    turn_detection: p.TurnDetection = p.TurnDetection()
+    #: Under server VAD, start a speculative response once a pause has lasted this long (None: don't).
+    speculate_after_ms: int | None = 160
+    max_input_audio_ms: int = 60_000
+    #: Responses that may wait in the session's queue.
+    max_pending_turns: int = 4
+    detector: SpeechDetector | None = None
+    _input: bytearray = attrs.field(factory=bytearray)
+    _overflowed: bool = False
+    _over_response: bool = False  # the current utterance began over a response in progress
+    _speculative: Response | None = None  # started in the current pause, not yet confirmed
+    _carried: list[Response] = attrs.field(factory=list)  # interrupted turns whose audio may belong to the next
+    _responses: list[Response] = attrs.field(factory=list)  # queued or in progress, oldest first
+    _turn_count: int = 0
+    _draining: bool = False
+    _audio_at: float = 0.0  # when the last audio frame was taken in
+
+    def __attrs_post_init__(self) -> None:
+        self._configure_detector()
+
+    # --- what the session asks ------------------------------------------------------------
+
+    @property
+    def input_bytes(self) -> int:
+        """Audio held for the turn in progress (bytes)."""
+        return len(self._input)
+
+    @property
+    def turns_started(self) -> int:
+        return self._turn_count
+
+    @property
+    def responding(self) -> bool:
+        """A confirmed response is queued or in progress (the session is not idle)."""
+        return any(not r.speculative for r in self._responses)
+
+    def deadline(self) -> float | None:
+        """When :meth:`tick` has something to decide if no audio comes before (None: nothing).
+
+        A pending speculation's silence window closes at the last frame's arrival plus the rest of
+        the window, plus :data:`AUDIO_STOPPED_MARGIN_S` so that only audio that really stopped
+        counts, never the jitter of a client streaming in real time."""
+        spec, detector = self._speculative, self.detector
+        if spec is None or spec.cancelled or detector is None or detector.quiet_ms is None:
+            return None
+        return self._audio_at + max(0.0, detector.silence_ms - detector.quiet_ms) / 1000 + AUDIO_STOPPED_MARGIN_S
+
+    # --- events in ------------------------------------------------------------------------
+
+    def configure(self, turn_detection: p.TurnDetection) -> list[Action]:
+        """The session's turn detection changed (``session.update``)."""
+        self.turn_detection = turn_detection
+        return self._configure_detector()
+
+    def stop_new_turns(self) -> list[Action]:
+        """The server is shutting down: no new response starts (a turn ending now is refused)."""
+        self._draining = True
+        return self._drop_speculation()
+
+    def audio(self, data: bytes, now: float) -> list[Action]:
+        """A valid frame of input audio was taken in at ``now``."""
+        actions: list[Action] = []
+        limit = self.max_input_audio_ms * p.BYTES_PER_MS
+        if self._overflowed or len(self._input) + len(data) > limit:
+            if not self._overflowed:
+                self._overflowed = True
+                actions.append(
+                    Fail(
+                        "input_audio_buffer_full",
+                        f"a turn holds at most {self.max_input_audio_ms} ms of audio; "
+                        "further audio is dropped until the turn ends or input_audio.clear",
+                    )
+                )
+        else:
+            self._input += data
+        self._audio_at = now
+        if self.detector is not None:  # it hears everything, so silence still ends the turn
+            actions.append(DetectSpeech(self.detector, self.detector.chunks(data)))
+        return actions
+
+    def vad(self, asked: DetectSpeech, probabilities: list[float], now: float) -> list[Action]:
+        """The speech probabilities of ``asked.chunks``: a barge-in first, then the decisions' actions, in order."""
+        detector = self.detector
+        if asked.detector is not detector or detector is None:
+            return []  # turned off or reset (input_audio.clear) meanwhile: this audio was before it
+        decisions = [d for d in map(detector.feed_probability, probabilities) if d is not None]
+        vad = self.turn_detection
+        barge_in = detector.in_speech and vad.interrupt_response and detector.speech_ms >= vad.interrupt_min_speech_ms
+        actions = self._barge_in() if barge_in else []
+        for decision in decisions:
+            actions += self._on_decision(detector, decision)
+        if barge_in:
+            self._over_response = False
+        elif not detector.in_speech:
+            # Outside speech keep only what a speech start could still need as its prefix.
+            keep_ms = vad.prefix_padding_ms + vad.min_speech_duration_ms + 2 * CHUNK_MS
+            del self._input[: max(0, len(self._input) - int(keep_ms) * p.BYTES_PER_MS)]
+        return actions
+
+    def tick(self, now: float) -> list[Action]:
+        """Time passed without audio: at :meth:`deadline`, the audio stopped inside a pause and the
+        silence window has passed by the wall clock, so the user's turn has ended (as a file ending
+        in a short silence expects)."""
+        deadline = self.deadline()
+        if deadline is None or now < deadline or self.detector is None:
+            return []
+        decision = self.detector.assume_silence()
+        if decision is None:
+            return []
+        log_event(log, "speech.audio_stopped", audio_ms=decision.audio_ms)
+        return self._on_decision(self.detector, decision)
+
+    def commit(self) -> list[Action]:
+        """``input_audio.commit``: the user's turn ends now."""
+        if not self._input:
+            return [Fail("input_audio_buffer_empty", "there is no audio to commit")]
+        return self._commit()
+
+    def clear(self) -> list[Action]:
+        """``input_audio.clear``: forget the audio of the turn in progress and any speech in progress."""
+        cleared_ms = p.audio_ms(len(self._input))
+        actions = self._drop_speculation()
+        self._clear_input()
+        if self.detector is not None:
+            self.detector = None
+            self._configure_detector()
+        actions.append(Emit(p.InputAudioCleared(audio_ms=cleared_ms)))
+        return actions
+
+    def text(self, text: str) -> list[Action]:
+        """``input_text``: a typed turn (it supersedes the responses in progress)."""
+        if not text.strip():
+            return [Fail("invalid_event", "input_text needs some text")]
+        if self._busy():
+            return [Fail("busy", "too many turns are waiting; send this one again later")]
+        actions = self._drop_speculation()
+        return actions + self._start(self._new_turn(text=text.strip()))
+
+    def cancel_response(self) -> list[Action]:
+        """``response.cancel``: end every response queued or in progress."""
+        actions = self._drop_speculation()
+        if not any(not r.speculative and not r.cancelled for r in self._responses):
+            actions.append(Fail("no_active_response", "there is no response to cancel"))
+        for response in self._responses:
+            actions += self._cancel(response)
+        return actions
+
+    def response_started(self, response: Response) -> None:
+        """The responder took ``response`` from the queue."""
+        response.queued = False
+
+    def response_transcribed(self, response: Response) -> None:
+        """The user's words of ``response`` reached the client."""
+        response.transcribed = True
+
+    def response_ended(self, response: Response) -> None:
+        """``response`` is over (answered, failed, cancelled or dropped)."""
+        if response in self._responses:
+            self._responses.remove(response)
+
+    # --- barge-in ---------------------------------------------------------------------------
+
+    def _barge_in(self) -> list[Action]:
+        """The user speaks over the responses in progress: interrupt them.
+
+        A spoken turn interrupted before its words were transcribed is not lost: its audio goes in
+        front of the next turn's (the user paused, then went on)."""
+        actions: list[Action] = []
+        for response in self._responses:
+            if not response.speculative and not response.cancelled:
+                response.cancelled = True
+                actions.append(Interrupt(response))
+                if response.audio:
+                    self._carried.append(response)
+        return actions
+
+    # --- the detector's decisions ---------------------------------------------------------
+
+    def _on_decision(self, detector: SpeechDetector, decision: Decision) -> list[Action]:
+        vad = self.turn_detection
+        match decision:
+            case SpeechStarted(audio_ms=at):
+                # Keep the prefix padding before the speech, drop what came before it.
+                keep_ms = vad.prefix_padding_ms + (detector.fed_ms - at)
+                del self._input[: max(0, len(self._input) - int(keep_ms) * p.BYTES_PER_MS)]
+                self._over_response = any(not r.cancelled for r in self._responses)
+                return [Emit(p.SpeechStartedEvent(audio_ms=at))]
+            case PauseStarted() if not (self._over_response and vad.interrupt_response):
+                return self._speculate()
+            case SpeechResumed():
+                return self._drop_speculation()
+            case SpeechStopped(audio_ms=at):
+                actions: list[Action] = [Emit(p.SpeechStoppedEvent(audio_ms=at))]
+                if self._over_response and vad.interrupt_response:
+                    # Speech over a response, too short to interrupt it (a cough, an "uh-huh"):
+                    # not a turn of its own.
+                    log_event(log, "speech.ignored", audio_ms=p.audio_ms(len(self._input)))
+                    self._clear_input()
+                    return actions
+                # Without interrupt_response, speech over a response queues behind it.
+                return actions + self._commit(supersede=not self._over_response)
+        return []
+
+    # --- speculation --------------------------------------------------------------------------
+
+    def _speculate(self) -> list[Action]:
+        """A pause began: start answering the audio so far, output held back until the turn really
+        ends (or dropped if the user speaks on)."""
+        if self.speculate_after_ms is None or not self._input or self._busy() or self._draining:
+            return []
+        self._turn_count += 1
+        response = Response(f"turn_{self._turn_count}", audio=self._turn_audio(), speculative=True)
+        self._speculative = response
+        return self._start(response, supersede=False)
+
+    def _drop_speculation(self) -> list[Action]:
+        """The user spoke on: the speculative turn never happened."""
+        response, self._speculative = self._speculative, None
+        if response is None:
+            return []
+        if response.turn_id == f"turn_{self._turn_count}":
+            self._turn_count -= 1  # the client never saw this id
+        return self._cancel(response)
+
+    # --- ending a turn ----------------------------------------------------------------------
+
+    def _commit(self, *, supersede: bool = True) -> list[Action]:
+        """End the user's turn: ``input_audio.committed``, then its response (a speculation's output
+        released, or a new turn queued). While the server is shutting down the turn is refused with
+        ``server_shutting_down`` before anything is acknowledged."""
+        if self._draining:
+            actions = self._drop_speculation()
+            self._clear_input()
+            return actions + [_shutting_down()]
+        response, self._speculative = self._speculative, None
+        if response is not None and not response.cancelled:  # the work began in the pause
+            self._clear_input()
+            actions: list[Action] = [
+                Emit(p.InputAudioCommitted(turn_id=response.turn_id, audio_ms=p.audio_ms(len(response.audio or b""))))
+            ]
+            if supersede:
+                for earlier in self._responses:
+                    if earlier is not response:
+                        actions += self._cancel(earlier)
+            response.speculative = False
+            return actions + [ConfirmResponse(response)]
+        if self._busy():
+            return [Fail("busy", "too many turns are waiting; commit again later")]
+        audio = self._turn_audio()
+        if not audio:
+            return []
+        response = self._new_turn(audio=audio)
+        self._clear_input()
+        actions = [Emit(p.InputAudioCommitted(turn_id=response.turn_id, audio_ms=p.audio_ms(len(audio))))]
+        return actions + self._start(response, supersede=supersede)
+
+    def _new_turn(self, *, audio: bytes | None = None, text: str | None = None) -> Response:
+        """A turn that has ended (call :meth:`_drop_speculation` first)."""
+        self._turn_count += 1
+        return Response(f"turn_{self._turn_count}", audio=audio, text=text)
+
+    def _start(self, response: Response, *, supersede: bool = True) -> list[Action]:
+        """Queue ``response``; unless told otherwise, the responses queued or in progress are
+        cancelled (the newer turn supersedes them)."""
+        if self._draining:
+            if self._speculative is response:
+                self._speculative = None
+            return [_shutting_down()]
+        actions: list[Action] = [StartResponse(response)]
+        if supersede:
+            for earlier in self._responses:
+                actions += self._cancel(earlier)
+        self._responses.append(response)
+        return actions
+
+    def _cancel(self, response: Response) -> list[Action]:
+        if response.cancelled:
+            return []
+        response.cancelled = True
+        return [CancelResponse(response)]
+
+    def _busy(self) -> bool:
+        return sum(r.queued for r in self._responses) >= self.max_pending_turns
+
+    # --- the input buffer and the detector --------------------------------------------------
+
+    def _turn_audio(self) -> bytes:
+        """The audio of the turn now ending: any carried over, then the input buffer."""
+        carried = b"".join(r.audio or b"" for r in self._carried if not r.transcribed)
+        return carried + self._input
+
+    def _clear_input(self) -> None:
+        self._input.clear()
+        self._overflowed = False
+        self._carried.clear()
+
+    def _configure_detector(self) -> list[Action]:
+        vad = self.turn_detection
+        if vad.type == "none":
+            actions = self._drop_speculation()
+            self.detector = None
+            return actions
+        if self.detector is None:
+            self.detector = SpeechDetector(self.new_vad_stream())
+        self.detector.threshold = vad.threshold
+        self.detector.min_speech_ms = vad.min_speech_duration_ms
+        self.detector.silence_ms = vad.silence_duration_ms
+        self.detector.pause_ms = self.speculate_after_ms
+        return []
+
+
+def _shutting_down() -> Fail:
+    return Fail("server_shutting_down", "the server is shutting down; no new response starts")
