@@ -83,6 +83,16 @@ async def test_stt_without_language_lets_the_server_detect_it(fake: FakeOpenAIAu
     assert len(fake.requests) == 1  # empty audio: no request
 
 
+async def test_stt_sends_the_earlier_text_as_the_prompt_field(fake: FakeOpenAIAudioServer) -> None:
+    stt = OpenAISTT(base_url=fake.base_url)
+    with trio.fail_after(10):
+        await stt.transcribe(bytes(3200), prompt="  I would like to book a table for ")
+        await stt.transcribe(bytes(3200), prompt="   ")
+        await stt.transcribe(bytes(3200))
+    assert fake.requests[0]["fields"]["prompt"] == "I would like to book a table for"
+    assert "prompt" not in fake.requests[1]["fields"] and "prompt" not in fake.requests[2]["fields"]
+
+
 @pytest.mark.parametrize("mode", ["error500", "malformed", "drop"])
 async def test_stt_server_failures_are_stt_failed(fake: FakeOpenAIAudioServer, mode: str) -> None:
     fake.mode = mode

@@ -3,9 +3,9 @@
 Engines know nothing of sessions, turns or servers. Each call is a Trio checkpoint and may be
 cancelled: an in-process engine runs its blocking model call in a worker thread under its own
 ``trio.CapacityLimiter`` (Piper's synthesis is stopped inside onnxruntime and gives its slot
-back at once; a Whisper thread is abandoned and keeps its slot until it really ends), a remote
-engine closes its request. Failures are raised as :class:`EngineError`. Every STT, LLM and TTS
-engine inherits :class:`EngineLifecycle` (through the interface it implements).
+back at once; a Whisper thread is told to stop and keeps its slot until its unit of work in
+progress ends), a remote engine closes its request. Failures are raised as :class:`EngineError`.
+Every STT, LLM and TTS engine inherits :class:`EngineLifecycle` (through the interface it implements).
 """
 
 from __future__ import annotations
@@ -82,8 +82,14 @@ class SpeechToText(EngineLifecycle, abc.ABC):
     __slots__ = ()
 
     @abc.abstractmethod
-    async def transcribe(self, pcm: bytes) -> str:
-        """Transcribe one utterance of 16 kHz mono s16le PCM; returns the text, stripped."""
+    async def transcribe(self, pcm: bytes, *, prompt: str | None = None) -> str:
+        """Transcribe one utterance of 16 kHz mono s16le PCM; returns the text, stripped.
+
+        ``prompt``: the text already transcribed before this audio (when an utterance is
+        transcribed in pieces), or None. Whisper engines put it in the decoder's previous-text
+        context; an OpenAI-compatible server gets it as ``prompt``; an engine that cannot use
+        it ignores it.
+        """
 
 
 class LanguageModel(EngineLifecycle, abc.ABC):

@@ -24,9 +24,11 @@ class FakeSTT(SpeechToText):
     delay: float = 0.2
     error: EngineError | None = None
     calls: list[int] = attrs.field(factory=list)  # audio bytes per call
+    prompts: list[str | None] = attrs.field(factory=list)  # the prompt of each call
 
-    async def transcribe(self, pcm: bytes) -> str:
+    async def transcribe(self, pcm: bytes, *, prompt: str | None = None) -> str:
         self.calls.append(len(pcm))
+        self.prompts.append(prompt)
         await trio.sleep(self.delay)
         if self.error is not None:
             raise self.error

@@ -82,10 +82,11 @@ class OpenAISTT(_OpenAIAudioEngine, SpeechToText):
     model: str = "whisper-1"
     language: str | None = "en"
 
-    async def transcribe(self, pcm: bytes) -> str:
+    async def transcribe(self, pcm: bytes, *, prompt: str | None = None) -> str:
         """Transcribe one utterance of 16 kHz mono s16le PCM; returns the text, stripped.
 
-        Cancellation closes the request's connection at once. Raises :class:`EngineError`
+        ``prompt`` (the text heard before this audio) goes to the server as the form field
+        ``prompt`` when not empty. Cancellation closes the request's connection at once. Raises :class:`EngineError`
         ``stt_unavailable``, ``stt_timeout`` or ``stt_failed``.
         """
         if len(pcm) % SAMPLE_WIDTH:
@@ -95,6 +96,8 @@ class OpenAISTT(_OpenAIAudioEngine, SpeechToText):
         form = {"model": self.model, "response_format": "json"}
         if self.language:
             form["language"] = self.language
+        if prompt and prompt.strip():
+            form["prompt"] = prompt.strip()
         files = {"file": ("speech.wav", _wav_bytes(pcm), "audio/wav")}
         where = f"speech-to-text server {self.base_url}"
         url = f"{self.base_url}/audio/transcriptions"

@@ -1,4 +1,5 @@
-"""Whisper with the encoder window sized to the utterance, and a bounded temperature fallback.
+"""Whisper with the encoder window sized to the utterance, a bounded temperature fallback, a
+previous-text prompt, and cancellation between small units of work.
 
 faster-whisper's ``transcribe`` always pads the log-mel to 3000 frames (``pad_or_trim`` in
 ``generate_segments``; ``chunk_length`` changes how audio is split, not the padded size), so the
@@ -12,11 +13,26 @@ segment without timestamps. Utterances longer than :attr:`max_window_s` go to th
 The tail: faster-whisper retries a failed decode at temperatures 0.2 ... 1.0 (up to six decodes).
 Here :attr:`temperatures` defaults to ``(0.0, 0.4)`` — one retry — and every decode is capped at
 :attr:`max_tokens_per_s` tokens per second of audio (a repetition loop cannot run to 448 tokens).
+
+The prompt: ``transcribe(pcm, prompt="text heard before")`` puts that text's tokens after
+``<|startofprev|>`` ahead of the start-of-transcript sequence, as faster-whisper does with
+``initial_prompt`` / the previous window's text (at most the last 223 tokens), so a piece of a
+longer utterance is decoded in the context of what came before it.
+
+Cancellation: the work runs in a worker thread as units — feature extraction, the encoder, each
+decode (one per temperature); past :attr:`max_window_s`, each 30 s segment of faster-whisper's
+``transcribe``. Cancelling :meth:`WindowedWhisperSTT.transcribe` returns at once and sets the
+call's flag; the thread checks it before every unit and stops, so the limiter (one inference at a
+time, which is what stops two from overlapping on the cores) is held for at most the unit in
+progress, not for the whole transcription.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import threading
+from collections.abc import Callable
 from functools import partial
 
 import attrs
@@ -29,18 +45,68 @@ from faster_whisper.transcribe import get_compression_ratio, get_ctranslate2_sto
 from .base import SAMPLE_RATE, SAMPLE_WIDTH, EngineError, SpeechToText
 
 FRAMES_PER_SECOND = 100  # hop 160 at 16 kHz
+#: Whisper's decoder context is 448 tokens; faster-whisper keeps the last 448 // 2 - 1 prompt tokens.
+MAX_PROMPT_TOKENS = 223
+
+#: Called in the worker thread before each unit of work: (call number, unit name). For tests and the bench.
+UnitHook = Callable[[int, str], None]
+
+
+class WorkCancelled(Exception):
+    """The call was cancelled: the thread stops before its next unit."""
+
+
+@attrs.define
+class WorkUnits:
+    """One call's cancellation flag, checked by the worker thread before each unit of work."""
+
+    call: int
+    hook: UnitHook | None = None
+    cancel: threading.Event = attrs.field(factory=threading.Event)
+    #: Units started so far (the unit in progress included).
+    started: list[str] = attrs.field(factory=list)
+
+    def unit(self, name: str) -> None:
+        """Start unit ``name``; raises :class:`WorkCancelled` if the call was cancelled (in the worker thread)."""
+        if self.cancel.is_set():
+            raise WorkCancelled
+        self.started.append(name)
+        if self.hook is not None:
+            self.hook(self.call, name)
+
+
+def check_pcm(pcm: bytes) -> None:
+    if len(pcm) % SAMPLE_WIDTH:
+        raise EngineError("stt_failed", "PCM length is not a whole number of 16-bit samples")
+
+
+async def run_in_units(work: Callable[[WorkUnits], str], limiter: trio.CapacityLimiter, units: WorkUnits) -> str:
+    """Run ``work(units)`` in a worker thread under ``limiter``; cancellation returns at once and
+    stops the thread before its next unit (the limiter is freed when the thread really ends)."""
+
+    def run() -> str:
+        try:
+            return work(units)
+        except WorkCancelled:
+            return ""  # nobody waits for it: the Trio side was cancelled
+
+    try:
+        return await trio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=limiter)
+    finally:
+        units.cancel.set()  # harmless once the thread has ended; stops an abandoned one
 
 
 @attrs.define(kw_only=True)
 class WindowedWhisperSTT(SpeechToText):
     """A loaded Whisper model transcribing short utterances in a window sized to them.
 
-    One transcription at a time in a worker thread, under :attr:`limiter`.
+    One transcription at a time in a worker thread, under :attr:`limiter`; a cancelled one stops
+    at its next unit of work (see the module's docstring).
     """
 
     model: WhisperModel
     language: str = "en"
-    margin_s: float = 1.0
+    margin_s: float = 3.0
     min_window_s: float = 2.0
     max_window_s: float = 30.0
     temperatures: tuple[float, ...] = (0.0, 0.4)
@@ -50,8 +116,12 @@ class WindowedWhisperSTT(SpeechToText):
     #: Pad the window with silent AUDIO (log-mel floor, as openai-whisper does) rather than
     #: with zero features (faster-whisper's ``pad_or_trim``). Measured worse (repetition loops): off.
     pad_audio: bool = False
+    #: One inference at a time; a cancelled call holds it until its unit in progress ends.
     limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
+    #: Called in the worker thread before each unit of work (tests, the bench); None: nothing.
+    on_unit: UnitHook | None = None
     _tokenizer: Tokenizer | None = attrs.field(default=None, init=False)
+    _calls: itertools.count = attrs.field(factory=itertools.count, init=False)
 
     @classmethod
     def load(cls, model_dir, *, compute_type: str = "int8", cpu_threads: int = 2, **options) -> WindowedWhisperSTT:
@@ -59,19 +129,18 @@ class WindowedWhisperSTT(SpeechToText):
         model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=cpu_threads)
         return cls(model=model, **options)
 
-    async def transcribe(self, pcm: bytes) -> str:
+    async def transcribe(self, pcm: bytes, *, prompt: str | None = None) -> str:
         """Transcribe one utterance of 16 kHz mono s16le PCM; returns the text, stripped.
 
-        Cancellation returns at once; the abandoned thread finishes (one bounded decode) in the
-        background and only then frees the limiter.
+        ``prompt``: the text already transcribed before this audio (Whisper's previous-text
+        prompt), or None. Cancellation returns at once; the thread stops before its next unit of
+        work and only then frees the limiter.
         """
-        if len(pcm) % SAMPLE_WIDTH:
-            raise EngineError("stt_failed", "PCM length is not a whole number of 16-bit samples")
+        check_pcm(pcm)
         if not pcm:
             return ""
-        return await trio.to_thread.run_sync(
-            partial(self.transcribe_sync, pcm), abandon_on_cancel=True, limiter=self.limiter
-        )
+        units = WorkUnits(next(self._calls), self.on_unit)
+        return await run_in_units(partial(self._transcribe, pcm, prompt), self.limiter, units)
 
     async def warm_up(self) -> None:
         """Transcribe one second of silence, so the first real utterance is not slowed down."""
@@ -82,41 +151,67 @@ class WindowedWhisperSTT(SpeechToText):
         seconds = math.ceil(samples / SAMPLE_RATE + self.margin_s)
         return int(min(max(seconds, self.min_window_s), self.max_window_s) * FRAMES_PER_SECOND)
 
-    def transcribe_sync(self, pcm: bytes) -> str:
-        """Blocking form of :meth:`transcribe` (for a worker thread or the bench)."""
+    def transcribe_sync(self, pcm: bytes, prompt: str | None = None) -> str:
+        """Blocking form of :meth:`transcribe` (for a worker thread or the bench); not cancellable."""
+        check_pcm(pcm)
+        return self._transcribe(pcm, prompt, WorkUnits(next(self._calls), self.on_unit)) if pcm else ""
+
+    def _transcribe(self, pcm: bytes, prompt: str | None, units: WorkUnits) -> str:
         audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+        prompt = prompt.strip() if prompt else None
         try:
             if audio.size / SAMPLE_RATE + self.margin_s > self.max_window_s:
-                segments, _ = self.model.transcribe(
-                    audio,
-                    language=self.language,
-                    beam_size=1,
-                    vad_filter=False,
-                    condition_on_previous_text=False,
-                    temperature=list(self.temperatures),
-                )
-                return " ".join(s.text.strip() for s in segments if s.text.strip())
-            return self._decode_window(audio)
+                return self._long(audio, prompt, units)
+            return self._decode_window(audio, prompt, units)
+        except WorkCancelled:
+            raise
         except Exception as exc:
             raise EngineError("stt_failed", f"transcription failed: {exc!r}") from exc
 
-    def _decode_window(self, audio: np.ndarray) -> str:
+    def _long(self, audio: np.ndarray, prompt: str | None, units: WorkUnits) -> str:
+        """faster-whisper's own 30 s windows, one segment per unit."""
+        units.unit("features")
+        segments, _ = self.model.transcribe(
+            audio,
+            language=self.language,
+            beam_size=1,
+            vad_filter=False,
+            condition_on_previous_text=False,
+            temperature=list(self.temperatures),
+            initial_prompt=prompt,
+        )
+        texts = []
+        while True:
+            units.unit("segment")
+            segment = next(segments, None)
+            if segment is None:
+                return " ".join(texts)
+            if segment.text.strip():
+                texts.append(segment.text.strip())
+
+    def _decode_window(self, audio: np.ndarray, prompt_text: str | None, units: WorkUnits) -> str:
         model = self.model
         frames = self.window_frames(audio.size)
         if self.pad_audio:
             audio = np.pad(audio, (0, max(0, frames * 160 - audio.size)))
+        units.unit("features")
         features = model.feature_extractor(audio)[..., :-1]  # as transcribe(): drop the last frame
         features = np.pad(features[:, :frames], ((0, 0), (0, max(0, frames - features.shape[-1]))))
+        units.unit("encode")
         encoder_output = model.model.encode(get_ctranslate2_storage(features[np.newaxis]), to_cpu=False)
         if self._tokenizer is None:
             self._tokenizer = Tokenizer(
                 model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=self.language
             )
         tokenizer = self._tokenizer
-        prompt = list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
+        prompt = []
+        if prompt_text:
+            prompt = [tokenizer.sot_prev] + tokenizer.encode(" " + prompt_text)[-MAX_PROMPT_TOKENS:]
+        prompt += list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
         max_new = int(8 + self.max_tokens_per_s * min(audio.size, frames * 160) / SAMPLE_RATE)
         best: tuple[float, str] | None = None
         for temperature in self.temperatures:
+            units.unit(f"generate@{temperature:g}")
             kwargs = (
                 {"beam_size": 1}
                 if temperature == 0

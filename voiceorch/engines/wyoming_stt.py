@@ -44,9 +44,10 @@ class WyomingSTT(SpeechToText):
     #: Our requests in flight to this server at once; more wait here (cancellable).
     limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(4))
 
-    async def transcribe(self, pcm: bytes) -> str:
+    async def transcribe(self, pcm: bytes, *, prompt: str | None = None) -> str:
         """Transcribe one utterance of 16 kHz mono s16le PCM; returns the text, stripped,
-        with runs of white space made one space.
+        with runs of white space made one space. ``prompt`` is ignored (Wyoming's ``transcribe``
+        event carries none).
 
         Cancellation closes the connection at once, so the server sees the client go. Raises
         :class:`EngineError` ``stt_unavailable``, ``stt_timeout`` or ``stt_failed``.
