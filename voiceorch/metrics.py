@@ -31,6 +31,16 @@ Engines
 
 - ``voiceorch_limiter_waiting{engine}``: tasks waiting for an engine's thread limiter (its
   queue depth), read at scrape time from the limiters registered with :func:`watch_limiter`.
+
+Server-side tools (MCP servers, ``serve --mcp`` / ``--mcp-url``)
+
+- ``voiceorch_tool_call_seconds{tool,outcome}``: each call the server made, by tool and
+  outcome (``ok``, ``error`` (the tool failed), ``timeout``, ``unavailable`` (its server is
+  down), ``unknown`` (no such tool; ``tool="(unknown)"``), ``bad_arguments``, ``cancelled``);
+  its ``_count`` counts the calls.
+- ``voiceorch_mcp_server_up{server}``: 1 while the MCP server is connected and listed, else 0.
+- ``voiceorch_mcp_server_restarts_total{server}``: connections that ended (or failed) and were
+  tried again (a stdio server that exited is started anew).
 """
 
 from __future__ import annotations
@@ -68,6 +78,19 @@ TURN_TOTAL_SECONDS = Histogram(
     "voiceorch_turn_total_seconds",
     "End of the user's turn to response.done (includes reply playback).",
     buckets=TURN_BUCKETS,
+)
+
+#: Tool calls run from well under a second to the call time limit (10 s by default).
+TOOL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+TOOL_CALL_SECONDS = Histogram(
+    "voiceorch_tool_call_seconds",
+    "Server-side tool calls (MCP), by tool and outcome.",
+    ["tool", "outcome"],
+    buckets=TOOL_BUCKETS,
+)
+MCP_SERVER_UP = Gauge("voiceorch_mcp_server_up", "1 while the MCP server is connected, else 0.", ["server"])
+MCP_SERVER_RESTARTS = Counter(
+    "voiceorch_mcp_server_restarts", "MCP server connections that ended or failed and were tried again.", ["server"]
 )
 
 

@@ -1,0 +1,92 @@
+"""A tiny real MCP server for tests, written with the official SDK's ``MCPServer`` (FastMCP in mcp 1.x).
+
+Run it as ``python tests/mcp_test_server.py`` (stdio), or with ``--http`` (streamable HTTP on a
+free loopback port; it prints ``port: N`` on stdout once it listens). ``--name NAME`` gives it
+another server name and ``--prefix P`` prefixes its tools' names (two servers whose tools clash).
+
+Tools: ``add(a, b)``, ``weather(city)``, ``fail(reason)`` (raises), ``slow(seconds)`` (sleeps; a
+cancelled one is counted), ``cancellations()`` (how many ``slow`` calls were cancelled; waits up
+to ``wait_s`` for at least ``at_least``), ``pid()`` (the server's process id).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+
+
+def build(name: str, prefix: str) -> MCPServer:
+    server = MCPServer(name, log_level="WARNING")
+    cancelled = {"count": 0}
+    changed = anyio.Event()
+
+    @server.tool(name=f"{prefix}add", description="Add two integers.")
+    def add(a: int, b: int) -> str:
+        return str(a + b)
+
+    @server.tool(name=f"{prefix}weather", description="Today's weather in a city.")
+    def weather(city: str) -> str:
+        return f"It is sunny and 21 degrees in {city}."
+
+    @server.tool(name=f"{prefix}fail", description="Always fails.")
+    def fail(reason: str = "broken on purpose") -> str:
+        raise ValueError(reason)
+
+    @server.tool(name=f"{prefix}slow", description="Sleeps, then answers.")
+    async def slow(seconds: float) -> str:
+        nonlocal changed
+        try:
+            await anyio.sleep(seconds)
+        except anyio.get_cancelled_exc_class():
+            cancelled["count"] += 1
+            changed.set()
+            changed = anyio.Event()
+            raise
+        return f"slept {seconds} s"
+
+    @server.tool(name=f"{prefix}cancellations", description="How many slow calls were cancelled.")
+    async def cancellations(at_least: int = 0, wait_s: float = 0.0) -> str:
+        with anyio.move_on_after(wait_s):
+            while cancelled["count"] < at_least:
+                await changed.wait()
+        return str(cancelled["count"])
+
+    @server.tool(name=f"{prefix}pid", description="The server's process id.")
+    def pid() -> str:
+        return str(os.getpid())
+
+    return server
+
+
+async def serve_http(server: MCPServer) -> None:
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(server.streamable_http_app(), log_level="warning", lifespan="on")
+    print(f"port: {sock.getsockname()[1]}", flush=True)
+    await uvicorn.Server(config).serve(sockets=[sock])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--http", action="store_true")
+    parser.add_argument("--name", default="voiceorch-test")
+    parser.add_argument("--prefix", default="")
+    args = parser.parse_args()
+    server = build(args.name, args.prefix)
+    print(f"{args.name} starting", file=sys.stderr, flush=True)
+    if args.http:
+        anyio.run(serve_http, server)
+    else:
+        server.run("stdio")
+
+
+if __name__ == "__main__":
+    main()
