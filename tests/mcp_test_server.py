@@ -4,9 +4,10 @@ Run it as ``python tests/mcp_test_server.py`` (stdio), or with ``--http`` (strea
 free loopback port; it prints ``port: N`` on stdout once it listens). ``--name NAME`` gives it
 another server name and ``--prefix P`` prefixes its tools' names (two servers whose tools clash).
 
-Tools: ``add(a, b)``, ``weather(city)``, ``fail(reason)`` (raises), ``slow(seconds)`` (sleeps; a
-cancelled one is counted), ``cancellations()`` (how many ``slow`` calls were cancelled; waits up
-to ``wait_s`` for at least ``at_least``), ``pid()`` (the server's process id).
+Tools: ``add(a, b)``, ``weather(city)``, ``fail(reason)`` (raises ``ToolError``),
+``slow(seconds)`` (sleeps; its start and its cancellation are counted), ``slow_started()`` and
+``cancellations()`` (those counts; each waits up to ``wait_s`` for at least ``at_least``), and
+``pid()`` (the server's process id).
 """
 
 from __future__ import annotations
@@ -18,12 +19,25 @@ import sys
 
 import anyio
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
 
 def build(name: str, prefix: str) -> MCPServer:
     server = MCPServer(name, log_level="WARNING")
-    cancelled = {"count": 0}
+    counts = {"started": 0, "cancelled": 0}
     changed = anyio.Event()
+
+    def count(what: str) -> None:
+        nonlocal changed
+        counts[what] += 1
+        changed.set()
+        changed = anyio.Event()
+
+    async def wait_for(what: str, at_least: int, wait_s: float) -> str:
+        with anyio.move_on_after(wait_s):
+            while counts[what] < at_least:
+                await changed.wait()
+        return str(counts[what])
 
     @server.tool(name=f"{prefix}add", description="Add two integers.")
     def add(a: int, b: int) -> str:
@@ -35,26 +49,25 @@ def build(name: str, prefix: str) -> MCPServer:
 
     @server.tool(name=f"{prefix}fail", description="Always fails.")
     def fail(reason: str = "broken on purpose") -> str:
-        raise ValueError(reason)
+        raise ToolError(reason)
 
     @server.tool(name=f"{prefix}slow", description="Sleeps, then answers.")
     async def slow(seconds: float) -> str:
-        nonlocal changed
+        count("started")
         try:
             await anyio.sleep(seconds)
         except anyio.get_cancelled_exc_class():
-            cancelled["count"] += 1
-            changed.set()
-            changed = anyio.Event()
+            count("cancelled")
             raise
         return f"slept {seconds} s"
 
+    @server.tool(name=f"{prefix}slow_started", description="How many slow calls began.")
+    async def slow_started(at_least: int = 0, wait_s: float = 0.0) -> str:
+        return await wait_for("started", at_least, wait_s)
+
     @server.tool(name=f"{prefix}cancellations", description="How many slow calls were cancelled.")
     async def cancellations(at_least: int = 0, wait_s: float = 0.0) -> str:
-        with anyio.move_on_after(wait_s):
-            while cancelled["count"] < at_least:
-                await changed.wait()
-        return str(cancelled["count"])
+        return await wait_for("cancelled", at_least, wait_s)
 
     @server.tool(name=f"{prefix}pid", description="The server's process id.")
     def pid() -> str:

@@ -84,6 +84,30 @@ def test_options_land_in_their_fields() -> None:
     assert config.warm_up is False
 
 
+def test_mcp_servers_land_in_the_order_given() -> None:
+    from voiceorch.engines.mcp_tools import McpServerSpec
+
+    args, targets = parse(
+        "--mcp", "npx -y @modelcontextprotocol/server-everything", "--mcp-url", "http://127.0.0.1:8000/mcp",
+        "--mcp", "uvx 'mcp-server-time' --local-timezone=Europe/Paris", "--mcp-timeout", "4.5",
+    )  # fmt: skip
+    config = cli.server_config(args, targets)
+    assert config.mcp_servers == (
+        McpServerSpec(command=("npx", "-y", "@modelcontextprotocol/server-everything")),
+        McpServerSpec(url="http://127.0.0.1:8000/mcp"),
+        McpServerSpec(command=("uvx", "mcp-server-time", "--local-timezone=Europe/Paris")),
+    )
+    assert config.mcp_timeout_s == 4.5
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--mcp-url", "ftp://x/mcp"), ("--mcp", "  "), ("--mcp", "a 'b")])
+def test_a_bad_mcp_server_is_a_clear_error(flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse(flag, value)
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and "MCP server" in err
+
+
 def test_llm_concurrency_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse("--llm-concurrency", "0")
@@ -101,6 +125,7 @@ def test_help_shows_the_classes_defaults(capsys: pytest.CaptureFixture[str]) -> 
         f"(default: {defaults.llm_max_tokens})",
         f"(default: {defaults.llm_timeout_s})",
         f"(default: {defaults.access.max_sessions})",
+        f"(default: {defaults.mcp_timeout_s})",
         f"(default: {defaults.session.idle_timeout_s})",
         "(default: 1 for the embedded LLM, which answers one request at a time; 8 with --llm-url)",
     ):

@@ -229,6 +229,41 @@ def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
         help="use zero-cost FAKE speech-to-text, LLM and text-to-speech instead of models (speech "
         "detection stays real): for load tests of the orchestration only",
     )
+    tools = s.add_argument_group(
+        "tools (MCP)",
+        "Tools from Model Context Protocol servers, offered to the LLM beside the client's own and "
+        "called by the server itself. --mcp and --mcp-url may be repeated and mixed; when two servers "
+        "offer the same tool name, the one given first keeps it.",
+    )
+    mcp = tools.add_argument(
+        "--mcp",
+        dest="mcp_servers",
+        action="append",
+        default=[],
+        type=_mcp_server("stdio"),
+        metavar='"COMMAND ARGS..."',
+        help="start this stdio MCP server (one quoted command line, split as a shell would; no shell runs) "
+        "and keep it running: restarted with a backoff if it exits. It gets a minimal environment "
+        "(HOME, PATH, ...); pass more with env NAME=VALUE COMMAND",
+    )
+    tools.add_argument(
+        "--mcp-url",
+        dest="mcp_servers",
+        action="append",
+        type=_mcp_server("http"),
+        metavar="URL",
+        help="use this streamable HTTP MCP server, e.g. http://127.0.0.1:8000/mcp",
+    )
+    targets.append((mcp.dest, "mcp_servers", tuple))
+    option(
+        tools,
+        "--mcp-timeout",
+        "mcp_timeout_s",
+        type=float,
+        metavar="SECONDS",
+        help="time limit of one tool call; past it the call is cancelled and the LLM is told it failed "
+        "(default: %(default)s)",
+    )
     sess = s.add_argument_group("sessions")
     option(sess, "--instructions", "session.instructions", help="system prompt of new sessions")
     option(
@@ -394,6 +429,20 @@ def _engine_url(kind: str):
 
         try:
             return parse_engine_url(kind, url)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _mcp_server(kind: str):
+    """An argparse type: an MCP server (``stdio``: a command line; ``http``: a URL)."""
+
+    def parse(text: str):
+        from .engines.mcp_tools import McpServerSpec
+
+        try:
+            return McpServerSpec.stdio(text) if kind == "stdio" else McpServerSpec.http(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 

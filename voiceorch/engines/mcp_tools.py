@@ -96,9 +96,10 @@ class McpServerSpec:
 
     @property
     def label(self) -> str:
-        """A short name for logs and metrics: the command's program name, or the URL."""
+        """A name for logs and metrics: the command line (its program without its directory,
+        at most 100 characters), or the URL."""
         if self.command is not None:
-            return os.path.basename(self.command[0]) + (f" {self.command[1]}" if len(self.command) > 1 else "")
+            return shlex.join((os.path.basename(self.command[0]), *self.command[1:]))[:100]
         return str(self.url)
 
     def describe(self) -> str:

@@ -1,7 +1,8 @@
 """``voiceorch serve``: load the engines once, start the embedded LLM server, serve sessions.
 
 Everything runs in one nursery: the supervised llama.cpp child process (unless an external
-``llm_url`` is given; restarted with a backoff if it dies), the voice WebSocket server and the
+``llm_url`` is given; restarted with a backoff if it dies), the MCP tool servers' sessions
+(``mcp_servers``; a stdio server that dies is started again), the voice WebSocket server and the
 HTTP server (browser page, health checks, Prometheus metrics; supervised, so it never takes the
 voice server down). Cancelling :func:`run_server` closes every session, stops the servers and
 terminates the child. :func:`run_until_signalled` adds the graceful part of a shutdown: on
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -32,6 +34,9 @@ from .access import AccessPolicy
 from .http import DEFAULT_HTTP_PORT, HttpApp, run_http_server
 from .loop_lag import watch_loop_lag
 from .voice_ws import VOICE_PATH, VoiceServer, serve_voice
+
+if TYPE_CHECKING:
+    from ..engines.mcp_tools import McpServerSpec
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,11 @@ class ServerConfig:
     #: Where the browser page connects for voice, if not to ``port`` on the page's host: a path
     #: on the page's origin (a proxy serving both on one port) or a ``ws(s)://`` URL.
     page_voice_url: str | None = None
+    #: MCP servers whose tools the server calls itself (``--mcp``, ``--mcp-url``), in the order
+    #: given (the first keeps a tool name that two offer).
+    mcp_servers: tuple[McpServerSpec, ...] = ()
+    #: The time limit of one MCP tool call; past it the LLM gets an error result.
+    mcp_timeout_s: float = 10.0
     session: SessionSettings = SessionSettings()
     access: AccessPolicy = AccessPolicy()
 
@@ -210,6 +220,25 @@ def _fake_engines() -> Engines:
     )
 
 
+def _mcp_tools(config: ServerConfig):
+    from ..engines.mcp_tools import McpTools
+
+    for spec in config.mcp_servers:
+        _say(spec.describe())
+    return McpTools(config.mcp_servers, call_timeout_s=config.mcp_timeout_s)
+
+
+async def _start_tools(tools, nursery: trio.Nursery) -> None:
+    """Connect the MCP servers; their lifetimes run in ``nursery`` (the server's), so a
+    shutdown closes their sessions and stops the stdio servers."""
+    await _timed("connecting the MCP tool servers", nursery.start, tools.run)
+    names = ", ".join(spec.name for spec in tools.specs()) or "none"
+    _say(f"MCP tools: {names}")
+    reason = await tools.check_ready()
+    if reason is not None:
+        _say(f"warning: {reason}; retrying (/readyz answers 503 until it connects)")
+
+
 def watch_engine_limiters(engines: Engines) -> None:
     """Export the queue depth of each engine's limiter (STT, TTS, and the LLM's request slots)
     as ``voiceorch_limiter_waiting{engine}``."""
@@ -242,11 +271,18 @@ async def run_server(
     async with trio.open_nursery() as nursery:
         close = None
         try:
-            if config.fake_engines:
-                _say("using FAKE engines (canned transcript, reply and tone; real speech detection)")
-                engines = _fake_engines()
-            else:
-                engines, close = await _real_engines(config, nursery)
+            tools = None
+            async with trio.open_nursery() as loading:  # the tool servers start while models load
+                if config.mcp_servers:
+                    tools = _mcp_tools(config)
+                    loading.start_soon(_start_tools, tools, nursery)
+                if config.fake_engines:
+                    _say("using FAKE engines (canned transcript, reply and tone; real speech detection)")
+                    engines = _fake_engines()
+                else:
+                    engines, close = await _real_engines(config, nursery)
+            if tools is not None:
+                engines = attrs.evolve(engines, tools=tools)
             server = await nursery.start(
                 lambda task_status: serve_voice(
                     engines,

@@ -12,8 +12,9 @@ beside the voice WebSocket (which stays on trio-websocket):
 - ``GET /healthz``: 200 while the process is alive.
 - ``GET /readyz``: 200 when the engines are loaded and their backends answer, else 503 with
   ``{"ready": false, "reason": ...}``: also while the server shuts down or has
-  ``--max-sessions`` sessions (so a load balancer sends new sessions elsewhere), and while the
-  embedded LLM process is down or restarting.
+  ``--max-sessions`` sessions (so a load balancer sends new sessions elsewhere), while the
+  embedded LLM process is down or restarting, and while an MCP tool server (``--mcp``,
+  ``--mcp-url``) is not connected.
 - ``GET /metrics``: Prometheus text format (:mod:`voiceorch.metrics`).
 
 :func:`run_http_server` supervises hypercorn: if it fails it is logged and restarted after a
@@ -166,18 +167,22 @@ class HttpApp:
         """``None`` if ready: the voice server takes new sessions (it is neither shutting down
         nor full), the engines are loaded (they are, once this app exists) and every engine's
         ``check_ready`` says it can serve (the LLM client and remote STT/TTS ask their server;
-        in-process models and the fakes always can)."""
+        in-process models and the fakes always can; the MCP tool servers, if any, are all
+        connected)."""
         refusal = self.refusal_reason()
         if refusal is not None:
             return refusal
-        for name in ("llm", "stt", "tts"):
+        engines = [("LLM", self.engines.llm), ("STT", self.engines.stt), ("TTS", self.engines.tts)]
+        if self.engines.tools is not None:
+            engines.append(("tool servers", self.engines.tools))
+        for name, engine in engines:
             try:
                 with trio.fail_after(READY_TIMEOUT_S):
-                    reason = await getattr(self.engines, name).check_ready()
+                    reason = await engine.check_ready()
             except trio.TooSlowError:
-                reason = f"the {name.upper()} did not answer within {READY_TIMEOUT_S:g} s"
+                reason = f"the {name} did not answer within {READY_TIMEOUT_S:g} s"
             except Exception as exc:  # a health check reports, it does not crash
-                reason = f"the {name.upper()} check failed: {exc!r}"
+                reason = f"the {name} check failed: {exc!r}"
             if reason is not None:
                 return reason
         return None
