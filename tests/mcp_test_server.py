@@ -7,7 +7,7 @@ another server name and ``--prefix P`` prefixes its tools' names (two servers wh
 Tools: ``add(a, b)``, ``weather(city)``, ``fail(reason)`` (raises ``ToolError``),
 ``slow(seconds)`` (sleeps; its start and its cancellation are counted), ``slow_started()`` and
 ``cancellations()`` (those counts; each waits up to ``wait_s`` for at least ``at_least``), and
-``pid()`` (the server's process id).
+``name()`` and ``pid()`` (the server's name and process id).
 """
 
 from __future__ import annotations
@@ -68,6 +68,10 @@ def build(name: str, prefix: str) -> MCPServer:
     @server.tool(name=f"{prefix}cancellations", description="How many slow calls were cancelled.")
     async def cancellations(at_least: int = 0, wait_s: float = 0.0) -> str:
         return await wait_for("cancelled", at_least, wait_s)
+
+    @server.tool(name=f"{prefix}name", description="The server's name.")
+    def server_name() -> str:
+        return name
 
     @server.tool(name=f"{prefix}pid", description="The server's process id.")
     def pid() -> str:

@@ -322,6 +322,11 @@ class McpTools(ServerTools):
             elif owner is not None and owner is not server and self.servers.index(owner) < rank:
                 why = f"{owner.spec.label!r}, given first, has a tool of that name"
             else:
+                if owner is not None and owner is not server:  # a later server had it until now
+                    why = f"{server.spec.label!r}, given first, has a tool of that name"
+                    log_event(
+                        log, "mcp.tool_skipped", logging.WARNING, server=owner.spec.label, tool=tool.name, reason=why
+                    )
                 self._owner[tool.name] = server
                 kept.append(tool)
                 continue
