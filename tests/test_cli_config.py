@@ -98,6 +98,15 @@ def test_mcp_servers_land_in_the_order_given() -> None:
         McpServerSpec(command=("uvx", "mcp-server-time", "--local-timezone=Europe/Paris")),
     )
     assert config.mcp_timeout_s == 4.5
+    assert config.mcp_servers[0].label == "npx -y @modelcontextprotocol/server-everything"
+
+
+def test_an_mcp_urls_credentials_stay_out_of_logs_and_metrics() -> None:
+    from voiceorch.engines.mcp_tools import McpServerSpec
+
+    spec = McpServerSpec.http("https://user:s3cret@tools.example:8443/mcp?api_key=k3y")
+    assert spec.label == "https://tools.example:8443/mcp"
+    assert "s3cret" not in spec.describe() and "k3y" not in spec.describe()
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--mcp-url", "ftp://x/mcp"), ("--mcp", "  "), ("--mcp", "a 'b")])

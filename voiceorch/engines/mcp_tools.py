@@ -38,6 +38,7 @@ import shlex
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import attrs
@@ -97,15 +98,21 @@ class McpServerSpec:
     @property
     def label(self) -> str:
         """A name for logs and metrics: the command line (its program without its directory,
-        at most 100 characters), or the URL."""
+        at most 100 characters), or the URL without credentials or query."""
         if self.command is not None:
             return shlex.join((os.path.basename(self.command[0]), *self.command[1:]))[:100]
-        return str(self.url)
+        return _public_url(str(self.url))
 
     def describe(self) -> str:
         if self.command is not None:
             return f"MCP server (stdio): {shlex.join(self.command)}"
-        return f"MCP server (streamable HTTP): {self.url}"
+        return f"MCP server (streamable HTTP): {_public_url(str(self.url))}"
+
+
+def _public_url(url: str) -> str:
+    """``url`` without what may hold a secret: its user:password@ and its ?query."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 @attrs.define(eq=False)
