@@ -13,6 +13,12 @@ port chosen by the OS and serves until the nursery is cancelled. ``server.mode``
 - ``"keepalive"``: no delta at all, only an SSE comment every ``delay`` (at least 50 ms) until
   the client goes away (a server that is up but stuck).
 
+``script`` scripts replies that call tools, in the real wire format: each chat request (in
+``"stream"`` mode) takes the next step of the script (then ``deltas`` once it is used up); a
+step is a list of chunks' deltas, a string for text or a list of ``tool_calls`` pieces
+(:func:`tool_call_pieces` cuts a call into them, as servers stream it), and ends with
+``finish_reason`` ``"tool_calls"`` if it has any.
+
 ``GET /v1/models`` answers a model list. Every chat request's JSON body and headers are
 recorded; ``client_disconnected`` is set when a client leaves while a stream is still going;
 ``peak_streams`` counts the most streams served at once; ``models_requests`` counts GETs.
@@ -36,6 +42,7 @@ _MAX_RECEIVE = 65536
 class FakeOpenAIServer:
     mode: Mode = "stream"
     deltas: list[str] = attrs.field(factory=lambda: ["Hello", ",", " world", "!"])
+    script: list[list[str | list[dict[str, Any]]]] = attrs.field(factory=list)
     finish_reason: str = "stop"
     #: Pause before each SSE event of a stream (gives a client time to cancel).
     delay: float = 0.0
@@ -107,7 +114,14 @@ class FakeOpenAIServer:
     async def _stream_reply(self, conn: h11.Connection, stream: trio.SocketStream) -> bool:
         sse_headers = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
         await stream.send_all(conn.send(h11.Response(status_code=200, headers=sse_headers)))
-        deltas = {"stream": self.deltas, "keepalive": []}.get(self.mode, self.deltas[:1])
+        deltas: list[str | list[dict[str, Any]]] = list(
+            {"stream": self.deltas, "keepalive": []}.get(self.mode, self.deltas[:1])
+        )
+        finish_reason = self.finish_reason
+        if self.mode == "stream" and self.script:
+            deltas = self.script.pop(0)
+            if any(isinstance(delta, list) for delta in deltas):
+                finish_reason = "tool_calls"
         try:
             if self.mode == "keepalive":
                 while True:
@@ -125,7 +139,7 @@ class FakeOpenAIServer:
                     pass
                 self.client_disconnected.set()
                 return False
-            await self._send_event(conn, stream, json.dumps(_chunk(None, self.finish_reason)))
+            await self._send_event(conn, stream, json.dumps(_chunk(None, finish_reason)))
             await self._send_event(conn, stream, "[DONE]")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.client_disconnected.set()
@@ -139,8 +153,22 @@ class FakeOpenAIServer:
         await stream.send_all(conn.send(h11.Data(data=f"data: {data}\n\n".encode())))
 
 
-def _chunk(content: str | None, finish_reason: str | None) -> dict[str, Any]:
-    delta = {} if content is None else {"content": content}
+def tool_call_pieces(index: int, call_id: str, name: str, arguments: str, parts: int = 3) -> list[list[dict[str, Any]]]:
+    """One call as servers stream it: a first piece with its id, name and no arguments, then
+    its arguments cut into ``parts`` pieces (each a chunk's ``tool_calls`` list)."""
+    first = {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+    size = -(-len(arguments) // parts) or 1
+    rest = [
+        [{"index": index, "function": {"arguments": arguments[i : i + size]}}] for i in range(0, len(arguments), size)
+    ]
+    return [[first], *rest]
+
+
+def _chunk(content: str | list[dict[str, Any]] | None, finish_reason: str | None) -> dict[str, Any]:
+    if isinstance(content, list):
+        delta: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": content}
+    else:
+        delta = {} if content is None else {"content": content}
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion.chunk",

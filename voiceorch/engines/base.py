@@ -12,25 +12,58 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, Union
 
 import attrs
 import trio
 
 if TYPE_CHECKING:
-    from .tools import ServerTools
+    from .tools import ServerTools, ToolSpec
+
+#: What a reply streams: text deltas, and pieces of tool calls.
+ReplyDelta = Union[str, "ToolCallDelta"]
+#: ``tool_choice`` of a request, as the OpenAI API has it: ``"auto"``, ``"none"``,
+#: ``"required"``, or the name of the one function to call.
+ToolChoice = str
 
 #: Audio crossing the engine interfaces: PCM signed 16-bit little-endian, mono, 16 kHz.
 SAMPLE_RATE = 16_000
 SAMPLE_WIDTH = 2
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@attrs.frozen(kw_only=True)
+class ToolCall:
+    """One function call the LLM asked for: its id, the function's name and its arguments (a
+    JSON object's text, as the LLM wrote it)."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@attrs.frozen(kw_only=True)
+class ToolCallDelta:
+    """A piece of a tool call as the LLM streams it: call ``index`` of the reply (0, 1, ...),
+    with its id and name (on every piece) and the next piece of its ``arguments`` text."""
+
+    index: int
+    call_id: str
+    name: str
+    arguments: str = ""
 
 
 @attrs.frozen(kw_only=True)
 class ChatMessage:
+    """One message of an LLM request. An assistant message may carry ``tool_calls`` (its
+    ``content`` is then the text said before them, maybe empty); a ``tool`` message is the
+    result of call ``tool_call_id``."""
+
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 class EngineError(Exception):
@@ -96,14 +129,24 @@ class LanguageModel(EngineLifecycle, abc.ABC):
     __slots__ = ()
 
     @abc.abstractmethod
-    async def stream_reply(self, messages: Sequence[ChatMessage], deltas: trio.MemorySendChannel[str]) -> str | None:
+    async def stream_reply(
+        self,
+        messages: Sequence[ChatMessage],
+        deltas: trio.MemorySendChannel[ReplyDelta],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoice = "auto",
+    ) -> str | None:
         """Stream the assistant's reply to ``messages`` as text deltas into ``deltas``.
 
+        With ``tools``, the reply may call them: their pieces come as :class:`ToolCallDelta`
+        items among the text (an engine that cannot call tools ignores ``tools``).
         The engine owns ``deltas`` and closes it when it returns or raises, so the consumer's
         ``async for`` ends. Cancelling the call closes the upstream request (the LLM server
         sees the connection drop and stops generating). Returns why the reply ended, in the
         OpenAI API's words (``finish_reason``): ``"length"`` if the token limit cut it off,
-        ``"stop"`` if it ended by itself; ``None`` if the LLM did not say.
+        ``"stop"`` if it ended by itself, ``"tool_calls"`` if it called tools; ``None`` if the
+        LLM did not say.
         """
 
 

@@ -12,7 +12,19 @@ from collections.abc import Sequence
 import attrs
 import trio
 
-from .base import SAMPLE_RATE, ChatMessage, EngineError, LanguageModel, SpeechToText, TextToSpeech
+from .base import (
+    SAMPLE_RATE,
+    ChatMessage,
+    EngineError,
+    LanguageModel,
+    ReplyDelta,
+    SpeechToText,
+    TextToSpeech,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+)
+from .tools import ServerTools, ToolResult, ToolSpec
 
 
 @attrs.define
@@ -43,6 +55,11 @@ class FakeLLM(LanguageModel):
     cancelled before their end (as an HTTP stream closed by the client); ``error`` raised
     after ``fail_after_deltas`` deltas, if set. A reply streamed to its end returns
     ``finish_reason`` (``"length"`` plays a reply cut off at the token limit).
+
+    ``steps`` scripts replies that call tools: each request takes the next step (then ``reply``
+    once they are used up), whose text is streamed word by word and whose :class:`ToolCall`
+    items as two :class:`ToolCallDelta` pieces each (the arguments split in two); such a step
+    ends with ``"tool_calls"``. ``tools`` keeps the names offered with each request.
     """
 
     reply: str = "Sure thing. Here is a short answer. Anything else?"
@@ -51,27 +68,77 @@ class FakeLLM(LanguageModel):
     error: EngineError | None = None
     fail_after_deltas: int = 0
     finish_reason: str | None = "stop"
+    steps: list[list[str | ToolCall]] = attrs.field(factory=list)
     requests: list[list[ChatMessage]] = attrs.field(factory=list)
+    tools: list[list[str]] = attrs.field(factory=list)
     finished: int = 0
     closed_early: int = 0
 
-    async def stream_reply(self, messages: Sequence[ChatMessage], deltas: trio.MemorySendChannel[str]) -> str | None:
+    async def stream_reply(
+        self,
+        messages: Sequence[ChatMessage],
+        deltas: trio.MemorySendChannel[ReplyDelta],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoice = "auto",
+    ) -> str | None:
         self.requests.append(list(messages))
-        words = self.reply.split(" ")
+        self.tools.append([tool.name for tool in tools])
+        step = self.steps.pop(0) if self.steps else [self.reply]
+        pieces: list[ReplyDelta] = []
+        calls = 0
+        for item in step:
+            if isinstance(item, str):
+                for word in item.split(" "):
+                    pieces.append(" " + word if any(isinstance(x, str) for x in pieces) else word)
+            else:
+                half = len(item.arguments) // 2
+                for part in (item.arguments[:half], item.arguments[half:]):
+                    pieces.append(ToolCallDelta(index=calls, call_id=item.call_id, name=item.name, arguments=part))
+                calls += 1
         with deltas:
             try:
                 await trio.sleep(self.first_delay)
-                for index, word in enumerate(words):
+                for index, piece in enumerate(pieces):
                     if self.error is not None and index == self.fail_after_deltas:
                         raise self.error
                     if index:
                         await trio.sleep(self.delta_delay)
-                    await deltas.send(word if index == 0 else " " + word)
+                    await deltas.send(piece)
             except trio.Cancelled:
                 self.closed_early += 1
                 raise
         self.finished += 1
-        return self.finish_reason
+        return "tool_calls" if any(isinstance(item, ToolCall) for item in step) else self.finish_reason
+
+
+@attrs.define
+class FakeServerTools(ServerTools):
+    """Server-side tools for tests: each call takes ``delay`` seconds and answers
+    ``results[name]`` (an error result for a name it does not have). ``calls`` records every
+    call started, ``finished`` the names of those that returned, ``cancelled`` those that were
+    cancelled."""
+
+    results: dict[str, str] = attrs.field(factory=dict)
+    delay: float = 0.1
+    calls: list[tuple[str, str]] = attrs.field(factory=list)
+    finished: list[str] = attrs.field(factory=list)
+    cancelled: list[str] = attrs.field(factory=list)
+
+    def specs(self) -> list[ToolSpec]:
+        return [ToolSpec(name=name, description=f"fake tool {name}") for name in self.results]
+
+    async def call(self, name: str, arguments: str) -> ToolResult:
+        self.calls.append((name, arguments))
+        try:
+            await trio.sleep(self.delay)
+        except trio.Cancelled:
+            self.cancelled.append(name)
+            raise
+        self.finished.append(name)
+        if name not in self.results:
+            return ToolResult(output=f"no tool named {name!r}", is_error=True)
+        return ToolResult(output=self.results[name])
 
 
 def fake_pcm(text: str, ms_per_char: float) -> bytes:

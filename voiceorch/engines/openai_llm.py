@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import math
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -15,8 +16,9 @@ import trio
 from httpx_sse import EventSource, SSEError
 
 from ..logs import log_event
-from .base import ChatMessage, EngineError, LanguageModel
+from .base import ChatMessage, EngineError, LanguageModel, ReplyDelta, ToolCallDelta, ToolChoice
 from .remote_errors import error_snippet, redact
+from .tools import ToolSpec
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +93,22 @@ class OpenAICompatibleLLM(LanguageModel):
         """Close the pooled connections."""
         await self._client.aclose()
 
-    async def stream_reply(self, messages: Sequence[ChatMessage], deltas: trio.MemorySendChannel[str]) -> str | None:
+    async def stream_reply(
+        self,
+        messages: Sequence[ChatMessage],
+        deltas: trio.MemorySendChannel[ReplyDelta],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoice = "auto",
+    ) -> str | None:
         """Stream the assistant's reply to ``messages`` as text deltas into ``deltas``.
 
+        With ``tools``, the request offers them (``tools``, ``tool_choice`` as the OpenAI API
+        has them) and the streamed ``tool_calls`` deltas, whose pieces may be split across
+        chunks and interleaved for several calls, come out as :class:`ToolCallDelta` items with
+        the call's id and name on each (a call the server sent without an id gets one).
         Returns the stream's last ``finish_reason`` (``"stop"``, ``"length"``: cut off at
-        :attr:`max_tokens``), or ``None`` if it sent none before ``[DONE]``. Waits first for a
+        :attr:`max_tokens``, ``"tool_calls"``), or ``None`` if it sent none before ``[DONE]``. Waits first for a
         slot of :attr:`limiter` (the wait is cancellable, and counts against
         :attr:`first_token_timeout`). Closes ``deltas``
         when it returns or raises. Cancelling the call closes the HTTP response (and its
@@ -109,7 +122,7 @@ class OpenAICompatibleLLM(LanguageModel):
         """
         with deltas:
             try:
-                return await self._stream(messages, self.max_tokens, deltas.send)
+                return await self._stream(messages, self.max_tokens, deltas.send, _tools_body(tools, tool_choice))
             except trio.BrokenResourceError:
                 log.debug("reply consumer went away; LLM request dropped")
                 return None
@@ -165,12 +178,13 @@ class OpenAICompatibleLLM(LanguageModel):
         self,
         messages: Sequence[ChatMessage],
         max_tokens: int,
-        on_delta: Callable[[str], Awaitable[None]],
+        on_delta: Callable[[ReplyDelta], Awaitable[None]],
+        extra: dict[str, Any] | None = None,
     ) -> str | None:
         asked_at = trio.current_time()
         try:
             async with self._slot(asked_at + self.first_token_timeout):
-                return await self._request_with_failover(messages, max_tokens, on_delta, asked_at)
+                return await self._request_with_failover(messages, max_tokens, on_delta, asked_at, extra or {})
         except EngineError as exc:
             # Server text (an error body, an error chunk) may echo the key: never pass it on.
             if self.api_key and self.api_key in exc.message:
@@ -203,12 +217,13 @@ class OpenAICompatibleLLM(LanguageModel):
         self,
         messages: Sequence[ChatMessage],
         max_tokens: int,
-        on_delta: Callable[[str], Awaitable[None]],
+        on_delta: Callable[[ReplyDelta], Awaitable[None]],
         asked_at: float,
+        extra: dict[str, Any],
     ) -> str | None:
         delivered = False
 
-        async def deliver(delta: str) -> None:
+        async def deliver(delta: ReplyDelta) -> None:
             nonlocal delivered
             delivered = True
             await on_delta(delta)
@@ -222,7 +237,7 @@ class OpenAICompatibleLLM(LanguageModel):
                 # counts); a retry gets a full first-token window of its own.
                 started = asked_at if attempt == 0 else trio.current_time()
                 finish_reason = await self._request_with_first_token_deadline(
-                    url, messages, max_tokens, deliver, started
+                    url, messages, max_tokens, deliver, started, extra
                 )
             except EngineError as exc:
                 if delivered or not exc.retryable or attempt == attempts - 1:
@@ -239,15 +254,16 @@ class OpenAICompatibleLLM(LanguageModel):
         url: str,
         messages: Sequence[ChatMessage],
         max_tokens: int,
-        on_delta: Callable[[str], Awaitable[None]],
+        on_delta: Callable[[ReplyDelta], Awaitable[None]],
         started: float,
+        extra: dict[str, Any],
     ) -> str | None:
-        async def first_delta_lifts_the_deadline(delta: str) -> None:
+        async def first_delta_lifts_the_deadline(delta: ReplyDelta) -> None:
             deadline.deadline = math.inf
             await on_delta(delta)
 
         with trio.CancelScope(deadline=started + self.first_token_timeout) as deadline:
-            return await self._request(url, messages, max_tokens, first_delta_lifts_the_deadline)
+            return await self._request(url, messages, max_tokens, first_delta_lifts_the_deadline, extra)
         raise EngineError(  # only reached when the deadline cancelled the request
             "llm_timeout", f"the LLM server sent no reply within {self.first_token_timeout:g} s"
         )
@@ -257,14 +273,16 @@ class OpenAICompatibleLLM(LanguageModel):
         base_url: str,
         messages: Sequence[ChatMessage],
         max_tokens: int,
-        on_delta: Callable[[str], Awaitable[None]],
+        on_delta: Callable[[ReplyDelta], Awaitable[None]],
+        extra: dict[str, Any],
     ) -> str | None:
         body = {
             "model": self.model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [_message_json(m) for m in messages],
             "stream": True,
             "max_tokens": max_tokens,
             "temperature": self.temperature,
+            **extra,
         }
         url = f"{base_url}/chat/completions"
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
@@ -288,18 +306,23 @@ class OpenAICompatibleLLM(LanguageModel):
                 raise EngineError("llm_bad_response", f"LLM stream broke off ({type(exc).__name__}: {exc})") from exc
             raise _unavailable(base_url, exc) from exc
 
-    async def _read_events(self, source: EventSource, on_delta: Callable[[str], Awaitable[None]]) -> str | None:
+    async def _read_events(self, source: EventSource, on_delta: Callable[[ReplyDelta], Awaitable[None]]) -> str | None:
         finished = False
         last_reason: str | None = None
+        calls = _ToolCallPieces()
         try:
             async for event in source.aiter_sse():
                 if event.data == "[DONE]":
                     return last_reason
                 if not event.data:
                     continue
-                content, finish_reason = _parse_chunk(event.data)
+                content, tool_calls, finish_reason = _parse_chunk(event.data)
                 if content:
                     await on_delta(content)
+                for piece in tool_calls:
+                    delta = calls.feed(piece)
+                    if delta is not None:
+                        await on_delta(delta)
                 if finish_reason is not None:
                     finished = True
                     last_reason = finish_reason
@@ -317,8 +340,83 @@ def _unavailable(base_url: str, exc: Exception) -> EngineError:
     )
 
 
-def _parse_chunk(data: str) -> tuple[str | None, str | None]:
-    """One ``chat.completion.chunk``: its delta text and finish reason (either may be None)."""
+def _tools_body(tools: Sequence[ToolSpec], tool_choice: ToolChoice) -> dict[str, Any]:
+    """The request fields offering ``tools`` (none if there are none)."""
+    if not tools:
+        return {}
+    choice: Any = tool_choice
+    if tool_choice not in ("auto", "none", "required"):
+        choice = {"type": "function", "function": {"name": tool_choice}}
+    functions = [
+        {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+        for t in tools
+    ]
+    return {"tools": functions, "tool_choice": choice}
+
+
+def _message_json(message: ChatMessage) -> dict[str, Any]:
+    """A message as the chat-completions API takes it (an assistant's calls; a tool's result)."""
+    data: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        data["content"] = message.content or None
+        data["tool_calls"] = [
+            {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        data["tool_call_id"] = message.tool_call_id
+    return data
+
+
+@attrs.define
+class _ToolCallPieces:
+    """Puts streamed ``tool_calls`` pieces together: the id and name come in a call's first
+    piece (a later piece repeats them or not), its arguments in any number of pieces. Pieces
+    of a call whose name has not come yet are held back; a call without an id gets one."""
+
+    _ids: dict[int, str] = attrs.field(factory=dict)
+    _names: dict[int, str] = attrs.field(factory=dict)
+    _held: dict[int, str] = attrs.field(factory=dict)
+
+    def feed(self, piece: dict[str, Any]) -> ToolCallDelta | None:
+        index = piece["index"]
+        if piece.get("id") and index not in self._ids:
+            self._ids[index] = piece["id"]
+        function = piece.get("function") or {}
+        if function.get("name") and index not in self._names:
+            self._names[index] = function["name"]
+        arguments = self._held.pop(index, "") + (function.get("arguments") or "")
+        if index not in self._names:
+            self._held[index] = arguments
+            return None
+        call_id = self._ids.setdefault(index, f"call_{uuid.uuid4().hex[:24]}")
+        return ToolCallDelta(index=index, call_id=call_id, name=self._names[index], arguments=arguments)
+
+
+def _tool_call_pieces(delta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``tool_calls`` pieces of a chunk's delta, checked (an ``index`` is added if missing)."""
+    pieces = delta.get("tool_calls")
+    if pieces is None:
+        return []
+    if not isinstance(pieces, list):
+        raise EngineError("llm_bad_response", "LLM stream delta tool_calls is not a list")
+    checked = []
+    for position, piece in enumerate(pieces):
+        function = piece.get("function") if isinstance(piece, dict) else None
+        if not isinstance(piece, dict) or not isinstance(function, (dict, type(None))):
+            raise EngineError("llm_bad_response", "LLM stream tool call is not an object with a 'function' object")
+        index = piece.get("index", position)
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise EngineError("llm_bad_response", "LLM stream tool call index is not a natural number")
+        for key, value in (("id", piece.get("id")), *((k, (function or {}).get(k)) for k in ("name", "arguments"))):
+            if value is not None and not isinstance(value, str):
+                raise EngineError("llm_bad_response", f"LLM stream tool call {key} is not a string")
+        checked.append({**piece, "index": index})
+    return checked
+
+
+def _parse_chunk(data: str) -> tuple[str | None, list[dict[str, Any]], str | None]:
+    """One ``chat.completion.chunk``: its delta text, tool call pieces and finish reason."""
     try:
         chunk: Any = json.loads(data)
     except ValueError as exc:
@@ -333,7 +431,7 @@ def _parse_chunk(data: str) -> tuple[str | None, str | None]:
     if not isinstance(choices, list):
         raise EngineError("llm_bad_response", "LLM stream chunk has no 'choices' list")
     if not choices:
-        return None, None  # e.g. a final usage-only chunk
+        return None, [], None  # e.g. a final usage-only chunk
     choice = choices[0]
     delta = choice.get("delta") if isinstance(choice, dict) else None
     if not isinstance(delta, dict):
@@ -342,4 +440,4 @@ def _parse_chunk(data: str) -> tuple[str | None, str | None]:
     finish_reason = choice.get("finish_reason")
     if content is not None and not isinstance(content, str):
         raise EngineError("llm_bad_response", "LLM stream delta content is not a string")
-    return content, finish_reason
+    return content, _tool_call_pieces(delta), finish_reason

@@ -7,7 +7,8 @@ binary frames of raw PCM (see :data:`AUDIO_FORMAT`). Each class carries its wire
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Union
+import re
+from typing import Any, ClassVar, Literal, Union
 
 import attrs
 
@@ -77,12 +78,67 @@ class TurnDetectionPatch:
     interrupt_min_speech_ms: int | None = attrs.field(default=None, validator=_optional(_ms_range))
 
 
+#: A function's name: letters, digits, ``_`` and ``-``, at most 64 (as the OpenAI API has it).
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: A session declares at most this many tools.
+MAX_TOOLS = 128
+#: ``tool_choice`` values besides the name of one of the session's tools.
+TOOL_CHOICES = ("auto", "none", "required")
+
+
+def _check_tool_name(_instance: object, _attribute: object, name: str) -> None:
+    if not TOOL_NAME.fullmatch(name):
+        raise ValueError(f"a tool name is 1-64 letters, digits, '_' or '-'; got {name!r}")
+
+
+def _check_schema(_instance: object, _attribute: object, schema: dict[str, Any]) -> None:
+    if schema.get("type", "object") != "object":
+        raise ValueError("a tool's parameters are a JSON Schema of an object (its 'type' is 'object')")
+
+
+@attrs.frozen(kw_only=True)
+class Tool:
+    """A function the client offers the LLM; the client runs it when asked (``response.tool_call``)."""
+
+    type: Literal["function"] = "function"
+    name: str = attrs.field(validator=_check_tool_name)
+    description: str = ""
+    #: JSON Schema of the arguments object.
+    parameters: dict[str, Any] = attrs.field(
+        factory=lambda: {"type": "object", "properties": {}}, validator=_check_schema
+    )
+
+
+def _check_tools(_instance: object, _attribute: object, tools: tuple[Tool, ...] | None) -> None:
+    if tools is None:
+        return
+    if len(tools) > MAX_TOOLS:
+        raise ValueError(f"a session has at most {MAX_TOOLS} tools; got {len(tools)}")
+    names = [tool.name for tool in tools]
+    if len(set(names)) != len(names):
+        raise ValueError(f"tool names must be unique; {sorted({n for n in names if names.count(n) > 1})} repeat")
+
+
 @attrs.frozen(kw_only=True)
 class SessionConfig:
-    """The effective configuration of one session, echoed whole by ``session.updated``."""
+    """The effective configuration of one session, echoed whole by ``session.updated``.
+
+    ``tools`` and ``tool_choice`` appear only once set. ``tool_choice`` is ``auto`` (the LLM
+    decides), ``none``, ``required`` (it must call a tool), or the name of one of ``tools``
+    (it must call that one); it applies to the first LLM request of a response, and ``auto``
+    to those that follow a tool's result."""
 
     instructions: str
     turn_detection: TurnDetection = TurnDetection()
+    tools: tuple[Tool, ...] = attrs.field(default=(), metadata={OMIT_IF_DEFAULT: True})
+    tool_choice: str = attrs.field(default="auto", metadata={OMIT_IF_DEFAULT: True})
+
+    def __attrs_post_init__(self) -> None:
+        if self.tool_choice not in TOOL_CHOICES and self.tool_choice not in {tool.name for tool in self.tools}:
+            raise ValueError(
+                f"tool_choice is 'auto', 'none', 'required' or the name of one of the session's tools; "
+                f"got {self.tool_choice!r}"
+            )
 
 
 def _changes(patch: object) -> dict:
@@ -95,8 +151,12 @@ class SessionPatch:
 
     instructions: str | None = None
     turn_detection: TurnDetectionPatch | None = None
+    tools: tuple[Tool, ...] | None = attrs.field(default=None, validator=_check_tools)
+    tool_choice: str | None = None
 
     def apply(self, config: SessionConfig) -> SessionConfig:
+        """The configuration with this patch applied. Raises ``ValueError`` if the result is
+        inconsistent (a ``tool_choice`` naming a tool the session does not have)."""
         changes = _changes(self)
         if self.turn_detection is not None:
             changes["turn_detection"] = attrs.evolve(config.turn_detection, **_changes(self.turn_detection))
@@ -146,7 +206,19 @@ class PlaybackPosition:
     played_ms: float = attrs.field(validator=attrs.validators.ge(0.0))
 
 
-ClientEvent = Union[SessionUpdate, InputAudioCommit, InputAudioClear, InputText, ResponseCancel, PlaybackPosition]
+@attrs.frozen(kw_only=True)
+class ToolCallOutput:
+    """The client's answer to ``response.tool_call`` ``call_id``: the function's result, as
+    text for the LLM (usually JSON)."""
+
+    TYPE: ClassVar[str] = "tool_call.output"
+    call_id: str
+    output: str
+
+
+ClientEvent = Union[
+    SessionUpdate, InputAudioCommit, InputAudioClear, InputText, ResponseCancel, PlaybackPosition, ToolCallOutput
+]
 
 # --- server -> client -------------------------------------------------------------------------
 
@@ -215,6 +287,30 @@ class ResponseTextDelta:
 
 
 @attrs.frozen(kw_only=True)
+class ResponseToolCallDelta:
+    """The LLM is writing a call of the client's function ``name``: the next piece of its
+    arguments (for display; run nothing before ``response.tool_call``)."""
+
+    TYPE: ClassVar[str] = "response.tool_call.delta"
+    turn_id: str
+    call_id: str
+    name: str
+    delta: str
+
+
+@attrs.frozen(kw_only=True)
+class ResponseToolCall:
+    """Run the client's function ``name`` with ``arguments`` (a JSON object's text) and answer
+    with ``tool_call.output`` ``call_id``; the response goes on with its result."""
+
+    TYPE: ClassVar[str] = "response.tool_call"
+    turn_id: str
+    call_id: str
+    name: str
+    arguments: str
+
+
+@attrs.frozen(kw_only=True)
 class ResponseInterrupted:
     """The user spoke over response ``turn_id``: drop its buffered audio now.
 
@@ -272,6 +368,8 @@ ServerEvent = Union[
     ResponseCreated,
     TranscriptFinal,
     ResponseTextDelta,
+    ResponseToolCallDelta,
+    ResponseToolCall,
     ResponseInterrupted,
     ResponseDone,
     Error,

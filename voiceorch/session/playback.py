@@ -47,10 +47,16 @@ class Playback:
             played = audio + min(length, (now - wall) * 1000)
         return played
 
-    def heard_text(self, played_ms: float) -> str:
-        """The words of the reply that ``played_ms`` of its audio carried."""
+    @property
+    def sentence_count(self) -> int:
+        """Sentences recorded so far (a mark for :meth:`heard_text`'s ``first``)."""
+        return len(self._sentences)
+
+    def heard_text(self, played_ms: float, first: int = 0, last: int | None = None) -> str:
+        """The words of the reply that ``played_ms`` of its audio carried (of sentences
+        ``first`` to ``last``, not included, only: the part of one step of a reply)."""
         words: list[str] = []
-        for text, start, end in self._sentences:
+        for text, start, end in self._sentences[first:last]:
             if end <= played_ms:
                 words.append(text)
             else:

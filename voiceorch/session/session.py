@@ -43,6 +43,7 @@ from .input_pace import InputPace, Pace
 from .outbox import Outbox
 from .settings import SessionSettings
 from .transport import MessageTransport, TransportReply
+from .tool_calls import ToolOffer, client_specs
 from .turn import Turn, run_turn
 
 log = logging.getLogger(__name__)
@@ -216,12 +217,13 @@ class Session:
                     conversation=self.conversation,
                     outbox=self._outbox,
                     settings=self.settings,
+                    tools=self._tool_offer(),
                 )
                 if done is not None:  # (None: a dropped speculation, unknown to the client)
                     self._last_turn = turn
                     if turn.reported_played_ms is not None and turn.scope.cancelled_caught:
                         # A report that came while the response was ending counts too.
-                        self.conversation.revise_reply(turn.turn_id, turn.heard_text(turn.reported_played_ms))
+                        self.conversation.revise_reply(turn.turn_id, turn.tail_heard_text(turn.reported_played_ms))
             finally:
                 self._unfinished.remove(turn)
                 self._turns.response_ended(response)
@@ -333,7 +335,19 @@ class Session:
             return
         match event:
             case p.SessionUpdate(session=patch):
-                self.config = patch.apply(self.config)
+                try:
+                    config = patch.apply(self.config)
+                except ValueError as exc:
+                    await self._error("invalid_event", f"invalid 'session.update' event: {exc}")
+                    return
+                taken = {tool.name for tool in config.tools} & self._server_tool_names()
+                if taken:
+                    await self._error(
+                        "invalid_event",
+                        f"invalid 'session.update' event: the server has tools named {sorted(taken)} already",
+                    )
+                    return
+                self.config = config
                 self.conversation.instructions = self.config.instructions
                 await self._act(self._turns.configure(self.config.turn_detection))
                 await self._emit(p.SessionUpdated(session=self.config))
@@ -347,6 +361,30 @@ class Session:
                 await self._act(self._turns.cancel_response())
             case p.PlaybackPosition(turn_id=turn_id, played_ms=played_ms):
                 self._on_playback_position(turn_id, played_ms)
+            case p.ToolCallOutput(call_id=call_id, output=output):
+                await self._on_tool_call_output(call_id, output)
+
+    async def _on_tool_call_output(self, call_id: str, output: str) -> None:
+        """The client's result of a call: to the turn that waits for it, or, if its response
+        has ended, into the history as a late result; else ``unknown_tool_call``."""
+        if any(turn.ledger.deliver(call_id, output) for turn in self._unfinished):
+            return
+        if self.conversation.record_late_result(call_id, output):
+            log_event(log, "tool.late_result", call_id=call_id)
+            return
+        await self._error("unknown_tool_call", f"no tool call {call_id!r} is waiting for an output")
+
+    def _server_tool_names(self) -> set[str]:
+        return {spec.name for spec in self.engines.tools.specs()} if self.engines.tools is not None else set()
+
+    def _tool_offer(self) -> ToolOffer:
+        """The tools of the next response: the client's (as the session has them now) and the server's."""
+        server = self.engines.tools.specs() if self.engines.tools is not None else []
+        return ToolOffer(
+            specs=(*client_specs(self.config.tools), *server),
+            choice=self.config.tool_choice,
+            server_names=frozenset(spec.name for spec in server),
+        )
 
     def _on_playback_position(self, turn_id: str, played_ms: float) -> None:
         """The client's own playback position wins over the server's estimate."""
@@ -356,4 +394,4 @@ class Session:
                 return
         turn = self._last_turn  # whatever its status: a completed reply may not have been all heard
         if turn is not None and turn.turn_id == turn_id:
-            self.conversation.revise_reply(turn_id, turn.heard_text(played_ms))
+            self.conversation.revise_reply(turn_id, turn.tail_heard_text(played_ms))

@@ -52,5 +52,12 @@ class SessionSettings:
     #: thread counts too.
     stt_timeout_s: float = 30.0
     tts_timeout_s: float = 30.0
+    #: A tool call's time limit: a server tool taking longer gives the LLM an error result; a
+    #: client that does not answer ``response.tool_call`` within it fails the turn
+    #: (``tool_call_timeout``).
+    tool_call_timeout_s: float = 30.0
+    #: LLM requests one response may make (each after the previous one's tool calls); a reply
+    #: still calling tools at the last fails the turn (``tool_loop_limit``).
+    max_tool_steps: int = 8
     #: User turns waiting to be answered (each new turn cancels the response in progress).
     max_pending_turns: int = 4

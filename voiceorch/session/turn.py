@@ -22,6 +22,11 @@ closed, pending synthesis is abandoned, and no audio frame of the turn is handed
 afterwards. A barge-in is answered with ``response.interrupted``; then, as always, comes
 ``response.done``, after the scope has closed, so nothing of a response ever follows it. The
 conversation history keeps only the words the user heard.
+
+With tools, a response is a loop of *steps*: the pipeline above answers one LLM request; if
+the reply called tools, the turn waits for its words to play, runs the calls
+(:mod:`.tool_calls`: the rules of cancellation are there) and asks the LLM again with their
+results, until a reply calls none (at most ``SessionSettings.max_tool_steps`` steps).
 """
 
 from __future__ import annotations
@@ -35,13 +40,14 @@ import trio
 
 from .. import metrics as stats
 from .. import protocol as p
-from ..engines.base import ChatMessage, EngineError, Engines
+from ..engines.base import ChatMessage, EngineError, Engines, ReplyDelta, ToolCallDelta
 from ..logs import log_event
 from ..supervise import leaves
 from .history import Conversation
 from .playback import Playback
 from .sentences import SentenceSplitter
 from .settings import SessionSettings
+from .tool_calls import Step, ToolLedger, ToolOffer, run_calls
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,10 @@ class Turn:
     on_transcribed: Callable[[], None] | None = None
     #: Set once the user's turn has really ended; a speculative turn starts without it.
     confirmed: trio.Event = attrs.field(factory=trio.Event)
+    #: The response's tool calls, and what became of them.
+    ledger: ToolLedger = attrs.field(factory=ToolLedger)
+    #: The first sentence of the reply after its last tool step (what ``revise_reply`` revises).
+    tail_from: int = 0
 
     @classmethod
     def speculative(cls, turn_id: str, audio: bytes) -> Turn:
@@ -91,11 +101,17 @@ class Turn:
         if not self.scope.cancel_called:
             self.cancelled_at = trio.current_time()
             self.interrupted = interrupted
+            self.ledger.end()
             self.scope.cancel()
 
-    def heard_text(self, played_ms: float) -> str:
-        """What the user heard of the reply, given a playback position (capped at what was sent)."""
-        return self.playback.heard_text(min(played_ms, self.playback.sent_ms))
+    def heard_text(self, played_ms: float, first: int = 0, last: int | None = None) -> str:
+        """What the user heard of the reply (of sentences ``first`` to ``last``), given a
+        playback position (capped at what was sent)."""
+        return self.playback.heard_text(min(played_ms, self.playback.sent_ms), first, last)
+
+    def tail_heard_text(self, played_ms: float) -> str:
+        """What the user heard of the reply after its last tool step."""
+        return self.heard_text(played_ms, self.tail_from)
 
 
 @attrs.define
@@ -158,6 +174,7 @@ async def run_turn(
     conversation: Conversation,
     outbox: Outbox,
     settings: SessionSettings,
+    tools: ToolOffer = ToolOffer(),
 ) -> p.ResponseDone | None:
     """Answer ``turn``: events and audio go to ``outbox``, the exchange goes to ``conversation``.
 
@@ -166,6 +183,7 @@ async def run_turn(
     announced by ``response.interrupted``). Cancellation from outside (the session closing)
     propagates as usual, and then no ``response.done`` is sent. A speculative turn cancelled
     before it was confirmed returns ``None`` having sent nothing and changed no history.
+    ``tools`` are offered to the LLM (see :mod:`.tool_calls`).
     """
     progress = _Progress()
     out = _Gate(outbox, turn.confirmed)
@@ -175,14 +193,16 @@ async def run_turn(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(out.open_when_confirmed)
                 await out.send(p.ResponseCreated(turn_id=turn.turn_id))
-                await _respond(turn, engines, conversation, out, settings, progress)
+                await _respond(turn, engines, conversation, out, settings, progress, tools)
         except* EngineError as group:
             error = next(leaves(group))
         except* Exception as group:
             log.error("turn.crashed", exc_info=group)
             error = EngineError("internal_error", "the server failed to answer this turn")
         await turn.confirmed.wait()  # a speculative turn that is done early waits here
+    turn.ledger.end()  # outputs that come from now on are late
     if not turn.confirmed.is_set():
+        turn.ledger.close()  # (no call started: they wait for the turn to be confirmed)
         log_event(log, "turn.speculation_dropped")
         return None  # cancelled before the user's turn ended: the client never heard of it
     await out.open()
@@ -201,10 +221,14 @@ async def run_turn(
     else:
         status = "completed"
     heard = turn.heard_text(played_ms)
+    steps, turn.tail_from = turn.ledger.history(lambda first, last: turn.heard_text(played_ms, first, last))
+    if progress.user_text and (status != "failed" or heard or steps):
+        conversation.add_exchange(
+            progress.user_text, turn.tail_heard_text(played_ms), turn_id=turn.turn_id, steps=steps
+        )
+    turn.ledger.close()  # (no checkpoint since the history was written: no output is lost)
     if status == "interrupted":
         await out.send(p.ResponseInterrupted(turn_id=turn.turn_id, played_ms=round(played_ms, 1), heard_text=heard))
-    if progress.user_text and (status != "failed" or heard):
-        conversation.add_exchange(progress.user_text, heard, turn_id=turn.turn_id)
 
     now = trio.current_time()
     metrics = p.ResponseMetrics(
@@ -249,6 +273,7 @@ async def _respond(
     out: _Gate,
     settings: SessionSettings,
     progress: _Progress,
+    tools: ToolOffer,
 ) -> None:
     if turn.audio is not None:
         started = trio.current_time()
@@ -266,18 +291,52 @@ async def _respond(
         raise EngineError("no_speech", "no words were recognized in the committed audio")
 
     messages = conversation.request(progress.user_text)
-    log_event(log, "llm.request", messages=len(messages))
+    choice = tools.choice
+    while True:
+        step = Step(first_sentence=turn.playback.sentence_count)
+        turn.ledger.steps.append(step)
+        await _speak_step(turn, engines, messages, tools, choice, out, settings, progress, step)
+        step.last_sentence = turn.playback.sentence_count
+        if not step.calls:
+            return
+        if len(turn.ledger.steps) >= settings.max_tool_steps:
+            raise EngineError(
+                "tool_loop_limit", f"the LLM was still calling tools after {settings.max_tool_steps} requests"
+            )
+        await out.opened.wait()  # no call starts before the user's turn has really ended
+        await run_calls(
+            step, turn_id=turn.turn_id, engines=engines, send=out.send, timeout_s=settings.tool_call_timeout_s
+        )
+        messages = [*messages, *step.messages()]
+        choice = "auto"  # a forced call is made once; then the LLM decides
+
+
+async def _speak_step(
+    turn: Turn,
+    engines: Engines,
+    messages: list[ChatMessage],
+    tools: ToolOffer,
+    choice: str,
+    out: _Gate,
+    settings: SessionSettings,
+    progress: _Progress,
+    step: Step,
+) -> None:
+    """One LLM request, its text spoken and its calls collected in ``step``; returns once its
+    audio has played."""
+    log_event(log, "llm.request", messages=len(messages), tools=len(tools.specs))
     if log.isEnabledFor(logging.DEBUG):  # the message list is only built when it is logged
         log_event(log, "llm.request.messages", logging.DEBUG, messages=[attrs.asdict(m) for m in messages])
-    deltas_send, deltas_recv = trio.open_memory_channel[str](8)
+    deltas_send, deltas_recv = trio.open_memory_channel[ReplyDelta](8)
     # The whole reply waits here for synthesis (up to the bound), so the LLM's stream, and its
     # request slot, end when generation ends rather than when the audio has nearly played.
     sentences_send, sentences_recv = trio.open_memory_channel[str](settings.reply_buffer_sentences)
     speech_send, speech_recv = trio.open_memory_channel[tuple[str, bytes]](1)
-    progress.llm_started = trio.current_time()
+    if progress.llm_started is None:
+        progress.llm_started = trio.current_time()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stream_reply, engines, messages, deltas_send, progress)
-        nursery.start_soon(_split_reply, turn.turn_id, deltas_recv, sentences_send, out, progress)
+        nursery.start_soon(_stream_reply, engines, messages, deltas_send, progress, tools, choice)
+        nursery.start_soon(_split_reply, turn.turn_id, deltas_recv, sentences_send, out, progress, step, tools)
         nursery.start_soon(_synthesize, engines, sentences_recv, speech_send, settings, progress)
         nursery.start_soon(_send_audio, speech_recv, out, settings, turn.playback, progress)
 
@@ -285,22 +344,30 @@ async def _respond(
 async def _stream_reply(
     engines: Engines,
     messages: list[ChatMessage],
-    deltas: trio.MemorySendChannel[str],
+    deltas: trio.MemorySendChannel[ReplyDelta],
     progress: _Progress,
+    tools: ToolOffer,
+    choice: str,
 ) -> None:
     """The LLM's reply into ``deltas`` (the engine closes it); notes a reply cut at the limit."""
-    finish_reason = await engines.llm.stream_reply(messages, deltas)
+    if tools.specs:
+        finish_reason = await engines.llm.stream_reply(messages, deltas, tools=tools.specs, tool_choice=choice)
+    else:
+        finish_reason = await engines.llm.stream_reply(messages, deltas)
     progress.truncated = finish_reason == "length"
 
 
 async def _split_reply(
     turn_id: str,
-    deltas: trio.MemoryReceiveChannel[str],
+    deltas: trio.MemoryReceiveChannel[ReplyDelta],
     sentences: trio.MemorySendChannel[str],
     out: _Gate,
     progress: _Progress,
+    step: Step,
+    tools: ToolOffer,
 ) -> None:
-    """Forward the LLM's text to the client and cut it into sentences for synthesis.
+    """Forward the LLM's text to the client and cut it into sentences for synthesis; collect
+    its tool calls in ``step`` (the pieces of a client's call go to the client as well).
 
     ``sentences`` holds up to ``SessionSettings.reply_buffer_sentences``: the LLM's stream is
     drained as fast as it comes (only a slow client's outbox holds it back), while synthesis
@@ -310,7 +377,17 @@ async def _split_reply(
         async for delta in deltas:
             if progress.llm_ttft_ms is None and progress.llm_started is not None:
                 progress.llm_ttft_ms = _ms(trio.current_time() - progress.llm_started)
+            if isinstance(delta, ToolCallDelta):
+                step.feed(delta, tools.server_names)
+                if delta.name not in tools.server_names:
+                    await out.send(
+                        p.ResponseToolCallDelta(
+                            turn_id=turn_id, call_id=delta.call_id, name=delta.name, delta=delta.arguments
+                        )
+                    )
+                continue
             stats.LLM_DELTAS.inc()
+            step.text += delta
             await out.send(p.ResponseTextDelta(turn_id=turn_id, delta=delta))
             for sentence in splitter.feed(delta):
                 await sentences.send(sentence)
