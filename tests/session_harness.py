@@ -25,6 +25,7 @@ def fake_engines(**kwargs) -> Engines:
         llm=kwargs.pop("llm", FakeLLM()),
         tts=kwargs.pop("tts", FakeTTS()),
         vad=kwargs.pop("vad", FakeVAD()),
+        tools=kwargs.pop("tools", None),
     )
 
 

@@ -165,6 +165,9 @@ async def run_calls(
 
 async def _run_server_call(call: _Call, engines: Engines, timeout_s: float) -> None:
     assert engines.tools is not None
+    # A task started in a scope cancelled meanwhile runs until its first checkpoint: make it
+    # here, so a call of a cancelled response never starts.
+    await trio.lowlevel.checkpoint_if_cancelled()
     started = trio.current_time()
     call.started = True
     with trio.move_on_after(timeout_s) as limit:
@@ -187,6 +190,7 @@ async def _run_client_call(
     call: _Call, turn_id: str, send: Callable[[p.ServerEvent], object], timeout_s: float
 ) -> None:
     c = call.call
+    await trio.lowlevel.checkpoint_if_cancelled()  # (as for a server call)
     await send(p.ResponseToolCall(turn_id=turn_id, call_id=c.call_id, name=c.name, arguments=c.arguments))
     call.started = True  # (a memory channel's send delivers or not: the client has it now)
     started = trio.current_time()
