@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from fake_openai_server import FakeOpenAIServer
+from fake_openai_server import FakeOpenAIServer, tool_call_pieces
 from session_harness import connected, fake_engines
 from voiceorch.engines.openai_llm import OpenAICompatibleLLM
 
@@ -121,3 +121,36 @@ async def test_the_http_request_and_its_slot_end_when_generation_ends_not_when_t
             await llm.aclose()
             nursery.cancel_scope.cancel()
     assert done.status == "cancelled"
+
+
+async def test_tool_calls_streamed_by_the_http_llm_reach_the_client_and_the_results_go_back():
+    weather = tool_call_pieces(0, "call_w", "get_weather", '{"city": "Paris"}', parts=4)
+    time = tool_call_pieces(1, "call_t", "get_time", "{}", parts=2)
+    server = FakeOpenAIServer(script=[["Let me ", "check. ", *weather, *time], ["Sunny, ", "at noon."]])
+    tools = [{"type": "function", "name": "get_weather"}, {"type": "function", "name": "get_time"}]
+    async with session_with_http_llm(server) as client:
+        await client.send({"type": "session.update", "session": {"tools": tools}})
+        await client.send({"type": "input_text", "text": "Weather and time?"})
+        calls = [await client.until("response.tool_call"), await client.until("response.tool_call")]
+        for call, output in zip(calls, ['{"sky": "clear"}', '"12:00"']):
+            await client.send({"type": "tool_call.output", "call_id": call.call_id, "output": output})
+        done = await client.until("response.done")
+    assert [(c.call_id, c.name, c.arguments) for c in calls] == [
+        ("call_w", "get_weather", '{"city": "Paris"}'),
+        ("call_t", "get_time", "{}"),
+    ]
+    assert done.status == "completed" and done.text == "Let me check. Sunny, at noon."
+    assert [t["function"]["name"] for t in server.requests[0]["tools"]] == ["get_weather", "get_time"]
+    messages = server.requests[1]["messages"]
+    assert messages[-3] == {
+        "role": "assistant",
+        "content": "Let me check. ",
+        "tool_calls": [
+            {"id": "call_w", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+            {"id": "call_t", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+        ],
+    }
+    assert messages[-2:] == [
+        {"role": "tool", "content": '{"sky": "clear"}', "tool_call_id": "call_w"},
+        {"role": "tool", "content": '"12:00"', "tool_call_id": "call_t"},
+    ]

@@ -12,7 +12,7 @@ from trio.testing import wait_all_tasks_blocked
 from session_harness import check_framing, connected, count_tasks, fake_engines
 from voiceorch import protocol as p
 from voiceorch.engines.base import ToolCall
-from voiceorch.engines.fakes import FakeLLM, FakeServerTools
+from voiceorch.engines.fakes import FakeLLM, FakeServerTools, fake_pcm
 from voiceorch.session import SessionSettings
 from voiceorch.session.history import LATE_RESULT_PREFIX
 
@@ -57,7 +57,11 @@ async def test_a_client_call_is_answered_and_the_reply_goes_on_in_the_same_turn(
         assert [t.name for t in updated.session.tools] == ["get_weather"]
         assert updated.session.tool_choice == "required"
         await client.send({"type": "input_text", "text": "Weather in Paris?"})
+        while not isinstance(await client.next(), bytes):
+            pass
+        first_audio_at = trio.current_time()
         call = await client.until("response.tool_call")
+        asked_at = trio.current_time()
         await client.send({"type": "tool_call.output", "call_id": call.call_id, "output": '{"sky": "clear"}'})
         done = await client.until("response.done")
     assert (call.call_id, call.name, call.arguments) == ("call_w", "get_weather", '{"city": "Paris"}')
@@ -67,12 +71,11 @@ async def test_a_client_call_is_answered_and_the_reply_goes_on_in_the_same_turn(
     assert done.status == "completed"
     assert done.text == "Let me check. " + FINAL
     check_framing(client.log)
-    # The words before the call were all played before the client was asked to run it.
-    log = kinds(client.log)
-    assert (
-        "audio"
-        not in log[log.index("response.tool_call") : log.index("response.text.delta", log.index("response.tool_call"))]
-    )
+    # The words before the call were all sent, and played, before the client was asked to run it.
+    asked = kinds(client.log).index("response.tool_call")
+    before = b"".join(e for e in client.log[:asked] if isinstance(e, bytes))
+    assert before == fake_pcm("Let me check.", 60.0)
+    assert asked_at >= first_audio_at + len(before) / 32 / 1000
     assert engines.tts.texts == ["Let me check.", "It is sunny in Paris."]
     # The second request carries the call and its result; the first forced a call, the next did not.
     assert llm.tools == [["get_weather"], ["get_weather"]]
