@@ -42,8 +42,8 @@ from .history import Conversation
 from .input_pace import InputPace, Pace
 from .outbox import Outbox
 from .settings import SessionSettings
-from .transport import MessageTransport, TransportReply
 from .tool_calls import ToolOffer, client_specs
+from .transport import MessageTransport, TransportReply
 from .turn import Turn, run_turn
 
 log = logging.getLogger(__name__)
