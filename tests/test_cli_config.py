@@ -139,3 +139,15 @@ def test_help_shows_the_classes_defaults(capsys: pytest.CaptureFixture[str]) -> 
         "(default: 1 for the embedded LLM, which answers one request at a time; 8 with --llm-url)",
     ):
         assert shown in text
+
+
+def test_workers_default_to_the_environment_then_the_number_of_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICEORCH_WORKERS", "3")
+    assert parse()[0].workers == 3
+    monkeypatch.delenv("VOICEORCH_WORKERS")
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 5)
+    assert parse()[0].workers == 5
+    assert parse("--workers", "1")[0].workers == 1
+    monkeypatch.setenv("VOICEORCH_WORKERS", "0")
+    with pytest.raises(SystemExit, match="VOICEORCH_WORKERS"):
+        parse()

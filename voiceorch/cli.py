@@ -403,7 +403,38 @@ def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
         '"instance", and /readyz answers it (default: HOSTNAME-PID)',
     )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _workers_options(s)
+    targets += [("listen_fd", "listen_fds", tuple), ("worker_table_fd", "worker_table_fd", None)]
+    targets.append(("worker_index", "worker_index", None))
     return targets
+
+
+def _default_workers() -> int:
+    """``$VOICEORCH_WORKERS``, else the number of cores."""
+    text = os.environ.get("VOICEORCH_WORKERS")
+    if not text:
+        return os.cpu_count() or 1
+    try:
+        return _positive_int(text)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise SystemExit(f"voiceorch: VOICEORCH_WORKERS must be a whole number of at least 1, not {text!r}") from None
+
+
+def _workers_options(s: argparse.ArgumentParser) -> None:
+    """``--workers`` and the hidden options by which ``serve`` starts its worker processes
+    (voiceorch/server/workers.py)."""
+    s.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=_default_workers(),
+        metavar="N",
+        help="worker processes serving the one voice port, each with its own models, embedded LLM and "
+        "--max-sessions; the HTTP port answers for all of them (default: $VOICEORCH_WORKERS, else the "
+        "number of cores: %(default)s here). 1 runs everything in this one process",
+    )
+    s.add_argument("--listen-fd", type=int, action="append", default=[], help=argparse.SUPPRESS)
+    s.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    s.add_argument("--worker-table-fd", type=int, help=argparse.SUPPRESS)
 
 
 def server_config(args: argparse.Namespace, targets: ConfigArgs):
@@ -482,16 +513,26 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"--{kind}-url and {model} exclude each other (a remote engine has no local model)")
         if args.twilio_auth_token and not args.public_url:
             parser.error("--twilio-auth-token needs --public-url: the URL Twilio connects to is what it signs")
-        return _serve(args, targets)
+        return _serve(args, targets, argv if argv is not None else sys.argv[1:])
     return _talk(args)
 
 
-def _serve(args: argparse.Namespace, targets: ConfigArgs) -> int:
+def _serve(args: argparse.Namespace, targets: ConfigArgs, argv: list[str]) -> int:
+    from .server import workers
     from .server.app import run_until_signalled
 
     logs.configure(args.log_level)
     logs.instance_id_var.set(args.instance_id)  # trio.run's tasks inherit it
     config = server_config(args, targets)
+    if args.worker_index is None and args.workers > 1:
+        serve_argv = argv[argv.index("serve") + 1 :]
+        code = trio.run(workers.run_workers, config, args.workers, serve_argv)
+        print("[voiceorch] stopped", flush=True)
+        return code
+    if args.worker_index is not None:
+        logs.worker_var.set(args.worker_index)
+        trio.run(workers.run_worker, config)
+        return 0
     trio.run(run_until_signalled, config)
     print("[voiceorch] stopped", flush=True)
     return 0

@@ -24,9 +24,16 @@ import sys
 session_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("session_id", default=None)
 turn_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("turn_id", default=None)
 instance_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("instance", default=None)
+#: The worker process's number under ``serve --workers N`` (1..N; None in a single process).
+worker_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("worker", default=None)
 
 
-_CONTEXT = (("instance", instance_id_var), ("session_id", session_id_var), ("turn_id", turn_id_var))
+_CONTEXT = (
+    ("instance", instance_id_var),
+    ("worker", worker_var),
+    ("session_id", session_id_var),
+    ("turn_id", turn_id_var),
+)
 
 #: Records that may wait for the listener thread before new ones are dropped.
 QUEUE_RECORDS = 10_000

@@ -12,6 +12,7 @@ compared in constant time and never logged.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
@@ -88,12 +89,20 @@ class Admission:
 
     max_sessions: int
     active: int = 0
+    #: Called after every change of ``active`` (``serve --workers`` publishes it to the others).
+    on_change: Callable[[], None] = lambda: None
 
     def try_enter(self) -> bool:
         if self.active >= self.max_sessions:
             return False
         self.active += 1
+        self.on_change()
         return True
 
     def leave(self) -> None:
         self.active -= 1
+        self.on_change()
+
+    def is_full(self) -> bool:
+        """No room for another session. Not a checkpoint."""
+        return self.active >= self.max_sessions

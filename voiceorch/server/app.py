@@ -16,7 +16,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +33,7 @@ from ..session import SessionSettings
 from .access import AccessPolicy
 from .http import DEFAULT_HTTP_PORT, HttpApp, run_http_server
 from .loop_lag import watch_loop_lag
+from .shared_listener import WorkerTable
 from .voice_ws import VOICE_PATH, VoiceServer, serve_voice
 
 if TYPE_CHECKING:
@@ -94,6 +95,12 @@ class ServerConfig:
     mcp_servers: tuple[McpServerSpec, ...] = ()
     #: The time limit of one MCP tool call; past it the LLM gets an error result.
     mcp_timeout_s: float = 10.0
+    #: Listening sockets inherited from ``serve --workers N`` (file descriptors): the voice
+    #: server accepts on them, shared with the other workers, instead of binding host:port.
+    listen_fds: tuple[int, ...] = ()
+    #: With ``listen_fds``: the workers' shared table (a file descriptor) and this worker's slot.
+    worker_table_fd: int | None = None
+    worker_index: int | None = None
     session: SessionSettings = SessionSettings()
     access: AccessPolicy = AccessPolicy()
 
@@ -103,7 +110,10 @@ def _url_host(host: str) -> str:
 
 
 def _say(line: str) -> None:
-    print(f"[voiceorch] {line}", file=sys.stdout, flush=True)
+    try:
+        print(f"[voiceorch] {line}", file=sys.stdout, flush=True)
+    except BrokenPipeError:  # a worker whose parent (serve --workers) is gone: the log still says it
+        pass
 
 
 async def _timed(what: str, fn: Callable, *args) -> object:
@@ -290,6 +300,12 @@ async def run_server(
                     host=config.host,
                     port=config.port,
                     policy=config.access,
+                    listen_fds=config.listen_fds,
+                    worker_table=(
+                        None
+                        if config.worker_table_fd is None
+                        else WorkerTable(config.worker_table_fd, config.worker_index)
+                    ),
                     task_status=task_status,
                 )
             )
@@ -328,14 +344,19 @@ async def run_server(
                     await close()
 
 
-async def run_until_signalled(config: ServerConfig) -> None:
+async def run_until_signalled(
+    config: ServerConfig, *, stop_request: Callable[[], Awaitable[object]] | None = None
+) -> None:
     """Run the server until SIGINT or SIGTERM, then shut down gracefully and return: accept no
     more sessions, let the responses in progress finish (up to ``config.shutdown_grace_s``),
     then cancel everything: every session closes with 1001, the LLM child is terminated. A
-    signal during start-up, or a second signal, stops at once."""
+    signal during start-up, or a second signal, stops at once. When ``await stop_request()``
+    returns (a worker's parent asking it to stop), it counts as a first signal (``"parent"``);
+    it never counts as a second one."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             running: list[RunningServer] = []
+            draining = False
 
             async def serve() -> None:
                 running.append(await nursery.start(run_server, config))
@@ -344,15 +365,24 @@ async def run_until_signalled(config: ServerConfig) -> None:
                 await server.drain(config.shutdown_grace_s)
                 nursery.cancel_scope.cancel()
 
-            nursery.start_soon(serve)
-            draining = False
-            async for signum in signals:
-                name = signal.Signals(signum).name
+            def stop(name: str) -> None:
+                nonlocal draining
                 log_event(log, "server.stop", signal=name, graceful=bool(running) and not draining)
                 if not running or draining:
                     _say(f"{name}: stopping now")
-                    break
+                    nursery.cancel_scope.cancel()
+                    return
                 _say(f"{name}: stopping (responses in progress get {config.shutdown_grace_s:g} s to finish)")
                 draining = True
                 nursery.start_soon(drain_then_stop, running[0])
-            nursery.cancel_scope.cancel()
+
+            async def stop_when_requested(request: Callable[[], Awaitable[object]]) -> None:
+                await request()
+                if not draining:
+                    stop("parent")
+
+            nursery.start_soon(serve)
+            if stop_request is not None:
+                nursery.start_soon(stop_when_requested, stop_request)
+            async for signum in signals:
+                stop(signal.Signals(signum).name)

@@ -28,6 +28,7 @@ from ..protocol import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN_L
 from ..session import Session, SessionSettings
 from .access import AccessPolicy, Admission
 from .realtime_ws import REALTIME_PATH, realtime_transport
+from .shared_listener import NOT_ACCEPTING, SharedSocketListener, WorkerTable
 from .telephony_ws import TELEPHONY_PATHS, telephony_transport
 from .ws_transport import WebSocketTransport as WebSocketTransport
 
@@ -47,7 +48,7 @@ class StoppableListener(trio.abc.Listener[trio.SocketStream]):
     connections already accepted (closing a listener it uses would end them all).
     """
 
-    def __init__(self, inner: trio.SocketListener) -> None:
+    def __init__(self, inner: trio.SocketListener | SharedSocketListener) -> None:
         self.inner = inner
         self._stopped = False
         self._waiting: trio.CancelScope | None = None
@@ -105,6 +106,7 @@ class VoiceServer:
         passed, then close every session with 1001 and wait (a few seconds at most) for the
         closing handshakes. Cancel :func:`serve_voice` after it."""
         self.draining = True
+        self.admission.on_change()
         for listener in self.listeners:
             listener.stop_accepting()
         for session in self.sessions:
@@ -208,16 +210,29 @@ async def serve_voice(
     host: str,
     port: int,
     policy: AccessPolicy = AccessPolicy(),
+    listen_fds: tuple[int, ...] = (),
+    worker_table: WorkerTable | None = None,
     task_status: trio.TaskStatus[VoiceServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``/v1/voice`` on ``host:port`` (0 picks a free port) until cancelled, admitting
-    connections by ``policy``.
+    connections by ``policy``. With ``listen_fds`` (a worker of ``serve --workers N``) it
+    accepts on those inherited listening sockets instead, shared with the other workers, and
+    publishes its session count in ``worker_table``, by which the workers spread new sessions
+    between them (:mod:`~voiceorch.server.shared_listener`).
 
     ``task_status.started`` receives the :class:`VoiceServer` (its ``port`` is the bound one).
     Cancellation stops accepting and cancels every session (each closes with 1001).
     """
-    listeners = [StoppableListener(inner) for inner in await trio.open_tcp_listeners(port, host=host)]
     admission = Admission(policy.max_sessions)
+    if listen_fds:
+
+        def load() -> tuple[int, int]:
+            return admission.active, admission.max_sessions
+
+        inner_listeners = [SharedSocketListener.from_fd(fd, load=load, table=worker_table) for fd in listen_fds]
+    else:
+        inner_listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = [StoppableListener(inner) for inner in inner_listeners]
     server = VoiceServer(port=listeners[0].inner.socket.getsockname()[1], listeners=listeners, admission=admission)
     log_event(
         log,
@@ -227,6 +242,13 @@ async def serve_voice(
         max_sessions=policy.max_sessions,
         auth=policy.token is not None,
     )
+    if worker_table is not None:
+
+        def publish() -> None:
+            worker_table.publish(NOT_ACCEPTING if server.draining else admission.active)
+
+        admission.on_change = publish
+        publish()
     handler = partial(_handle, engines=engines, settings=settings, policy=policy, admission=admission, server=server)
     websocket_server = trio_websocket.WebSocketServer(
         handler, listeners, max_message_size=1 << 20, connect_timeout=HANDSHAKE_TIMEOUT_S
