@@ -79,7 +79,9 @@ class ServerProcess:
 
 def child_environment(tree: Path | None) -> dict:
     """``cwd`` and ``env`` of a ``python -m voiceorch`` child: this checkout's, or ``tree``'s."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # One server process unless a level asks for workers with --workers (serve's default is one
+    # per core; an older checkout without workers ignores the variable).
+    env = {"VOICEORCH_WORKERS": "1", **os.environ, "PYTHONUNBUFFERED": "1"}
     if tree is None:
         return {"env": env}
     env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])
