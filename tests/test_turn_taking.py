@@ -223,3 +223,131 @@ def test_switching_to_push_to_talk_drops_the_speculation():
     s.feed("SSSSSSSSSS_____")
     actions = s.machine.configure(attrs.evolve(p.TurnDetection(), type="none"))
     assert kinds(actions) == ["CancelResponse"] and s.machine.detector is None
+
+
+# --- semantic_vad: scripted verdicts of the end-of-turn model -------------------------------------
+
+SEMANTIC = p.TurnDetection(type="semantic_vad")
+
+
+def judges(actions: list[tt.Action]) -> list[tt.Judge]:
+    return [a for a in actions if isinstance(a, tt.Judge)]
+
+
+def semantic(**kwargs) -> Script:
+    kwargs.setdefault("turn_detection", SEMANTIC)
+    kwargs.setdefault("end_of_turn_model", True)
+    return Script(**kwargs)
+
+
+def test_semantic_a_finished_turn_ends_after_a_short_silence():
+    s = semantic()
+    s.feed("SSSSSSSSSS")
+    pause = s.feed("_____")  # 160 ms: speculation and a judgement of the turn so far, at once
+    assert kinds(pause) == ["StartResponse", "Judge"]
+    (asked,) = judges(pause)
+    assert asked.silence_ms == 160 and asked.audio == s.started[0].audio
+    spec = s.started[0]
+    s.machine.response_started(spec)
+    assert s.machine.verdict(asked, 0.9, s.now) == []  # finished, but only 160 ms of silence yet
+    assert s.machine.response_transcript(spec, "What time is it?", s.now) == []
+    assert s.feed("_") == []  # 192 ms
+    end = s.feed("_")  # 224 ms: past the 200 ms of a finished turn
+    assert kinds(end) == ["speech_stopped", "committed", "ConfirmResponse"]
+    assert end[0].event.audio_ms == 10 * 32  # dated at the start of the silence
+
+
+def test_semantic_waits_for_the_speculations_words_before_ending():
+    s = semantic()
+    s.feed("SSSSSSSSSS")
+    (asked,) = judges(s.feed("_____"))
+    spec = s.started[0]
+    s.machine.response_started(spec)
+    s.machine.verdict(asked, 0.9, s.now)
+    assert s.feed("____") == []  # 288 ms: the model says finished, the words are not in yet
+    end = s.machine.response_transcript(spec, "What time is it?", s.now)
+    assert kinds(end) == ["speech_stopped", "committed", "ConfirmResponse"]
+
+
+def test_semantic_words_that_cannot_end_a_sentence_wait_up_to_the_cap():
+    s = semantic(turn_detection=attrs.evolve(SEMANTIC, eagerness="high"))  # cap 1 s
+    s.feed("SSSSSSSSSS")
+    (asked,) = judges(s.feed("_____"))
+    spec = s.started[0]
+    s.machine.response_started(spec)
+    s.machine.verdict(asked, 0.95, s.now)
+    s.machine.response_transcript(spec, "I'd like to book a table for", s.now)
+    waiting = s.feed("_" * 12)  # 544 ms
+    assert "speech_stopped" not in kinds(waiting)
+    rejudge = s.feed("_")  # 576 ms: 400 ms after the first judgement, judged again
+    (again,) = judges(rejudge)
+    assert again.silence_ms == 576
+    assert s.machine.verdict(again, 0.95, s.now) == []
+    assert "speech_stopped" not in kinds(s.feed("_" * 13))  # 992 ms
+    end = s.feed("_")  # 1024 ms: the cap of eagerness "high"
+    assert kinds(end) == ["speech_stopped", "committed", "ConfirmResponse"]
+
+
+def test_semantic_an_unfinished_verdict_keeps_listening_and_judges_again():
+    s = semantic(speculate_after_ms=None)  # no speculation: the model alone decides
+    s.feed("SSSSSSSSSS")
+    (asked,) = judges(s.feed("_____"))  # still judged at the pause start
+    assert s.started == []
+    s.machine.verdict(asked, 0.2, s.now)
+    assert kinds(s.feed("_" * 12)) == []  # 544 ms
+    (again,) = judges(s.feed("_"))
+    end = s.machine.verdict(again, 0.8, s.now)
+    assert kinds(end) == ["speech_stopped", "committed", "StartResponse"]
+
+
+def test_semantic_speech_resuming_drops_the_speculation_and_ignores_the_late_verdict():
+    s = semantic()
+    s.feed("SSSSSSSSSS")
+    (asked,) = judges(s.feed("_____"))
+    assert kinds(s.feed("SS")) == ["CancelResponse"]
+    assert s.machine.verdict(asked, 1.0, s.now) == []
+    assert kinds(s.feed("SSS")) == []
+    assert "speech_stopped" not in kinds(s.feed("_" * 10))  # no verdict for the new pause yet
+
+
+def test_semantic_audio_that_stops_ends_the_turn_by_the_clock():
+    s = semantic(speculate_after_ms=None)
+    s.feed("SSSSSSSSSS")
+    (asked,) = judges(s.feed("_____"))
+    deadline = s.machine.deadline()
+    assert deadline == pytest.approx(s.now + (2000 - 160) / 1000 + tt.AUDIO_STOPPED_MARGIN_S)  # judging: the cap
+    s.machine.verdict(asked, 0.9, s.now)
+    deadline = s.machine.deadline()  # finished: the 200 ms of a finished turn, by the clock
+    assert deadline == pytest.approx(s.now + (200 - 160) / 1000 + tt.AUDIO_STOPPED_MARGIN_S)
+    assert s.machine.tick(deadline - 0.001) == []
+    assert kinds(s.machine.tick(deadline)) == ["speech_stopped", "committed", "StartResponse"]
+
+
+def test_semantic_without_a_model_judges_by_the_transcript_alone():
+    s = semantic(end_of_turn_model=False)
+    s.feed("SSSSSSSSSS")
+    assert kinds(s.feed("_____")) == ["StartResponse"]  # no Judge
+    spec = s.started[0]
+    s.machine.response_started(spec)
+    assert s.feed("___") == []  # 256 ms: the words are awaited
+    end = s.machine.response_transcript(spec, "Is the sun a star?", s.now)
+    assert kinds(end) == ["speech_stopped", "committed", "ConfirmResponse"]
+
+
+def test_semantic_a_queued_speculation_is_not_waited_for():
+    s = semantic()
+    s.feed("SSSSSSSSSS")
+    (asked,) = judges(s.feed("_____"))
+    s.machine.verdict(asked, 0.9, s.now)  # the speculation is still queued: its words may be long
+    end = s.feed("__")
+    assert kinds(end) == ["speech_stopped", "committed", "ConfirmResponse"]
+
+
+def test_switching_between_server_and_semantic_vad():
+    s = Script()
+    s.machine.configure(SEMANTIC)
+    assert s.machine.detector.silence_ms == 2000
+    s.machine.configure(p.TurnDetection(silence_duration_ms=700))
+    assert s.machine.detector.silence_ms == 700
+    s.feed("SSSSSSSSSS")
+    assert judges(s.feed("_" * 30)) == []

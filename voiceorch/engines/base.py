@@ -178,6 +178,17 @@ class VoiceActivityModel(Protocol):
         ...
 
 
+class EndOfTurnModel(Protocol):
+    async def judge(self, pcm: bytes) -> float:
+        """Probability (0-1) that the speaker has finished the turn whose 16 kHz s16le audio so far
+        (trailing silence included) is ``pcm``. Runs off the Trio thread; cancellable."""
+        ...
+
+    async def warm_up(self) -> None:
+        """One judgement, so the first real one is not slowed by the model's set-up."""
+        ...
+
+
 @attrs.frozen(kw_only=True)
 class Engines:
     """The engines one process shares among all its sessions (models are loaded once)."""
@@ -189,3 +200,6 @@ class Engines:
     #: Tools the server runs itself (:mod:`voiceorch.engines.tools`), offered to the LLM beside
     #: the client's own; None: none.
     tools: ServerTools | None = None
+    #: The audio end-of-turn model of ``semantic_vad`` (:mod:`voiceorch.engines.end_of_turn`);
+    #: None: ``semantic_vad`` judges by the transcript alone.
+    end_of_turn: EndOfTurnModel | None = None

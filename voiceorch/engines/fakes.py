@@ -170,6 +170,24 @@ class FakeTTS(TextToSpeech):
 
 
 @attrs.define
+class FakeEndOfTurn:
+    """A fake end-of-turn model: each judgement returns the next of ``verdicts`` (the last one
+    repeats), after ``delay`` seconds; it records the audio lengths it was asked about (bytes)."""
+
+    verdicts: list[float] = attrs.field(factory=lambda: [1.0])
+    delay: float = 0.05
+    judged: list[int] = attrs.field(factory=list)
+
+    async def judge(self, pcm: bytes) -> float:
+        self.judged.append(len(pcm))
+        await trio.sleep(self.delay)
+        return self.verdicts[min(len(self.judged), len(self.verdicts)) - 1]
+
+    async def warm_up(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@attrs.define
 class FakeVAD:
     """Speech is any chunk whose mean absolute sample is at least ``level`` (silence is zeros)."""
 

@@ -45,11 +45,15 @@ class TurnDetection:
     """How the end of the user's turn is found (the shape of the OpenAI Realtime API's).
 
     ``server_vad``: the server detects speech; a turn ends after ``silence_duration_ms`` of
-    silence, and speech while a response is in progress interrupts it (barge-in). ``none``:
-    push-to-talk, the client ends each turn with ``input_audio.commit``.
+    silence, and speech while a response is in progress interrupts it (barge-in).
+    ``semantic_vad``: the same speech detection, but when a pause begins an end-of-turn model
+    judges whether the user has finished: the turn ends after a short silence (~200 ms) when
+    they have, and after up to ``eagerness``'s cap (1-3 s) when they have not
+    (``silence_duration_ms`` is not used). ``none``: push-to-talk, the client ends each turn with
+    ``input_audio.commit``.
     """
 
-    type: Literal["server_vad", "none"] = "server_vad"
+    type: Literal["server_vad", "semantic_vad", "none"] = "server_vad"
     #: Speech probability (0-1) from which a 32 ms chunk counts as speech.
     threshold: float = attrs.field(default=0.5, validator=_unit)
     #: Audio kept from before the detected start of speech and sent to STT with it.
@@ -61,6 +65,9 @@ class TurnDetection:
     #: Whether speech interrupts a response in progress, and after how much speech.
     interrupt_response: bool = True
     interrupt_min_speech_ms: int = attrs.field(default=200, validator=_ms_range)
+    #: Under ``semantic_vad``, how long an unfinished-sounding pause may last before the turn ends
+    #: anyway: ``high`` 1 s, ``medium`` and ``auto`` 2 s, ``low`` 3 s.
+    eagerness: Literal["low", "medium", "high", "auto"] = attrs.field(default="auto", metadata={OMIT_IF_DEFAULT: True})
 
 
 def _optional(validators: list) -> object:
@@ -69,13 +76,14 @@ def _optional(validators: list) -> object:
 
 @attrs.frozen(kw_only=True)
 class TurnDetectionPatch:
-    type: Literal["server_vad", "none"] | None = None
+    type: Literal["server_vad", "semantic_vad", "none"] | None = None
     threshold: float | None = attrs.field(default=None, validator=_optional(_unit))
     prefix_padding_ms: int | None = attrs.field(default=None, validator=_optional(_ms_range))
     silence_duration_ms: int | None = attrs.field(default=None, validator=_optional(_ms_range))
     min_speech_duration_ms: int | None = attrs.field(default=None, validator=_optional(_ms_range))
     interrupt_response: bool | None = None
     interrupt_min_speech_ms: int | None = attrs.field(default=None, validator=_optional(_ms_range))
+    eagerness: Literal["low", "medium", "high", "auto"] | None = None
 
 
 #: A function's name: letters, digits, ``_`` and ``-``, at most 64 (as the OpenAI API has it).

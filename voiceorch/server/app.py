@@ -152,6 +152,7 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
             voice = config.tts_voice or embedded.piper_voice_path()
             loading.start_soon(load, "tts", f"loading text-to-speech (Piper, {voice})", PiperTTS.load, voice)
         loading.start_soon(load, "vad", "loading speech detection (Silero VAD v6)", SileroVAD.load)
+        loading.start_soon(load, "end_of_turn", "loading the end-of-turn model (Smart Turn v3.2)", _load_smart_turn)
         if llm_url is None:
             gguf = config.llm_gguf or embedded.smollm2_gguf_path()
             llama = LlamaServerConfig(model_path=gguf, log_path=config.llm_log)
@@ -177,7 +178,9 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
         read_timeout=config.llm_timeout_s,  # a long prompt may hold back even the headers
     )
     loaded["llm"] = llm
-    engines = Engines(stt=loaded["stt"], llm=llm, tts=loaded["tts"], vad=loaded["vad"])
+    engines = Engines(
+        stt=loaded["stt"], llm=llm, tts=loaded["tts"], vad=loaded["vad"], end_of_turn=loaded["end_of_turn"]
+    )
     if config.warm_up:
         await _timed("warming up the models", _warm_up, engines)
 
@@ -186,6 +189,18 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
             await engine.aclose()  # the HTTP clients' pools (a no-op for in-process models)
 
     return engines, close
+
+
+def _load_smart_turn() -> object | None:
+    """The end-of-turn model of ``semantic_vad`` (blocking), or None with a warning if its file
+    is missing (then ``semantic_vad`` judges by the transcript alone)."""
+    from ..engines.end_of_turn import SmartTurn
+
+    try:
+        return SmartTurn.load()
+    except FileNotFoundError as exc:
+        _say(f"warning: {exc}; semantic_vad will judge the end of turn by the transcript alone")
+        return None
 
 
 def _remote_engines(config: ServerConfig) -> dict[str, object]:
@@ -212,6 +227,8 @@ async def _warm_up(engines: Engines) -> None:
     the orchestrators may start in any order."""
     await engines.stt.warm_up()
     await engines.tts.warm_up()
+    if engines.end_of_turn is not None:
+        await engines.end_of_turn.warm_up()
     try:
         await engines.llm.warm_up()
     except EngineError as exc:

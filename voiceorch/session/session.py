@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from functools import partial
 
 import trio
@@ -34,7 +35,7 @@ import trio
 from .. import metrics
 from .. import protocol as p
 from ..engines import vad_batch
-from ..engines.base import Engines
+from ..engines.base import EngineError, Engines
 from ..logs import log_event, session_id_var, turn_id_var
 from ..protocol import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY
 from . import turn_taking as tt
@@ -80,7 +81,13 @@ class Session:
             speculate_after_ms=settings.speculate_after_ms,
             max_input_audio_ms=settings.max_input_audio_ms,
             max_pending_turns=settings.max_pending_turns,
+            end_of_turn_model=engines.end_of_turn is not None,
         )
+        # Inputs for the machine from other tasks (a verdict, a speculation's words), given to it
+        # by the reader, which is woken for them: only the reader talks to the machine, so its
+        # decisions are carried out in the order it made them.
+        self._told: list[Callable[[float], list[tt.Action]]] = []
+        self._receiving: trio.CancelScope | None = None  # the reader's wait for the client
         self._unfinished: list[Turn] = []  # queued or in progress, oldest first
         self._turn_of: dict[tt.Response, Turn] = {}
         self._response_of: dict[Turn, tt.Response] = {}
@@ -177,15 +184,22 @@ class Session:
         frames, the turn-taking machine is told of time passing at its deadline (a pause whose
         audio stopped arriving)."""
         while True:
+            while self._told:
+                await self._act(self._told.pop(0)(trio.current_time()))
             idle_at = self._quiet_since + self.settings.idle_timeout_s
             decide_at = self._turns.deadline()
             with trio.move_on_at(idle_at if decide_at is None else min(idle_at, decide_at)) as waited:
+                self._receiving = waited
                 try:
                     message = await self.transport.receive()
                 except trio.EndOfChannel:
                     self._close = (CLOSE_NORMAL, "")
                     return
+                finally:
+                    self._receiving = None
             if waited.cancelled_caught:
+                if self._told:
+                    continue
                 decide_at = self._turns.deadline()
                 if decide_at is not None and trio.current_time() >= decide_at:
                     await self._act(self._turns.tick(trio.current_time()))
@@ -313,6 +327,25 @@ class Session:
                     self._turn_of[response].cancel()
                 case tt.ConfirmResponse(response=response):
                     self._turn_of[response].confirm()
+                case tt.Judge():
+                    self._nursery.start_soon(self._judge, action)
+
+    def _tell(self, event: Callable[[float], list[tt.Action]]) -> None:
+        """Give the machine ``event`` (called with the time) from the reader, woken now. Not a checkpoint."""
+        self._told.append(event)
+        if self._receiving is not None:
+            self._receiving.cancel()
+
+    async def _judge(self, asked: tt.Judge) -> None:
+        """Run the end-of-turn model (off the event loop) and tell the machine its verdict. A
+        model that fails counts as "finished" (the turn ends as after a short silence)."""
+        assert self.engines.end_of_turn is not None
+        try:
+            probability = await self.engines.end_of_turn.judge(asked.audio)
+        except EngineError as exc:
+            log_event(log, "end_of_turn.failed", logging.WARNING, code=exc.code, reason=exc.message)
+            probability = 1.0
+        self._tell(partial(self._turns.verdict, asked, probability))
 
     def _start(self, response: tt.Response) -> None:
         """Queue the machine's ``response`` as a :class:`Turn` for the responder (the machine
@@ -321,6 +354,7 @@ class Session:
             turn = Turn.speculative(response.turn_id, response.audio or b"")
         else:
             turn = Turn.ended(response.turn_id, audio=response.audio, text=response.text)
+        turn.on_transcript = lambda text: self._tell(partial(self._turns.response_transcript, response, text))
         turn.on_transcribed = partial(self._turns.response_transcribed, response)
         self._turns_send.send_nowait(turn)
         self._turn_of[response] = turn

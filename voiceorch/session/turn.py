@@ -71,7 +71,9 @@ class Turn:
     reported_played_ms: float | None = None
     #: Whether the user's words reached the client (``transcript.final``).
     transcribed: bool = False
-    #: Called (no arguments, synchronously) once the user's words have reached the client.
+    #: Called with the words as soon as speech-to-text has them (before they are sent: a
+    #: speculative turn holds them back), then (no arguments) once they have reached the client.
+    on_transcript: Callable[[str], None] | None = None
     on_transcribed: Callable[[], None] | None = None
     #: Set once the user's turn has really ended; a speculative turn starts without it.
     confirmed: trio.Event = attrs.field(factory=trio.Event)
@@ -280,6 +282,8 @@ async def _respond(
         with _time_limit(settings.stt_timeout_s, "stt_timeout", "speech-to-text"):
             user_text = await engines.stt.transcribe(turn.audio)
         progress.stt_ms = _ms(trio.current_time() - started)
+        if turn.on_transcript is not None:
+            turn.on_transcript(user_text)
     else:
         user_text = turn.text or ""
     await out.send(p.TranscriptFinal(turn_id=turn.turn_id, text=user_text))

@@ -30,6 +30,7 @@ import attrs
 from .. import protocol as p
 from ..engines.base import VoiceActivityStream
 from ..logs import log_event
+from .end_of_turn_policy import SemanticPolicy, transcript_unfinished
 from .speech_detector import (
     CHUNK_MS,
     Decision,
@@ -117,7 +118,32 @@ class ConfirmResponse:
     response: Response
 
 
-Action = DetectSpeech | Emit | Fail | StartResponse | Interrupt | CancelResponse | ConfirmResponse
+@attrs.frozen(eq=False)
+class Judge:
+    """Ask the end-of-turn model whether the turn whose audio so far is ``audio`` (its silence
+    included) is finished, off the event loop, and give the answer to :meth:`TurnTaking.verdict`.
+    A verdict that comes after the pause ended is ignored."""
+
+    audio: bytes
+    #: The silence (ms) the audio ends with.
+    silence_ms: float
+
+
+Action = DetectSpeech | Emit | Fail | StartResponse | Interrupt | CancelResponse | ConfirmResponse | Judge
+
+#: Under ``semantic_vad`` with speculation off, the end-of-turn model is still asked this far into a pause.
+JUDGE_AFTER_MS = 160
+
+
+@attrs.define
+class _Pause:
+    """What ``semantic_vad`` knows of the current pause."""
+
+    judging: Judge | None = None  # asked, not answered yet
+    probability: float | None = None
+    judged_at_ms: float | None = None  # the silence the last verdict was judged at
+    transcript: str | None = None  # the speculation's words (the audio up to the pause)
+    until_ms: float | None = None  # the policy waits until this silence
 
 
 @attrs.define
@@ -132,7 +158,11 @@ class TurnTaking:
     max_input_audio_ms: int = 60_000
     #: Responses that may wait in the session's queue.
     max_pending_turns: int = 4
+    #: An end-of-turn model can judge (``Judge``); without one ``semantic_vad`` uses the transcript alone.
+    end_of_turn_model: bool = False
     detector: SpeechDetector | None = None
+    _policy: SemanticPolicy | None = None  # under semantic_vad
+    _pause: _Pause | None = None  # under semantic_vad, the pause in progress
     _input: bytearray = attrs.field(factory=bytearray)
     _overflowed: bool = False
     _over_response: bool = False  # the current utterance began over a response in progress
@@ -168,8 +198,16 @@ class TurnTaking:
         A pending speculation's silence window closes at the last frame's arrival plus the rest of
         the window, plus :data:`AUDIO_STOPPED_MARGIN_S` so that only audio that really stopped
         counts, never the jitter of a client streaming in real time."""
-        spec, detector = self._speculative, self.detector
-        if spec is None or spec.cancelled or detector is None or detector.quiet_ms is None:
+        spec, detector, pause = self._speculative, self.detector, self._pause
+        if detector is None or detector.quiet_ms is None:
+            return None
+        if self._policy is not None:  # semantic_vad: the policy's next look, or its cap
+            if pause is None:
+                return None
+            waiting = pause.until_ms is None or pause.judging is not None or self._transcript_coming()
+            until_ms = self._policy.cap_ms if waiting else pause.until_ms
+            return self._audio_at + max(0.0, until_ms - detector.quiet_ms) / 1000 + AUDIO_STOPPED_MARGIN_S
+        if spec is None or spec.cancelled:
             return None
         return self._audio_at + max(0.0, detector.silence_ms - detector.quiet_ms) / 1000 + AUDIO_STOPPED_MARGIN_S
 
@@ -217,6 +255,7 @@ class TurnTaking:
         actions = self._barge_in() if barge_in else []
         for decision in decisions:
             actions += self._on_decision(detector, decision)
+        actions += self._decide_end(now)
         if barge_in:
             self._over_response = False
         elif not detector.in_speech:
@@ -232,6 +271,8 @@ class TurnTaking:
         deadline = self.deadline()
         if deadline is None or now < deadline or self.detector is None:
             return []
+        if self._policy is not None:
+            return self._decide_end(now)
         decision = self.detector.assume_silence()
         if decision is None:
             return []
@@ -272,6 +313,22 @@ class TurnTaking:
         for response in self._responses:
             actions += self._cancel(response)
         return actions
+
+    def verdict(self, asked: Judge, probability: float, now: float) -> list[Action]:
+        """The end-of-turn model's answer to ``asked``: the probability that the turn is finished."""
+        pause = self._pause
+        if pause is None or pause.judging is not asked:
+            return []  # the pause it was about is over
+        pause.judging, pause.probability, pause.judged_at_ms = None, probability, asked.silence_ms
+        return self._decide_end(now)
+
+    def response_transcript(self, response: Response, text: str, now: float) -> list[Action]:
+        """``response``'s speech-to-text is done (its words are not sent yet): under
+        ``semantic_vad`` the words of a speculation are the transcript of the turn so far."""
+        if self._pause is None or response is not self._speculative:
+            return []
+        self._pause.transcript = text
+        return self._decide_end(now)
 
     def response_started(self, response: Response) -> None:
         """The responder took ``response`` from the queue."""
@@ -314,10 +371,18 @@ class TurnTaking:
                 self._over_response = any(not r.cancelled for r in self._responses)
                 return [Emit(p.SpeechStartedEvent(audio_ms=at))]
             case PauseStarted() if not (self._over_response and vad.interrupt_response):
-                return self._speculate()
+                actions = self._speculate()
+                if self._policy is not None:  # semantic_vad: judge the turn so far at once
+                    self._pause = _Pause()
+                    if self.end_of_turn_model and self._policy.use_model:
+                        self._pause.judging = Judge(self._turn_audio(), detector.quiet_ms or 0.0)
+                        actions.append(self._pause.judging)
+                return actions
             case SpeechResumed():
+                self._pause = None
                 return self._drop_speculation()
             case SpeechStopped(audio_ms=at):
+                self._pause = None
                 actions: list[Action] = [Emit(p.SpeechStoppedEvent(audio_ms=at))]
                 if self._over_response and vad.interrupt_response:
                     # Speech over a response, too short to interrupt it (a cough, an "uh-huh"):
@@ -328,6 +393,54 @@ class TurnTaking:
                 # Without interrupt_response, speech over a response queues behind it.
                 return actions + self._commit(supersede=not self._over_response)
         return []
+
+    # --- semantic end of turn ----------------------------------------------------------------
+
+    def _decide_end(self, now: float) -> list[Action]:
+        """Under ``semantic_vad``, in a pause: ask the policy whether the turn has ended (the
+        silence counted by the wall clock too, once the audio stopped arriving)."""
+        pause, policy, detector = self._pause, self._policy, self.detector
+        if pause is None or policy is None or detector is None or detector.quiet_ms is None:
+            return []
+        lag_s = max(0.0, now - self._audio_at - AUDIO_STOPPED_MARGIN_S)
+        silence = detector.quiet_ms + lag_s * 1000
+        step = policy.step(int(silence), pause.probability, pause.judged_at_ms, pause.transcript)
+        pause.until_ms = step.until_ms
+        if step.action == "judge":
+            if not (self.end_of_turn_model and policy.use_model):
+                pause.judged_at_ms = silence  # the transcript alone decides
+                return self._decide_end(now)
+            if pause.judging is None:
+                pause.judging = Judge(self._turn_audio(), silence)
+                return [pause.judging]
+            return []
+        if step.action != "end":
+            return []
+        if step.reason == "complete" and self._transcript_coming():
+            return []  # the speculation's words, due soon, may still say "unfinished"
+        log_event(
+            log,
+            "speech.end_of_turn",
+            reason=step.reason,
+            silence_ms=round(silence),
+            probability=pause.probability,
+            unfinished_words=transcript_unfinished(pause.transcript),
+        )
+        decision = detector.assume_silence()
+        return [] if decision is None else self._on_decision(detector, decision)
+
+    def _transcript_coming(self) -> bool:
+        """A running speculation will soon tell the words of the turn so far."""
+        spec, pause = self._speculative, self._pause
+        return (
+            self._policy is not None
+            and self._policy.use_transcript
+            and pause is not None
+            and pause.transcript is None
+            and spec is not None
+            and not spec.cancelled
+            and not spec.queued
+        )
 
     # --- speculation --------------------------------------------------------------------------
 
@@ -424,16 +537,23 @@ class TurnTaking:
 
     def _configure_detector(self) -> list[Action]:
         vad = self.turn_detection
+        self._pause = None
         if vad.type == "none":
             actions = self._drop_speculation()
-            self.detector = None
+            self.detector, self._policy = None, None
             return actions
         if self.detector is None:
             self.detector = SpeechDetector(self.new_vad_stream())
         self.detector.threshold = vad.threshold
         self.detector.min_speech_ms = vad.min_speech_duration_ms
-        self.detector.silence_ms = vad.silence_duration_ms
-        self.detector.pause_ms = self.speculate_after_ms
+        if vad.type == "semantic_vad":
+            self._policy = SemanticPolicy.for_eagerness(vad.eagerness, use_model=self.end_of_turn_model)
+            self.detector.silence_ms = self._policy.cap_ms  # the detector itself ends the turn at the cap
+            self.detector.pause_ms = self.speculate_after_ms if self.speculate_after_ms is not None else JUDGE_AFTER_MS
+        else:
+            self._policy = None
+            self.detector.silence_ms = vad.silence_duration_ms
+            self.detector.pause_ms = self.speculate_after_ms
         return []
 
 
