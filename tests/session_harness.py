@@ -26,6 +26,7 @@ def fake_engines(**kwargs) -> Engines:
         tts=kwargs.pop("tts", FakeTTS()),
         vad=kwargs.pop("vad", FakeVAD()),
         tools=kwargs.pop("tools", None),
+        end_of_turn=kwargs.pop("end_of_turn", None),
     )
 
 

@@ -133,13 +133,36 @@ def test_turn_detection_null_is_push_to_talk():
     assert updated["session"]["audio"]["input"]["turn_detection"] is None
 
 
-def test_semantic_vad_is_served_as_server_vad_with_its_defaults():
+def test_semantic_vad_is_served_as_semantic_vad_and_echoed_with_its_eagerness():
     link = Link(silence_duration_ms=800)
     update = {"type": "semantic_vad", "eagerness": "high", "interrupt_response": False}
     [v1], answers = link.client({"type": "session.update", "session": {"audio": {"input": {"turn_detection": update}}}})
     assert answers == []
     vad = v1.session.turn_detection
-    assert (vad.type, vad.silence_duration_ms, vad.interrupt_response) == ("server_vad", 500, False)
+    assert (vad.type, vad.eagerness, vad.silence_duration_ms, vad.interrupt_response) == (
+        "semantic_vad",
+        "high",
+        500,
+        False,
+    )
+    [updated] = link.session(p.SessionUpdated(session=v1.session.apply(p.SessionConfig(instructions="x"))))
+    assert updated["session"]["audio"]["input"]["turn_detection"] == {
+        "type": "semantic_vad",
+        "eagerness": "high",
+        "create_response": True,
+        "interrupt_response": False,
+    }
+    # Omitted, eagerness is "auto", as upstream; a bad one is refused by name.
+    [v1], _ = link.client(
+        {"type": "session.update", "session": {"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}}
+    )
+    assert (v1.session.turn_detection.type, v1.session.turn_detection.eagerness) == ("semantic_vad", "auto")
+    bad = {"type": "semantic_vad", "eagerness": "eager"}
+    to_session, [error] = link.client(
+        {"type": "session.update", "session": {"audio": {"input": {"turn_detection": bad}}}}
+    )
+    assert to_session == [] and error["error"]["code"] == "invalid_value"
+    assert error["error"]["param"] == "session.audio.input.turn_detection.eagerness"
 
 
 @pytest.mark.parametrize(

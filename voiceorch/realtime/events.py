@@ -228,11 +228,19 @@ class ServerVad:
 
 
 @attrs.frozen(kw_only=True)
+class SemanticVad:
+    type: Literal["semantic_vad"] = "semantic_vad"
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+    create_response: bool = True
+    interrupt_response: bool = True
+
+
+@attrs.frozen(kw_only=True)
 class AudioInput:
     format: AudioFormat = PCM_24K
     transcription: Any = None
     noise_reduction: Any = None
-    turn_detection: ServerVad | None = None
+    turn_detection: ServerVad | SemanticVad | None = None
 
 
 @attrs.frozen(kw_only=True)

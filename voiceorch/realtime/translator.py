@@ -295,7 +295,7 @@ class RealtimeTranslator:
         self._echo = echo
         self._echo_pending.append(echo)
         if turn_detection is not None:
-            vad_on = turn_detection.type == "server_vad"
+            vad_on = turn_detection.type in ("server_vad", "semantic_vad")
             if vad_on and not self._vad_on:
                 self._vad_origin_samples = self._appended_samples  # the session starts a fresh detector
             if not vad_on:
@@ -311,10 +311,8 @@ class RealtimeTranslator:
             return None
         if value.type == "none":
             return p.TurnDetectionPatch(type="none")
-        if value.type == "semantic_vad":  # served as server VAD with its defaults (eagerness is ignored)
-            value = ev.TurnDetectionIn(
-                type="server_vad", create_response=value.create_response, interrupt_response=value.interrupt_response
-            )
+        if value.type == "semantic_vad":
+            return self._semantic_vad(value, param)
         if value.type != "server_vad":
             raise _error("invalid_event", f"unknown turn detection type {value.type!r}", f"{param}.type")
         if value.create_response is False:
@@ -334,6 +332,26 @@ class RealtimeTranslator:
             return p.TurnDetectionPatch(type="server_vad", **fields)
         except ValueError as exc:
             raise _error("invalid_value", f"turn_detection out of range: {exc}", param) from None
+
+    def _semantic_vad(self, value: ev.TurnDetectionIn, param: str) -> p.TurnDetectionPatch:
+        """``semantic_vad``: the end-of-turn model decides (eagerness sets how long an
+        unfinished-sounding pause may last); the speech detector keeps its defaults."""
+        if value.create_response is False:
+            raise _unsupported(f"{param}.create_response", "voiceorch always answers the end of a spoken turn")
+        eagerness = value.eagerness or "auto"
+        if eagerness not in ("low", "medium", "high", "auto"):
+            raise _error(
+                "invalid_value", f"eagerness must be low, medium, high or auto, not {eagerness!r}", f"{param}.eagerness"
+            )
+        interrupt = _DEFAULTS.interrupt_response if value.interrupt_response is None else value.interrupt_response
+        return p.TurnDetectionPatch(
+            type="semantic_vad",
+            eagerness=eagerness,
+            threshold=_DEFAULTS.threshold,
+            prefix_padding_ms=_DEFAULTS.prefix_padding_ms,
+            silence_duration_ms=_DEFAULTS.silence_duration_ms,
+            interrupt_response=interrupt,
+        )
 
     def _on_append(self, audio: str, out: Translation) -> None:
         try:
@@ -463,7 +481,7 @@ class RealtimeTranslator:
         match event:
             case p.SessionCreated(session_id=session_id, session=config):
                 self._session_id, self._config = session_id, config
-                self._vad_on = config.turn_detection.type == "server_vad"
+                self._vad_on = config.turn_detection.type in ("server_vad", "semantic_vad")
                 self._emit(frames, ev.SessionCreated, session=self._session())
             case p.SessionUpdated(session=config):
                 self._config = config
@@ -644,8 +662,10 @@ class RealtimeTranslator:
         config = self._config
         assert config is not None and self._session_id is not None
         vad = config.turn_detection
-        turn_detection = None
-        if vad.type == "server_vad":
+        turn_detection: ev.ServerVad | ev.SemanticVad | None = None
+        if vad.type == "semantic_vad":
+            turn_detection = ev.SemanticVad(eagerness=vad.eagerness, interrupt_response=vad.interrupt_response)
+        elif vad.type == "server_vad":
             turn_detection = ev.ServerVad(
                 threshold=vad.threshold,
                 prefix_padding_ms=vad.prefix_padding_ms,
