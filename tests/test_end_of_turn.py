@@ -58,3 +58,41 @@ async def test_judge_is_cancellable_and_frees_the_limiter(model: SmartTurn) -> N
     assert scope.cancelled_caught
     assert 0.0 <= await model.judge(_pcm("hotwords_16k.wav")) <= 1.0
     assert model.limiter.borrowed_tokens == 0
+
+
+def _silence_at_which_the_turn_ends(model: SmartTurn, pcm: bytes, eagerness: str = "auto") -> float | None:
+    """Feed ``pcm`` then 3 s of silence through the turn-taking machine under ``semantic_vad``, with
+    real Silero probabilities and real Smart Turn verdicts (answered at once: the clock is the audio's).
+    Returns the silence (ms, from the last speech heard) at which the turn ended, or None."""
+    from voiceorch import protocol as p
+    from voiceorch.engines.silero_vad import SileroVAD
+    from voiceorch.session import turn_taking as tt
+
+    vad = SileroVAD.load()
+    machine = tt.TurnTaking(
+        vad.new_stream, turn_detection=p.TurnDetection(type="semantic_vad", eagerness=eagerness), end_of_turn_model=True
+    )
+    audio = pcm + bytes(3 * 16000 * 2)
+    frame = 640  # 20 ms
+    for offset in range(0, len(audio), frame):
+        now = (offset + frame) / 32000
+        pending = machine.audio(audio[offset : offset + frame], now)
+        while pending:
+            action = pending.pop(0)
+            if isinstance(action, tt.DetectSpeech):
+                probabilities = [action.detector.stream.probability(c) for c in action.chunks]
+                pending[:0] = machine.vad(action, probabilities, now)
+            elif isinstance(action, tt.Judge):
+                pending[:0] = machine.verdict(action, model.judge_sync(action.audio), now)
+            elif isinstance(action, tt.Emit) and action.event.TYPE == "input_audio.speech_stopped":
+                return now * 1000 - action.event.audio_ms
+    return None
+
+
+def test_semantic_turn_taking_ends_a_finished_sentence_early_and_waits_in_a_cut_one(model: SmartTurn) -> None:
+    # The end of JFK's sentence, "... for your country.", and its start cut off, "And so my".
+    # (Not every real pause is judged right: "And so my fellow Americans," sounds final to the model.)
+    finished = _silence_at_which_the_turn_ends(model, _pcm("jfk_16k.wav")[8 * 32000 :])
+    cut = _silence_at_which_the_turn_ends(model, _pcm("jfk_16k.wav", 1.4))
+    assert finished is not None and finished < 350  # ~200 ms, where server VAD waits 500
+    assert cut is not None and cut >= 1000  # kept listening, up to the 2 s cap
