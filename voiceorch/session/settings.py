@@ -14,7 +14,7 @@ class SessionSettings:
     instructions: str = DEFAULT_INSTRUCTIONS
     #: Turn detection of a new session (server VAD by default; ``session.update`` changes it).
     turn_detection: TurnDetection = TurnDetection()
-    #: Under server VAD, start answering speculatively once a pause has lasted this long (the
+    #: Under server (or semantic) VAD, start answering speculatively once a pause has lasted this long (the
     #: output is held back until the silence window confirms the turn); None: don't.
     speculate_after_ms: int | None = 160
     #: Audio buffered for one user turn; past it, audio is dropped with an ``error`` event.
