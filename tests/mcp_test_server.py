@@ -1,7 +1,7 @@
 """A tiny real MCP server for tests, written with the official SDK's ``MCPServer`` (FastMCP in mcp 1.x).
 
 Run it as ``python tests/mcp_test_server.py`` (stdio), or with ``--http`` (streamable HTTP on a
-free loopback port; it prints ``port: N`` on stdout once it listens). ``--name NAME`` gives it
+free loopback port, or ``--port N``; it prints ``port: N`` on stdout once it listens). ``--name NAME`` gives it
 another server name and ``--prefix P`` prefixes its tools' names (two servers whose tools clash).
 
 Tools: ``add(a, b)``, ``weather(city)``, ``fail(reason)`` (raises ``ToolError``),
@@ -80,12 +80,12 @@ def build(name: str, prefix: str) -> MCPServer:
     return server
 
 
-async def serve_http(server: MCPServer) -> None:
+async def serve_http(server: MCPServer, port: int) -> None:
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     config = uvicorn.Config(server.streamable_http_app(), log_level="warning", lifespan="on")
     print(f"port: {sock.getsockname()[1]}", flush=True)
     await uvicorn.Server(config).serve(sockets=[sock])
@@ -96,11 +96,12 @@ def main() -> None:
     parser.add_argument("--http", action="store_true")
     parser.add_argument("--name", default="voiceorch-test")
     parser.add_argument("--prefix", default="")
+    parser.add_argument("--port", type=int, default=0, help="with --http (default: a free one)")
     args = parser.parse_args()
     server = build(args.name, args.prefix)
     print(f"{args.name} starting", file=sys.stderr, flush=True)
     if args.http:
-        anyio.run(serve_http, server)
+        anyio.run(serve_http, server, args.port)
     else:
         server.run("stdio")
 

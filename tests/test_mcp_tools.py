@@ -156,24 +156,29 @@ async def test_the_first_server_given_keeps_a_clashing_tool_name() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_streamable_http_server_and_readyz_when_it_goes_away() -> None:
+async def start_http_server(nursery: trio.Nursery, port: int = 0) -> tuple[trio.Process, int]:
+    """Run the test server over streamable HTTP; returns it and its port once it listens."""
+    process = await nursery.start(
+        lambda task_status: trio.run_process(
+            [sys.executable, str(SERVER), "--http", "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            check=False,
+            task_status=task_status,
+        )
+    )
+    line = b""
+    while not line.endswith(b"\n"):
+        line += await process.stdout.receive_some(1)
+    return process, int(line.decode().removeprefix("port: "))
+
+
+async def test_streamable_http_server_gone_and_back() -> None:
     async with trio.open_nursery() as nursery:
         with trio.fail_after(BOUND_S):
-            process = await nursery.start(
-                lambda task_status: trio.run_process(
-                    [sys.executable, str(SERVER), "--http"],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
-                    check=False,
-                    task_status=task_status,
-                )
-            )
-            line = b""
-            while not line.endswith(b"\n"):
-                line += await process.stdout.receive_some(1)
-            port = int(line.decode().removeprefix("port: "))
+            process, port = await start_http_server(nursery)
             url = f"http://127.0.0.1:{port}/mcp"
-            tools = McpTools([McpServerSpec.http(url)], restart_backoff=0.1)
+            tools = McpTools([McpServerSpec.http(url)], restart_backoff=0.1, max_backoff=0.5)
             await nursery.start(tools.run)
             assert {"add", "slow"} <= {spec.name for spec in tools.specs()}
             assert await tools.check_ready() is None
@@ -183,8 +188,17 @@ async def test_streamable_http_server_and_readyz_when_it_goes_away() -> None:
 
             process.kill()
             await process.wait()
+            gone = await tools.call("add", '{"a": 1, "b": 2}')  # a call finds it gone
+            assert gone.is_error and "unavailable" in gone.output
             reason = await tools.check_ready()
             assert reason is not None and url in reason
-            gone = await tools.call("add", '{"a": 1, "b": 2}')
-            assert gone.is_error and "unavailable" in gone.output
+            assert {"add", "slow"} <= {spec.name for spec in tools.specs()}  # still offered
+
+            await start_http_server(nursery, port)  # back on the same port: reconnected
+
+            async def up() -> bool:
+                return await tools.check_ready() is None
+
+            await wait_until(up, "reconnected")
+            assert (await tools.call("add", '{"a": 1, "b": 2}')).output == "3"
         nursery.cancel_scope.cancel()

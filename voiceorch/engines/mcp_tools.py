@@ -262,16 +262,17 @@ class McpTools(ServerTools):
 
         async def run_once() -> str:
             try:
-                return await self._connect_and_serve(server)
+                reason = await self._connect_and_serve(server)
             except Exception as exc:
-                return _describe_failure(exc)
+                reason = _describe_failure(exc)
             finally:
                 server.client = None
                 metrics.MCP_SERVER_UP.labels(server=label).set(0)
                 server.first_attempt.set()
+            server.down_reason = reason  # (kept through the backoff and the next attempt)
+            return reason
 
         def exited(reason: str, delay: float) -> None:
-            server.down_reason = reason
             fields: dict[str, Any] = {"server": label, "reason": reason, "retry_s": delay}
             if server.stderr_tail:
                 fields["stderr_tail"] = server.stderr_tail
@@ -308,14 +309,16 @@ class McpTools(ServerTools):
                             await _first_of(ended.wait, server.broken.wait)
                         finally:
                             server.client = None
+                            server.down_reason = server.down_reason or "the connection is closing"
                 if connecting.cancelled_caught:
                     return f"it did not answer the handshake and tools/list within {self.connect_timeout_s:g} s"
             finally:
-                with trio.move_on_after(0.5):  # a stdio server's last words
-                    await server.stderr_done.wait()
+                if server.spec.command is not None:
+                    with trio.move_on_after(0.5):  # its last words
+                        await server.stderr_done.wait()
                 nursery.cancel_scope.cancel()
-        if ended.is_set():
-            return "the server closed the connection" + (" (it exited)" if server.spec.command else "")
+        if ended.is_set() and not server.broken.is_set():
+            return "the server exited (its stdout closed)" if server.spec.command else "the connection ended"
         return server.down_reason or "the connection broke"
 
     def _adopt(self, server: _Connection, tools: list[ToolSpec]) -> list[ToolSpec]:
