@@ -37,10 +37,9 @@ async def run_call(scenario) -> Session:
 async def test_a_barge_in_over_the_session_under_mock_time(autojump_clock):
     async def scenario(phone: Carrier, session: Session) -> None:
         await trio.sleep(0.1)
-        await phone.ws.send_message(dtmf_frame("twilio", phone.next_seq(), "#"))
-        while phone.echoed < 18:  # 720 ms played: "Sure thing." and no more
-            await trio.sleep(0.005)
-        phone.playing = False
+        phone.play_until_ms = 760  # "Sure thing." (660 ms) and no more; then the playback stalls
+        await phone.send(dtmf_frame("twilio", phone.next_seq(), "#"))
+        await phone.held_mark.wait()
         await trio.sleep(1.0)
         phone.level = 4000
         with trio.fail_after(5):
@@ -57,10 +56,9 @@ async def test_a_barge_in_over_the_session_under_mock_time(autojump_clock):
 async def test_the_position_after_a_clear_reaches_the_session_while_the_carrier_sends_nothing(autojump_clock):
     async def scenario(phone: Carrier, session: Session) -> None:
         await trio.sleep(0.1)
-        await phone.ws.send_message(dtmf_frame("twilio", phone.next_seq(), "#"))
-        while phone.echoed < 18:
-            await trio.sleep(0.005)
-        phone.playing = False
+        phone.play_until_ms = 760
+        await phone.send(dtmf_frame("twilio", phone.next_seq(), "#"))
+        await phone.held_mark.wait()
         phone.level = 4000
         with trio.fail_after(5):
             await phone.cleared.wait()

@@ -132,28 +132,29 @@ def reply_audio(t, turn_id: str, frames: int) -> list[list]:
 
 def test_twilio_reply_audio_is_media_then_a_mark_and_clear_keeps_what_marks_confirmed():
     t = started_twilio()
-    chunks = reply_audio(t, "turn_1", 5)
-    marks = []
+    chunks = reply_audio(t, "turn_1", 9)
+    marks, sent = [], 0
     for chunk in chunks:
-        kinds = [json.loads(f)["event"] for f in chunk]
-        assert kinds[-1] == "mark" and set(kinds[:-1]) <= {"media"}
-        for f in chunk:
-            data = json.loads(f)
-            assert data["streamSid"] == SID
-            if data["event"] == "media":
-                # raw μ-law at 8 kHz (soxr emits in blocks of ~100 ms)
-                assert len(base64.b64decode(data["media"]["payload"])) <= 1000
-        marks.append(json.loads(chunk[-1])["mark"]["name"])
-    # The carrier played two chunks (80 ms) before the caller spoke over the reply.
-    for seq, name in enumerate(marks[:2], start=10):
-        assert not t.from_carrier(twilio("mark", seq, mark={"name": name}), 1).errors
+        if not chunk:  # soxr emits in blocks (~100 ms): no audio left, so no mark either
+            continue
+        media, mark = (json.loads(f) for f in chunk)
+        assert (media["event"], mark["event"]) == ("media", "mark")
+        assert media["streamSid"] == mark["streamSid"] == SID
+        sent += len(base64.b64decode(media["media"]["payload"]))  # raw μ-law at 8 kHz
+        marks.append((mark["mark"]["name"], sent / 8))  # the mark counts the audio sent before it
+    assert len(marks) >= 2 and chunks[0] == []
+    # The carrier played up to the first mark before the caller spoke over the reply.
+    first_name, first_ms = marks[0]
+    assert not t.from_carrier(twilio("mark", 10, mark={"name": first_name}), 1).errors
     out = t.from_session(v1(p.ResponseInterrupted(turn_id="turn_1", played_ms=160, heard_text="x")))
     assert [json.loads(f) for f in out.to_carrier] == [{"event": "clear", "streamSid": SID}]
-    assert [p.parse_client_event(f) for f in out.to_session] == [p.PlaybackPosition(turn_id="turn_1", played_ms=80.0)]
+    assert [p.parse_client_event(f) for f in out.to_session] == [
+        p.PlaybackPosition(turn_id="turn_1", played_ms=first_ms)
+    ]
     # Twilio returns every pending mark after a clear: they change nothing.
-    for seq, name in enumerate(marks[2:], start=20):
+    for seq, (name, _ms) in enumerate(marks[1:], start=20):
         assert not t.from_carrier(twilio("mark", seq, mark={"name": name}), 1).errors
-    assert t._replies["turn_1"].heard_ms == 80.0
+    assert t._replies["turn_1"].heard_ms == first_ms
     # Nothing more of the interrupted reply goes out.
     assert t.from_session(bytes(640)).to_carrier == []
     assert t.from_session(done("interrupted")).to_carrier == []
@@ -305,13 +306,13 @@ def test_vonage_binary_frames_both_ways_in_20_ms_frames():
 def test_vonage_notify_is_the_mark_and_clear_is_an_action():
     t = started_vonage(8000)
     assert t.audio.format.rate == 8000
-    chunks = reply_audio(t, "turn_1", 3)
+    chunks = [c for c in reply_audio(t, "turn_1", 9) if c]  # (soxr emits in blocks at 16 -> 8 kHz)
     names = [json.loads(c[-1])["payload"]["mark"] for c in chunks]
-    assert all(len(f) == 320 for c in chunks for f in c[:-1])
+    assert all(len(f) == 320 for c in chunks for f in c[:-1])  # 20 ms of L16 at 8 kHz
     t.from_carrier(json.dumps({"event": "websocket:notify", "payload": {"mark": names[0]}}), 0)
     out = t.from_session(v1(p.ResponseInterrupted(turn_id="turn_1", played_ms=100, heard_text="")))
     assert [json.loads(f) for f in out.to_carrier] == [{"action": "clear"}]
-    assert p.parse_client_event(out.to_session[0]).played_ms == 40.0
+    assert p.parse_client_event(out.to_session[0]).played_ms == 20.0 * (len(chunks[0]) - 1)  # the frames sent
     assert not t.from_carrier(json.dumps({"event": "websocket:cleared"}), 0).errors
 
 

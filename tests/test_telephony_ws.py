@@ -7,6 +7,7 @@ what the marks confirmed the caller heard."""
 from __future__ import annotations
 
 import base64
+import collections
 import json
 from functools import partial
 
@@ -19,7 +20,7 @@ from session_harness import fake_engines
 from voiceorch.engines.fakes import FakeLLM, FakeSTT, FakeTTS
 from voiceorch.server.voice_ws import serve_voice
 from voiceorch.session import SessionSettings
-from voiceorch.telephony import ulaw_encode
+from voiceorch.telephony import CallAudio, CallFormat, ulaw_encode
 
 HOST = "127.0.0.1"
 SID = "MZ00000000000000000000000000000001"
@@ -66,14 +67,38 @@ START = {
 }
 
 
-def caller_frame(carrier: str, seq: int, level: int) -> str | bytes:
+def media_frame(carrier: str, seq: int, payload: bytes) -> str | bytes:
+    """One 20 ms frame of caller audio as the carrier sends it (``payload``: μ-law 8 kHz, or
+    Vonage's L16 16 kHz, sent as the binary frame itself)."""
     if carrier == "vonage":
-        return np.full(320, level, dtype="<i2").tobytes()
-    payload = base64.b64encode(ulaw_encode(np.full(160, level))).decode()
-    media = {"track": "inbound", "chunk": str(seq), "timestamp": str(seq * 20), "payload": payload}
+        return payload
+    media = {"track": "inbound", "chunk": str(seq), "timestamp": str(seq * 20)}
+    media["payload"] = base64.b64encode(payload).decode()
     key = "streamSid" if carrier == "twilio" else "stream_id"
     seq_key = "sequenceNumber" if carrier == "twilio" else "sequence_number"
     return json.dumps({"event": "media", seq_key: str(seq), key: SID, "media": media})
+
+
+def caller_payload(carrier: str, level: int) -> bytes:
+    if carrier == "vonage":
+        return np.full(320, level, dtype="<i2").tobytes()
+    return ulaw_encode(np.full(160, level))
+
+
+def caller_frame(carrier: str, seq: int, level: int) -> str | bytes:
+    return media_frame(carrier, seq, caller_payload(carrier, level))
+
+
+def phone_frames(carrier: str, pcm16k: bytes) -> list[bytes]:
+    """16 kHz PCM as the carrier's 20 ms caller payloads (μ-law 8 kHz through soxr, as a phone
+    line would carry it; Vonage's L16 16 kHz as it is)."""
+    if carrier == "vonage":
+        data = pcm16k + bytes(-len(pcm16k) % 640)
+        return [data[i : i + 640] for i in range(0, len(data), 640)]
+    line = CallAudio(CallFormat("mulaw", 8000))
+    data = line.from_v1(pcm16k) + line.flush_out()
+    data += b"\xff" * (-len(data) % 160)
+    return [data[i : i + 160] for i in range(0, len(data), 160)]
 
 
 def dtmf_frame(carrier: str, seq: int, digit: str) -> str:
@@ -85,47 +110,84 @@ def dtmf_frame(carrier: str, seq: int, digit: str) -> str:
 
 
 class Carrier:
-    """One call's carrier side: streams caller audio in real time, reads what the server sends,
-    and echoes each mark (notify) while ``playing`` is set, as if the audio before it had played."""
+    """One call's carrier side: streams caller audio in real time (queued speech, else a constant
+    ``level``), reads what the server sends, and echoes each mark (notify) as if the audio before
+    it had played, up to ``play_until_ms`` of reply audio (None: all of it; a stalled playback
+    after). Telnyx media goes out in swapped pairs when ``reorder`` is set (Telnyx does not
+    guarantee their order)."""
 
-    def __init__(self, ws, carrier: str) -> None:
+    def __init__(self, ws, carrier: str, *, reorder: bool = False) -> None:
         self.ws, self.carrier = ws, carrier
+        self.reorder = reorder and carrier == "telnyx"
         self.seq = 1
         self.level = 0
-        self.playing = True
+        self.speech: collections.deque[bytes] = collections.deque()
+        self.play_until_ms: float | None = None
         self.silent = False  # sends no more caller audio
         self.received: list = []
         self.audio_frames = 0
+        self.reply_audio = bytearray()  # every reply payload, in order
+        self.audio_ms = 0.0  # reply audio received
+        self.played_ms = 0.0  # up to the last mark echoed
         self.echoed = 0
+        self.held_mark = trio.Event()  # a mark was not echoed (playback stalled)
         self.cleared = trio.Event()
         self.marks = trio.Event()
+        self._lock = trio.Lock()
 
     def next_seq(self) -> int:
         self.seq += 1
         return self.seq
 
+    async def send(self, frame: str | bytes) -> None:
+        async with self._lock:
+            await self.ws.send_message(frame)
+
+    def say(self, pcm16k: bytes) -> None:
+        """Queue speech (16 kHz PCM) to go out next, at real time."""
+        self.speech.extend(phone_frames(self.carrier, pcm16k))
+
+    def _payload(self) -> bytes:
+        return self.speech.popleft() if self.speech else caller_payload(self.carrier, self.level)
+
     async def stream(self) -> None:
         while not self.silent:
-            await self.ws.send_message(caller_frame(self.carrier, self.next_seq(), self.level))
+            if self.reorder:  # frame n+1 first, then frame n
+                first_seq, second_seq = self.next_seq(), self.next_seq()
+                first, second = self._payload(), self._payload()
+                await self.send(media_frame(self.carrier, second_seq, second))
+                await self.send(media_frame(self.carrier, first_seq, first))
+                await trio.sleep(0.04)
+                continue
+            await self.send(media_frame(self.carrier, self.next_seq(), self._payload()))
             await trio.sleep(0.02)
 
     async def read(self) -> None:
+        bytes_per_ms = 32 if self.carrier == "vonage" else 8  # L16 16 kHz / μ-law 8 kHz
         while True:
             frame = await self.ws.get_message()
             self.received.append(frame)
             if isinstance(frame, bytes):
                 self.audio_frames += 1
+                self.reply_audio.extend(frame)
+                self.audio_ms += len(frame) / bytes_per_ms
                 continue
             data = json.loads(frame)
             kind = data.get("event", data.get("action"))
             if kind == "media":
-                assert base64.b64decode(data["media"]["payload"])
+                payload = base64.b64decode(data["media"]["payload"])
+                assert payload
                 self.audio_frames += 1
+                self.reply_audio.extend(payload)
+                self.audio_ms += len(payload) / bytes_per_ms
             elif kind in ("mark", "notify"):
                 self.marks.set()
-                if self.playing:
+                if self.play_until_ms is None or self.audio_ms <= self.play_until_ms:
                     self.echoed += 1
-                    await self.ws.send_message(self.echo(data))
+                    self.played_ms = self.audio_ms
+                    await self.send(self.echo(data))
+                else:
+                    self.held_mark.set()
             elif kind == "clear":
                 self.cleared.set()
 
@@ -158,8 +220,8 @@ async def call(carrier: str, scenario) -> None:
 async def test_a_dtmf_turn_is_answered_with_audio_and_marks(carrier):
     async def scenario(phone: Carrier, server) -> None:
         await trio.sleep(0.1)
-        await phone.ws.send_message(dtmf_frame(carrier, phone.next_seq(), "4"))
-        await phone.ws.send_message(dtmf_frame(carrier, phone.next_seq(), "#"))
+        await phone.send(dtmf_frame(carrier, phone.next_seq(), "4"))
+        await phone.send(dtmf_frame(carrier, phone.next_seq(), "#"))
         await phone.marks.wait()
         while phone.audio_frames < 10:
             await trio.sleep(0.05)
@@ -175,11 +237,11 @@ async def test_a_dtmf_turn_is_answered_with_audio_and_marks(carrier):
 async def test_a_barge_in_ends_in_clear_and_the_history_keeps_what_the_marks_confirmed(carrier):
     async def scenario(phone: Carrier, server) -> None:
         await trio.sleep(0.1)
-        await phone.ws.send_message(dtmf_frame(carrier, phone.next_seq(), "#"))
-        while phone.echoed < 18:  # 18 marks of 40 ms: 720 ms played, "Sure thing." (660 ms) and no more
-            await trio.sleep(0.005)
-        phone.playing = False  # the carrier's playback stalls here (the server's own estimate runs on)
-        await trio.sleep(1.0)
+        phone.play_until_ms = 760  # "Sure thing." (660 ms) and no more; then the playback stalls
+        await phone.send(dtmf_frame(carrier, phone.next_seq(), "#"))
+        await phone.held_mark.wait()
+        assert 660 <= phone.played_ms <= 760
+        await trio.sleep(1.0)  # (the server's own estimate runs on)
         phone.level = 4000  # and the caller speaks over the rest
         await phone.cleared.wait()
         phone.level = 0

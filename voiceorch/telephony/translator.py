@@ -65,7 +65,7 @@ class BadFrame(Exception):
 @attrs.define
 class _Reply:
     turn_id: str
-    sent_ms: float = 0.0  # v1 audio of the reply sent to the carrier so far
+    sent_ms: float = 0.0  # audio of the reply sent to the carrier so far (what left the resampler)
     heard_ms: float = 0.0  # up to the last mark the carrier echoed
     cleared: bool = False
 
@@ -211,9 +211,7 @@ class CallTranslator:
             reply = self._reply
             if reply is None or reply.cleared or self.audio is None:
                 return out
-            reply.sent_ms += p.audio_ms(len(frame))
-            self._send_audio(self.audio.from_v1(frame), out)
-            self._mark(reply, out)
+            self._sent(reply, self._send_audio(self.audio.from_v1(frame), out), out)
             return out
         event = p.parse_server_event(frame)
         match event:
@@ -227,8 +225,7 @@ class CallTranslator:
                 reply = self._replies.get(turn_id)
                 if reply is not None and not reply.cleared:
                     if status == "completed" and self.audio is not None:
-                        self._send_audio(self.audio.flush_out(), out, last=True)
-                        self._mark(reply, out)
+                        self._sent(reply, self._send_audio(self.audio.flush_out(), out, last=True), out)
                     elif status == "cancelled":
                         self._clear(turn_id, out)
                 if self._reply is reply:
@@ -238,6 +235,15 @@ class CallTranslator:
             case p.Error(code=code, message=message):
                 out.notes.append(("call.session_error", {"code": code, "message": message}))
         return out
+
+    def _sent(self, reply: _Reply, sent_bytes: int, out: Translation) -> None:
+        """Count audio sent to the carrier and mark its end. The resampler emits in blocks (soxr
+        HQ: about 100 ms at 16 -> 8 kHz), so a mark counts what was *sent*, never audio still
+        held back: a mark echoed means that much was played, not more."""
+        if sent_bytes:
+            assert self.audio is not None
+            reply.sent_ms += sent_bytes / self.audio.format.bytes_per_ms()
+            self._mark(reply, out)
 
     def _mark(self, reply: _Reply, out: Translation) -> None:
         name = f"vo-{next(self._mark_ids)}"
@@ -262,7 +268,8 @@ class CallTranslator:
 
     # --- the dialect's half ---------------------------------------------------------------
 
-    def _send_audio(self, payload: bytes, out: Translation, *, last: bool = False) -> None:
+    def _send_audio(self, payload: bytes, out: Translation, *, last: bool = False) -> int:
+        """Frame ``payload`` for the carrier; returns the payload bytes sent now."""
         raise NotImplementedError
 
     def _mark_frames(self, name: str) -> list[Message]:
@@ -338,10 +345,11 @@ class TwilioTranslator(CallTranslator):
             raise BadFrame("unsupported_format", f"only audio/x-mulaw at 8000 Hz; got {encoding} at {rate}")
         return MULAW_8K
 
-    def _send_audio(self, payload: bytes, out: Translation, *, last: bool = False) -> None:
+    def _send_audio(self, payload: bytes, out: Translation, *, last: bool = False) -> int:
         if payload:
             media = {"payload": base64.b64encode(payload).decode("ascii")}
             out.to_carrier.append(json.dumps({"event": "media", self._sid_key: self.stream_id, "media": media}))
+        return len(payload)
 
     def _mark_frames(self, name: str) -> list[Message]:
         return [json.dumps({"event": "mark", self._sid_key: self.stream_id, "mark": {"name": name}})]
@@ -416,10 +424,11 @@ class TelnyxTranslator(TwilioTranslator):
             self._advance()
             self._caller_audio(payload, out)
 
-    def _send_audio(self, payload: bytes, out: Translation, *, last: bool = False) -> None:
+    def _send_audio(self, payload: bytes, out: Translation, *, last: bool = False) -> int:
         if payload:
             media = {"payload": base64.b64encode(payload).decode("ascii")}
             out.to_carrier.append(json.dumps({"event": "media", "media": media}))
+        return len(payload)
 
     def _mark_frames(self, name: str) -> list[Message]:
         return [json.dumps({"event": "mark", "mark": {"name": name}})]
@@ -477,7 +486,7 @@ class VonageTranslator(CallTranslator):
         assert self.audio is not None
         return int(self.audio.format.bytes_per_ms() * 20)
 
-    def _send_audio(self, payload: bytes, out: Translation, *, last: bool = False) -> None:
+    def _send_audio(self, payload: bytes, out: Translation, *, last: bool = False) -> int:
         data = self._unsent + payload
         size = self._frame_bytes()
         if last and len(data) % size:
@@ -485,6 +494,7 @@ class VonageTranslator(CallTranslator):
         whole = len(data) - len(data) % size
         out.to_carrier.extend(data[offset : offset + size] for offset in range(0, whole, size))
         self._unsent = data[whole:]
+        return whole
 
     def _drop_unsent(self) -> None:
         self._unsent = b""
