@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from functools import partial
 
 import numpy as np
@@ -199,20 +201,29 @@ class Carrier:
         return json.dumps({"event": "mark", seq_key: str(self.next_seq()), key: SID, "mark": data["mark"]})
 
 
+@contextlib.asynccontextmanager
+async def open_call(url: str, carrier: str, *, headers=(), reorder: bool = False) -> AsyncIterator[Carrier]:
+    """A call to ``url`` (the server's ``/v1/<carrier>``): the carrier's opening messages, then
+    a :class:`Carrier` streaming and reading until the block exits."""
+    extra = [(name.encode(), value.encode()) for name, value in headers]
+    async with trio_websocket.open_websocket_url(url, extra_headers=extra) as ws:
+        if carrier != "vonage":
+            await ws.send_message(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+        await ws.send_message(START[carrier])
+        phone = Carrier(ws, carrier, reorder=reorder)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(phone.stream)
+            nursery.start_soon(phone.read)
+            yield phone
+            nursery.cancel_scope.cancel()
+
+
 async def call(carrier: str, scenario) -> None:
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             server = await nursery.start(partial(serve_voice, engines(), SessionSettings(), host=HOST, port=0))
-            async with trio_websocket.open_websocket_url(f"ws://{HOST}:{server.port}/v1/{carrier}") as ws:
-                if carrier != "vonage":
-                    await ws.send_message(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-                await ws.send_message(START[carrier])
-                phone = Carrier(ws, carrier)
-                async with trio.open_nursery() as inner:
-                    inner.start_soon(phone.stream)
-                    inner.start_soon(phone.read)
-                    await scenario(phone, server)
-                    inner.cancel_scope.cancel()
+            async with open_call(f"ws://{HOST}:{server.port}/v1/{carrier}", carrier) as phone:
+                await scenario(phone, server)
             nursery.cancel_scope.cancel()
 
 
