@@ -97,3 +97,36 @@ async def test_one_streams_failure_is_its_callers_alone(silero):
         nursery.start_soon(bad)
         nursery.start_soon(ok)
     assert results["ok"] == [silero.new_stream().probability(chunk)]
+
+
+def test_many_streams_in_one_call_are_exactly_each_stream_judged_alone(silero):
+    # Streams at different points of different recordings, 0 to 3 chunks each per round (so the
+    # steps of one call have different numbers of rows), over enough rounds for speech and silence.
+    audio = [pcm("jfk_16k.wav"), pcm("hotwords_16k.wav")]
+    batched = [silero.new_stream() for _ in range(6)]
+    alone = [silero.new_stream() for _ in range(6)]
+    offsets = [i * 7 * 1024 for i in range(6)]
+    rounds = 0
+    for round_ in range(60):
+        work = []
+        for i in range(6):
+            count = (round_ + i) % 4
+            source = audio[i % 2]
+            chunks = [source[(offsets[i] + k * 1024) % (len(source) - 1024) :][:1024] for k in range(count)]
+            offsets[i] += count * 1024
+            work.append((batched[i], chunks))
+        answers = silero.probabilities_many(work)
+        assert answers == [stream.probabilities(chunks) for stream, (_, chunks) in zip(alone, work)]
+        rounds += 1
+    assert rounds == 60
+    for one, other in zip(batched, alone):
+        assert (one._h == other._h).all() and (one._c == other._c).all() and (one._context == other._context).all()
+
+
+def test_a_bad_stream_in_a_batch_gets_its_error_and_the_others_their_answers(silero):
+    chunk = pcm("jfk_16k.wav")[32000:33024]
+    good, bad = silero.new_stream(), silero.new_stream()
+    answers = silero.probabilities_many([(good, [chunk, chunk]), (bad, [chunk, b"\x00" * 10])])
+    assert answers[0] == silero.new_stream().probabilities([chunk, chunk])
+    assert isinstance(answers[1], ValueError)
+    assert (bad._h == 0).all()  # its state did not move

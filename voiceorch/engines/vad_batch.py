@@ -3,9 +3,9 @@
 :func:`probabilities` is what a session calls for the VAD chunks of each audio frame. A stream
 with a ``probabilities(chunks)`` method (Silero: blocking ONNX work) goes through the
 process-wide :class:`VADBatcher`: one task that, whenever requests are waiting, takes all of
-them and runs them in ONE ``trio.to_thread.run_sync`` call (each stream's chunks in one ONNX
-call, stream after stream: Silero's state has no batch dimension), then hands each caller its
-probabilities. A stream with only ``probability(chunk)`` (the fakes: pure Python, cheap) is
+them and runs them in ONE ``trio.to_thread.run_sync`` call (Silero's streams in one ONNX call
+per chunk step, each row with its own state: ``SileroVAD.probabilities_many``), then hands each
+caller its probabilities. A stream with only ``probability(chunk)`` (the fakes: pure Python, cheap) is
 judged inline on the caller's thread, so tests under Trio's MockClock stay deterministic.
 
 Each stream has at most one request in flight (its session waits for the answer before the
@@ -38,12 +38,26 @@ class _Request:
 
 
 def _judge_all(batch: list[_Request]) -> None:
-    """In the worker thread: each request's probabilities, or its error."""
+    """In the worker thread: each request's probabilities, or its error. The streams of a model
+    that judges many streams at once (``stream.model.probabilities_many``: Silero) go to it
+    together, one ONNX call per chunk step for all of them; the others one by one."""
+    by_model: dict[int, tuple[object, list[_Request]]] = {}
     for request in batch:
+        model = getattr(request.stream, "model", None)
+        if model is not None and getattr(model, "batch_session", None) is not None:
+            by_model.setdefault(id(model), (model, []))[1].append(request)
+            continue
         try:
             request.result = request.stream.probabilities(request.chunks)
         except Exception as exc:  # one stream's fault is its caller's alone
             request.error = exc
+    for model, requests in by_model.values():
+        answers = model.probabilities_many([(r.stream, r.chunks) for r in requests])  # type: ignore[attr-defined]
+        for request, answer in zip(requests, answers):
+            if isinstance(answer, Exception):
+                request.error = answer
+            else:
+                request.result = answer
 
 
 @attrs.define(eq=False)
