@@ -200,18 +200,51 @@ async def _one_turn(s: BenchSession, speech: Clip) -> dict:
     }
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``serve --workers N``: the parent, its workers and their
+    children), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children.get(current, [])
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU time so far of ``pid`` and its descendants (a reaped child's is in its parent's
+    cutime, which this does not count: the server's processes live through a level)."""
+    values = [cpu_seconds(p) for p in process_tree(pid)]
+    return sum(v for v in values if v is not None) if values[0] is not None else None
+
+
+def tree_rss_kb(pid: int) -> int | None:
+    """VmRSS of ``pid`` and its descendants, summed (pages shared between them count in each)."""
+    values = [rss_kb(p) for p in process_tree(pid)]
+    return sum(v for v in values if v is not None) if values[0] is not None else None
+
+
 async def _run_level(url: str, n: int, turns: int, speech: Clip, pid: int, timeout: float) -> dict:
     sessions: list[dict] = []
     start = trio.Event()
     clock = {"start": 0.0}
-    idle_kb = rss_kb(pid)
+    idle_kb = tree_rss_kb(pid)
     peak_kb = idle_kb or 0
     done = trio.Event()
 
     async def sample_rss() -> None:
         nonlocal peak_kb
         while not done.is_set():
-            value = rss_kb(pid)
+            value = tree_rss_kb(pid)
             if value is not None:
                 peak_kb = max(peak_kb, value)
             await trio.sleep(0.05)
@@ -228,14 +261,14 @@ async def _run_level(url: str, n: int, turns: int, speech: Clip, pid: int, timeo
             clock["start"] = trio.current_time() + 0.1
             window.update(
                 wall_start=time.time(),
-                server_cpu_start=cpu_seconds(pid),
+                server_cpu_start=tree_cpu_seconds(pid),
                 client_cpu_start=_own_cpu(),
                 started=trio.current_time(),
             )
             start.set()
         window.update(
             wall_end=time.time(),
-            server_cpu_end=cpu_seconds(pid),
+            server_cpu_end=tree_cpu_seconds(pid),
             client_cpu_end=_own_cpu(),
             ended=trio.current_time(),
         )
@@ -359,18 +392,21 @@ def run_concurrency(
     say,
     timeout_per_level: float = 300,
     server_tree: Path | None = None,
+    worker_counts: list[int] = [1],  # noqa: B006 (never mutated)
 ) -> dict:
-    """Each level against its own fresh fake-engine server (so memory and logs are per level);
-    with ``server_tree`` the servers run that checkout's ``voiceorch`` (the clients stay ours)."""
+    """Each level against its own fresh fake-engine server (so memory and logs are per level),
+    once per worker count (``serve --workers W``), side by side; with ``server_tree`` the servers
+    run that checkout's ``voiceorch`` (the clients stay ours)."""
     code = server_code(server_tree)
     vad = fake_server_vad(server_tree)
     speech, described = utterance(vad, tone_ms)
     say(f"concurrency: server code {code['voiceorch_file']} at {code['commit']}")
     say(f"concurrency: the fake-engine server detects speech with {vad}; speech: {described}")
     results = []
-    for n in levels:
-        log_path = log_dir / f"fake-server-{n}.log"
-        server_args = fake_server_args(n)
+    for n, workers in [(n, w) for n in levels for w in worker_counts]:
+        log_path = log_dir / (f"fake-server-{n}.log" if workers == 1 else f"fake-server-{n}-{workers}w.log")
+        # --max-sessions is per worker; --workers only when asked (an older checkout has none).
+        server_args = fake_server_args(n) + ([] if workers == 1 else ["--workers", str(workers)])
         server = ServerProcess.start(*server_args, log_path=log_path, ready_timeout=120, tree=server_tree)
         say(f"concurrency: {n} session(s) x {turns} turns against {server.url} ({' '.join(server_args)})")
         before = machine.snapshot()
@@ -380,6 +416,7 @@ def run_concurrency(
         finally:
             after = machine.snapshot()
             exit_code = server.stop()
+        level["workers"] = workers
         level["foreign_cpu_percent"] = machine.foreign_cpu_percent(before, after)
         level["load_average"] = {"before": load_before, "after": _load_average()}
         level["server_args"] = server_args
@@ -390,15 +427,10 @@ def run_concurrency(
             line.get("event") for line in read_log(log_path) if line.get("level") in ("error", "critical")
         ]
         level["passed"], level["verdict"] = verdict(level)
-        say(f"concurrency: {n} session(s): {level['verdict']}")
+        say(f"concurrency: {n} session(s), {workers} worker(s): {level['verdict']}")
         results.append(level)
-    fine = [level["sessions"] for level in results if level["passed"]]
-    # The largest N such that every level tested up to it passed (a stricter reading).
-    every = None
-    for level in sorted(results, key=lambda level: level["sessions"]):
-        if level["sessions"] not in fine:
-            break
-        every = level["sessions"]
+    by_workers = {str(w): _largest([level for level in results if level["workers"] == w]) for w in worker_counts}
+    fine, every = _largest([level for level in results if level["workers"] == worker_counts[0]]).values()
     return {
         "engines": "fake (voiceorch serve --fake-engines)",
         "server_code": code,
@@ -408,10 +440,24 @@ def run_concurrency(
         "turns_per_session": turns,
         "added_p99_limit_ms": ADDED_P99_LIMIT_MS,
         "levels": results,
-        "max_sessions_under_limit": max(fine) if fine else None,
+        "worker_counts": worker_counts,
+        # For the first worker count (1 unless told otherwise), then for each.
+        "max_sessions_under_limit": fine,
         "max_sessions_all_levels_under_limit": every,
+        "by_workers": by_workers,
         "loop_lag_logged": any(level["loop_lag"] is not None for level in results),
     }
+
+
+def _largest(levels: list[dict]) -> dict:
+    """The largest N that passed, and the largest N such that every level up to it passed."""
+    fine = [level["sessions"] for level in levels if level["passed"]]
+    every = None
+    for level in sorted(levels, key=lambda level: level["sessions"]):
+        if level["sessions"] not in fine:
+            break
+        every = level["sessions"]
+    return {"max_sessions_under_limit": max(fine) if fine else None, "max_sessions_all_levels_under_limit": every}
 
 
 def _load_average() -> list[float] | None:

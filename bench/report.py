@@ -155,7 +155,7 @@ def summarize(results: dict) -> dict:
     concurrency = results.get("concurrency")
     if concurrency:
         summary["concurrency"] = {
-            str(level["sessions"]): {
+            _level_key(level): {
                 "send_lag_p99_ms": (level["send_lag_ms"] or {}).get("p99"),
                 "added_latency_ms": level["added_latency_ms"],
                 "after_vad_window_ms": level["after_vad_window_ms"],
@@ -326,6 +326,7 @@ def render(results: dict) -> str:
             rows.append(
                 [
                     level["sessions"],
+                    level.get("workers", 1),
                     f"{level['turns_completed']}/{level['turns_expected']}",
                     _f((level["send_lag_ms"] or {}).get("p99"), 1),
                     "yes" if level["kept_real_time"] else "NO",
@@ -348,6 +349,7 @@ def render(results: dict) -> str:
             _table(
                 [
                     "sessions",
+                    "workers",
                     "turns",
                     "send lag p99",
                     "real time",
@@ -380,9 +382,20 @@ def render(results: dict) -> str:
                 f" (but a smaller level failed: every level passed only up to {every if every is not None else 'none'})"
             )
         parts.append(line)
+        for workers, found in (concurrency.get("by_workers") or {}).items():
+            parts.append(
+                f"  {workers} worker(s): largest N passing {found['max_sessions_under_limit']}, every level up to "
+                f"{found['max_sessions_all_levels_under_limit']}"
+            )
     if results.get("notes"):
         parts += ["", "Notes:"] + [f"  - {note}" for note in results["notes"]]
     return "\n".join(parts)
+
+
+def _level_key(level: dict) -> str:
+    """A level's key in the summary: its N, with the worker count when not 1."""
+    workers = level.get("workers", 1)
+    return str(level["sessions"]) if workers == 1 else f"{level['sessions']}x{workers}w"
 
 
 def _level_verdict(level: dict, limit_ms: float) -> str:

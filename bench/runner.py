@@ -80,6 +80,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--turns", type=int, default=2, help="turns per session in the concurrency part (default %(default)s)"
     )
     parser.add_argument(
+        "--workers",
+        help="worker counts of the concurrency part's servers (serve --workers), each level run once per "
+        f"count, side by side (default 1,{os.cpu_count() or 1}: one process, then one per core)",
+    )
+    parser.add_argument(
         "--server-tree",
         type=Path,
         help="run the concurrency part's fake-engine servers from this checkout's voiceorch (e.g. a "
@@ -114,6 +119,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args.repeat = args.repeat or (1 if args.quick else 3)
     args.sessions = args.sessions or ("1,4" if args.quick else "1,5,10,20,40")
     args.levels = [] if args.sessions.strip() in ("", "none") else [int(n) for n in args.sessions.split(",")]
+    args.worker_counts = [int(w) for w in (args.workers or f"1,{os.cpu_count() or 1}").split(",")]
     if args.scenarios.strip() in ("", "none"):
         args.scenario_list = []
     else:
@@ -452,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
             "scenarios": args.scenario_list,
             "sessions": args.levels,
             "turns_per_session": args.turns,
+            "worker_counts": args.worker_counts,
             "floor_repeat": args.floor_repeat,
             "clips": [
                 {
@@ -504,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             say=say,
             timeout_per_level=args.timeout,
             server_tree=args.server_tree,
+            worker_counts=args.worker_counts,
         )
         if results["concurrency"]["vad"] == "FakeVAD":
             results["notes"].append(

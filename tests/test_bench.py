@@ -45,13 +45,21 @@ def _sane(stats: dict | None) -> None:
 
 
 def test_concurrency_against_the_fake_engine_server(tmp_path):
-    results, table = _run_bench(tmp_path, "--scenarios", "none", "--sessions", "1,2", "--turns", "1", timeout=150)
+    results, table = _run_bench(
+        tmp_path, "--scenarios", "none", "--sessions", "1,2", "--workers", "1,2", "--turns", "1", timeout=200
+    )
 
     assert results["machine"]["cpu_count"] == os.cpu_count()
     assert "samples" not in results  # no real-model scenario was asked for
     concurrency = results["concurrency"]
     assert concurrency["vad"]
-    assert [level["sessions"] for level in concurrency["levels"]] == [1, 2]
+    # Each level once per worker count, side by side.
+    assert [(level["sessions"], level["workers"]) for level in concurrency["levels"]] == [
+        (1, 1),
+        (1, 2),
+        (2, 1),
+        (2, 2),
+    ]
     for level in concurrency["levels"]:
         assert level["errors"] == []
         assert level["turns_completed"] == level["turns_expected"] == level["sessions"]
@@ -75,7 +83,8 @@ def test_concurrency_against_the_fake_engine_server(tmp_path):
             for turn in session["turns"]:
                 assert turn["status"] == "completed"
                 assert turn["voice_to_voice_ms"] > 0
-    assert set(results["summary"]["concurrency"]) == {"1", "2"}
+    assert set(results["summary"]["concurrency"]) == {"1", "1x2w", "2", "2x2w"}
+    assert set(concurrency["by_workers"]) == {"1", "2"}
     assert "max_sessions_under_limit" in results["summary"]
     assert "Concurrency" in table and "Largest N tested" in table
 
