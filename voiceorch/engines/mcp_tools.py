@@ -42,6 +42,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import attrs
+import httpx2
 import trio
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.stdio import stdio_client
@@ -382,11 +383,9 @@ async def _list_tools(client: Client) -> list[ToolSpec]:
 
 
 def _unreachable(exc: BaseException) -> bool:
-    """An HTTP transport's failure to reach its server (httpx2's connect/read errors, a closed stream)."""
-    return isinstance(exc, (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)) or any(
-        cls.__name__ in ("ConnectError", "ReadError", "RemoteProtocolError", "ConnectTimeout", "ReadTimeout")
-        for cls in type(exc).__mro__
-    )
+    """An HTTP transport's failure to reach its server: the SDK's HTTP client (httpx2, its
+    dependency) could not connect or lost the connection, or a stream closed under it."""
+    return isinstance(exc, (httpx2.TransportError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError))
 
 
 def _describe_failure(exc: BaseException) -> str:
