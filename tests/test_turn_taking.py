@@ -351,3 +351,66 @@ def test_switching_between_server_and_semantic_vad():
     assert s.machine.detector.silence_ms == 700
     s.feed("SSSSSSSSSS")
     assert judges(s.feed("_" * 30)) == []
+
+
+# --- transcription in pieces, cut at the speaker's pauses ------------------------------------------
+
+
+def pieces_of(actions: list[tt.Action]) -> list[tt.Piece]:
+    return [a.piece for a in actions if isinstance(a, tt.TranscribePiece)]
+
+
+def test_pieces_are_cut_at_pauses_and_the_turn_keeps_only_the_rest():
+    s = Script(transcribe_pieces=True, speculate_after_ms=160)
+    s.feed("SSSSSSSSSS")
+    pause = s.feed("_____")
+    (first,) = pieces_of(pause)
+    assert kinds(pause) == ["TranscribePiece", "StartResponse"]  # the piece first: the speculation reuses it
+    assert len(first.audio) == 15 * CHUNK and first.earlier == ()
+    spec = s.started[0]
+    assert spec.pieces == (first,) and spec.rest == b""  # nothing left to transcribe at the pause
+    s.feed("SSSSSS")  # speech resumes: the speculation goes, the piece stays
+    (second,) = pieces_of(s.feed("_____"))
+    assert second.earlier == (first,) and len(second.audio) == 11 * CHUNK
+    assert s.started[1].pieces == (first, second)
+    # Deltas in order, whatever order the words come in.
+    assert s.machine.piece_transcribed(second, "four people.") == []
+    deltas = s.machine.piece_transcribed(first, "A table for")
+    assert [a.event.delta for a in deltas] == ["A table for", " four people."]
+    end = s.feed("_" * 11)
+    assert kinds(end) == ["speech_stopped", "committed", "ConfirmResponse"]
+
+
+def test_without_speculation_the_turn_transcribes_the_speech_after_the_last_piece():
+    s = Script(transcribe_pieces=True, turn_detection=p.TurnDetection(silence_duration_ms=500))
+    s.machine.speculate_after_ms = None  # (pieces still need the pause point)
+    s.machine.detector.pause_ms = 160
+    s.feed("SSSSSSSSSS")
+    (first,) = pieces_of(s.feed("_____"))
+    s.feed("SSSSSS" + "_" * 16)
+    turn = s.started[0]
+    assert turn.pieces[0] is first and len(turn.pieces) == 2  # the final pause cut a piece too
+    assert turn.rest == b""  # no speech after the last cut
+    assert len(turn.audio) == sum(len(piece.audio) for piece in turn.pieces) + 11 * CHUNK
+
+
+def test_pieces_of_speech_that_makes_no_turn_are_cancelled():
+    s = Script(transcribe_pieces=True)
+    s.feed("SSSSSSSSSS")
+    (piece,) = pieces_of(s.feed("_____"))
+    actions = s.machine.clear()
+    assert any(isinstance(a, tt.CancelPiece) and a.piece is piece for a in actions)
+
+
+def test_the_pieces_of_an_interrupted_turn_are_cancelled_and_its_audio_carried_whole():
+    s = Script(transcribe_pieces=True)
+    s.feed("SSSSSSSSSS")
+    (piece,) = pieces_of(s.feed("_____"))
+    s.feed("_" * 11)
+    first = s.started[0]
+    s.machine.response_started(first)
+    barge = s.feed("SSSSSSS")
+    assert [type(a).__name__ for a in barge if not isinstance(a, tt.Emit)][:2] == ["Interrupt", "CancelPiece"]
+    s.machine.response_ended(first)
+    s.feed("_____")
+    assert s.started[-1].pieces == () and s.started[-1].audio.startswith(first.audio)  # transcribed whole

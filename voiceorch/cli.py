@@ -383,8 +383,16 @@ def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
         "session.speculate_after_ms",
         _none_if_zero,
         type=int,
-        help="under server VAD, start answering once a pause has lasted this long, output held until "
-        "the silence window ends the turn; 0 turns it off (default: %(default)s)",
+        help="under server (or semantic) VAD, start answering once a pause has lasted this long, output held "
+        "until the turn ends; 0 turns it off (default: %(default)s)",
+    )
+    option(
+        sess,
+        "--transcribe-pieces",
+        "session.transcribe_pieces",
+        action="store_true",
+        help="under server or semantic VAD, transcribe the user's speech while they speak, in pieces cut at "
+        "their pauses (sent as transcript.delta); only the last piece is left when the turn ends",
     )
     option(
         s,

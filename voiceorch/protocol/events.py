@@ -288,6 +288,15 @@ class TranscriptFinal:
 
 
 @attrs.frozen(kw_only=True)
+class TranscriptDelta:
+    """Words of the user's speech in progress, transcribed while they speak on (a piece of
+    their turn, cut at one of their pauses). The turn's ``transcript.final`` has them all."""
+
+    TYPE: ClassVar[str] = "transcript.delta"
+    delta: str
+
+
+@attrs.frozen(kw_only=True)
 class ResponseTextDelta:
     TYPE: ClassVar[str] = "response.text.delta"
     turn_id: str
@@ -375,6 +384,7 @@ ServerEvent = Union[
     SpeechStoppedEvent,
     ResponseCreated,
     TranscriptFinal,
+    TranscriptDelta,
     ResponseTextDelta,
     ResponseToolCallDelta,
     ResponseToolCall,

@@ -479,6 +479,15 @@ class TranscriptionCompleted:
 
 
 @attrs.frozen(kw_only=True)
+class TranscriptionDelta:
+    TYPE: ClassVar[str] = "conversation.item.input_audio_transcription.delta"
+    event_id: str
+    item_id: str
+    content_index: int = 0
+    delta: str
+
+
+@attrs.frozen(kw_only=True)
 class TranscriptionFailed:
     TYPE: ClassVar[str] = "conversation.item.input_audio_transcription.failed"
     event_id: str
@@ -610,6 +619,7 @@ ServerEvent = Union[
     ConversationItemAdded,
     ConversationItemDone,
     TranscriptionCompleted,
+    TranscriptionDelta,
     TranscriptionFailed,
     ConversationItemTruncated,
     ResponseCreated,

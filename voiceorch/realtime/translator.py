@@ -515,6 +515,9 @@ class RealtimeTranslator:
             case p.ResponseCreated(turn_id=turn_id):
                 self._current = _Response(turn_id, self._new_id("resp"), self._output_resampler())
                 self._emit(frames, ev.ResponseCreated, response=self._response(self._current, "in_progress"))
+            case p.TranscriptDelta(delta=delta):
+                if self._speech_item_id is not None:  # (words of the speech in progress)
+                    self._emit(frames, ev.TranscriptionDelta, item_id=self._speech_item_id, delta=delta)
             case p.TranscriptFinal(turn_id=turn_id, text=text):
                 if turn_id in self._user_audio:  # (a typed turn's text is its item already)
                     item_id, audio_ms = self._user_audio[turn_id]

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+import weakref
+from collections.abc import Awaitable, Callable
 from functools import partial
 
+import attrs
 import trio
 
 from .. import metrics
@@ -48,6 +50,15 @@ from .transport import MessageTransport, TransportReply
 from .turn import Turn, run_turn
 
 log = logging.getLogger(__name__)
+
+
+@attrs.define
+class _PieceJob:
+    """The transcription of one piece of the speech in progress."""
+
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    done: trio.Event = attrs.field(factory=trio.Event)
+    text: str | None = None  # None: failed, cancelled, or not yet done
 
 
 class Session:
@@ -82,7 +93,9 @@ class Session:
             max_input_audio_ms=settings.max_input_audio_ms,
             max_pending_turns=settings.max_pending_turns,
             end_of_turn_model=engines.end_of_turn is not None,
+            transcribe_pieces=settings.transcribe_pieces,
         )
+        self._piece_jobs: weakref.WeakKeyDictionary[tt.Piece, _PieceJob] = weakref.WeakKeyDictionary()
         # Inputs for the machine from other tasks (a verdict, a speculation's words), given to it
         # by the reader, which is woken for them: only the reader talks to the machine, so its
         # decisions are carried out in the order it made them.
@@ -329,12 +342,67 @@ class Session:
                     self._turn_of[response].confirm()
                 case tt.Judge():
                     self._nursery.start_soon(self._judge, action)
+                case tt.TranscribePiece(piece=piece):
+                    job = self._piece_jobs[piece] = _PieceJob()
+                    self._nursery.start_soon(self._transcribe_piece, piece, job)
+                case tt.CancelPiece(piece=piece):
+                    if (job := self._piece_jobs.get(piece)) is not None:
+                        job.scope.cancel()
 
     def _tell(self, event: Callable[[float], list[tt.Action]]) -> None:
         """Give the machine ``event`` (called with the time) from the reader, woken now. Not a checkpoint."""
         self._told.append(event)
         if self._receiving is not None:
             self._receiving.cancel()
+
+    async def _transcribe_piece(self, piece: tt.Piece, job: _PieceJob) -> None:
+        """Transcribe one piece of the speech in progress, after the pieces before it (their
+        words are its prompt), and tell the machine. Cancelled (:class:`tt.CancelPiece`), it
+        stops at once and frees the engine as soon as the engine's thread allows."""
+        try:
+            with job.scope:
+                prompt = await self._words_of(piece.earlier)
+                with trio.fail_after(self.settings.stt_timeout_s):
+                    job.text = await self.engines.stt.transcribe(piece.audio, prompt=prompt or None)
+        except (EngineError, trio.TooSlowError) as exc:
+            log_event(log, "stt.piece_failed", logging.WARNING, reason=str(exc))
+        finally:
+            job.done.set()
+        if job.scope.cancelled_caught:
+            return
+        text = job.text or ""
+        self._tell(lambda now: self._turns.piece_transcribed(piece, text))
+
+    async def _words_of(self, pieces: tuple[tt.Piece, ...]) -> str | None:
+        """The words of ``pieces``, once all are transcribed (None if one failed or was dropped)."""
+        words = []
+        for piece in pieces:
+            job = self._piece_jobs.get(piece)
+            if job is None:
+                return None
+            await job.done.wait()
+            if job.text is None:
+                return None
+            words.append(job.text)
+        return " ".join(w for w in words if w)
+
+    def _transcriber(self, response: tt.Response) -> Callable[[], Awaitable[str]] | None:
+        """How the turn of ``response`` gets its words: its pieces' (transcribed while the user
+        spoke), then its rest with them as the prompt; the whole audio if a piece failed."""
+        if not response.pieces:
+            return None
+        stt = self.engines.stt
+
+        async def transcribe() -> str:
+            earlier = await self._words_of(response.pieces)
+            if earlier is None:
+                return await stt.transcribe(response.audio or b"")
+            if not response.rest:
+                return earlier
+            rest = await stt.transcribe(response.rest, prompt=earlier or None)
+            return " ".join(w for w in (earlier, rest) if w)
+
+        return transcribe
 
     async def _judge(self, asked: tt.Judge) -> None:
         """Run the end-of-turn model (off the event loop) and tell the machine its verdict. A
@@ -356,6 +424,7 @@ class Session:
             turn = Turn.ended(response.turn_id, audio=response.audio, text=response.text)
         turn.on_transcript = lambda text: self._tell(partial(self._turns.response_transcript, response, text))
         turn.on_transcribed = partial(self._turns.response_transcribed, response)
+        turn.transcribe = self._transcriber(response)
         self._turns_send.send_nowait(turn)
         self._turn_of[response] = turn
         self._response_of[turn] = response

@@ -17,6 +17,11 @@ class SessionSettings:
     #: Under server (or semantic) VAD, start answering speculatively once a pause has lasted this long (the
     #: output is held back until the silence window confirms the turn); None: don't.
     speculate_after_ms: int | None = 160
+    #: Under server (or semantic) VAD, transcribe the user's speech while they speak, in pieces
+    #: cut at their pauses (``speculate_after_ms`` long), each with the earlier words as its
+    #: prompt: the words come as ``transcript.delta`` events, and only the audio after the last
+    #: piece is left to transcribe when the turn ends.
+    transcribe_pieces: bool = False
     #: Audio buffered for one user turn; past it, audio is dropped with an ``error`` event.
     max_input_audio_ms: int = 60_000
     #: How far the client's audio may run ahead of real time (a burst of one full turn by

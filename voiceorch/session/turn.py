@@ -32,7 +32,7 @@ results, until a reply calls none (at most ``SessionSettings.max_tool_steps`` st
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import attrs
@@ -75,6 +75,9 @@ class Turn:
     #: speculative turn holds them back), then (no arguments) once they have reached the client.
     on_transcript: Callable[[str], None] | None = None
     on_transcribed: Callable[[], None] | None = None
+    #: How to get the user's words, if not by transcribing ``audio`` whole (e.g. from pieces
+    #: transcribed while the user spoke); called inside the turn's STT time limit.
+    transcribe: Callable[[], Awaitable[str]] | None = None
     #: Set once the user's turn has really ended; a speculative turn starts without it.
     confirmed: trio.Event = attrs.field(factory=trio.Event)
     #: The response's tool calls, and what became of them.
@@ -280,7 +283,10 @@ async def _respond(
     if turn.audio is not None:
         started = trio.current_time()
         with _time_limit(settings.stt_timeout_s, "stt_timeout", "speech-to-text"):
-            user_text = await engines.stt.transcribe(turn.audio)
+            if turn.transcribe is not None:
+                user_text = await turn.transcribe()
+            else:
+                user_text = await engines.stt.transcribe(turn.audio)
         progress.stt_ms = _ms(trio.current_time() - started)
         if turn.on_transcript is not None:
             turn.on_transcript(user_text)

@@ -64,6 +64,21 @@ class Response:
     transcribed: bool = False
     #: Waiting in the session's queue (not yet taken by the responder).
     queued: bool = True
+    #: Pieces of the utterance already being transcribed, then the audio after them (``rest``,
+    #: empty when no speech follows the last cut). No pieces: transcribe ``audio``.
+    pieces: tuple[Piece, ...] = ()
+    rest: bytes = b""
+
+
+@attrs.define(eq=False)
+class Piece:
+    """A stretch of the utterance in progress, cut at one of the speaker's pauses, to be
+    transcribed while they speak on (``earlier``: the utterance's pieces before it, whose words
+    are its prompt)."""
+
+    audio: bytes
+    earlier: tuple[Piece, ...] = ()
+    text: str | None = None
 
 
 # --- decisions out ----------------------------------------------------------------------------
@@ -129,7 +144,33 @@ class Judge:
     silence_ms: float
 
 
-Action = DetectSpeech | Emit | Fail | StartResponse | Interrupt | CancelResponse | ConfirmResponse | Judge
+@attrs.frozen
+class TranscribePiece:
+    """Transcribe ``piece`` (after its earlier pieces, with their words as the prompt) and give
+    the words to :meth:`TurnTaking.piece_transcribed`."""
+
+    piece: Piece
+
+
+@attrs.frozen
+class CancelPiece:
+    """No turn needs ``piece`` any more: stop transcribing it (it must not hold the engine)."""
+
+    piece: Piece
+
+
+Action = (
+    DetectSpeech
+    | Emit
+    | Fail
+    | StartResponse
+    | Interrupt
+    | CancelResponse
+    | ConfirmResponse
+    | Judge
+    | TranscribePiece
+    | CancelPiece
+)
 
 #: Under ``semantic_vad`` with speculation off, the end-of-turn model is still asked this far into a pause.
 JUDGE_AFTER_MS = 160
@@ -160,7 +201,13 @@ class TurnTaking:
     max_pending_turns: int = 4
     #: An end-of-turn model can judge (``Judge``); without one ``semantic_vad`` uses the transcript alone.
     end_of_turn_model: bool = False
+    #: Transcribe the utterance in pieces cut at the speaker's pauses, while they speak.
+    transcribe_pieces: bool = False
     detector: SpeechDetector | None = None
+    _pieces: list[Piece] = attrs.field(factory=list)  # of the utterance in progress
+    _cut: int = 0  # where in the input buffer the last piece ends
+    _voiced_after_cut: bool = False
+    _deltas_sent: int = 0  # of the utterance's pieces
     _policy: SemanticPolicy | None = None  # under semantic_vad
     _pause: _Pause | None = None  # under semantic_vad, the pause in progress
     _input: bytearray = attrs.field(factory=bytearray)
@@ -259,6 +306,9 @@ class TurnTaking:
         if barge_in:
             self._over_response = False
         elif not detector.in_speech:
+            if self._pieces:  # an utterance that made no turn (its end was refused)
+                actions += self._drop_pieces()
+                self._pieces, self._cut, self._voiced_after_cut, self._deltas_sent = [], 0, False, 0
             # Outside speech keep only what a speech start could still need as its prefix.
             keep_ms = vad.prefix_padding_ms + vad.min_speech_duration_ms + 2 * CHUNK_MS
             del self._input[: max(0, len(self._input) - int(keep_ms) * p.BYTES_PER_MS)]
@@ -288,7 +338,7 @@ class TurnTaking:
     def clear(self) -> list[Action]:
         """``input_audio.clear``: forget the audio of the turn in progress and any speech in progress."""
         cleared_ms = p.audio_ms(len(self._input))
-        actions = self._drop_speculation()
+        actions = self._drop_speculation() + self._drop_pieces()
         self._clear_input()
         if self.detector is not None:
             self.detector = None
@@ -330,6 +380,18 @@ class TurnTaking:
         self._pause.transcript = text
         return self._decide_end(now)
 
+    def piece_transcribed(self, piece: Piece, text: str) -> list[Action]:
+        """``piece``'s words: ``transcript.delta`` events for the utterance in progress, in order."""
+        piece.text = text
+        actions: list[Action] = []
+        while self._deltas_sent < len(self._pieces) and self._pieces[self._deltas_sent].text is not None:
+            words = self._pieces[self._deltas_sent].text or ""
+            if words:
+                said = any(earlier.text for earlier in self._pieces[: self._deltas_sent])
+                actions.append(Emit(p.TranscriptDelta(delta=" " + words if said else words)))
+            self._deltas_sent += 1
+        return actions
+
     def response_started(self, response: Response) -> None:
         """The responder took ``response`` from the queue."""
         response.queued = False
@@ -355,6 +417,7 @@ class TurnTaking:
             if not response.speculative and not response.cancelled:
                 response.cancelled = True
                 actions.append(Interrupt(response))
+                actions += [CancelPiece(piece) for piece in response.pieces]
                 if response.audio:
                     self._carried.append(response)
         return actions
@@ -371,7 +434,8 @@ class TurnTaking:
                 self._over_response = any(not r.cancelled for r in self._responses)
                 return [Emit(p.SpeechStartedEvent(audio_ms=at))]
             case PauseStarted() if not (self._over_response and vad.interrupt_response):
-                actions = self._speculate()
+                actions = self._cut_piece()
+                actions += self._speculate()
                 if self._policy is not None:  # semantic_vad: judge the turn so far at once
                     self._pause = _Pause()
                     if self.end_of_turn_model and self._policy.use_model:
@@ -380,6 +444,7 @@ class TurnTaking:
                 return actions
             case SpeechResumed():
                 self._pause = None
+                self._voiced_after_cut = True
                 return self._drop_speculation()
             case SpeechStopped(audio_ms=at):
                 self._pause = None
@@ -388,6 +453,7 @@ class TurnTaking:
                     # Speech over a response, too short to interrupt it (a cough, an "uh-huh"):
                     # not a turn of its own.
                     log_event(log, "speech.ignored", audio_ms=p.audio_ms(len(self._input)))
+                    actions += self._drop_pieces()
                     self._clear_input()
                     return actions
                 # Without interrupt_response, speech over a response queues behind it.
@@ -451,6 +517,7 @@ class TurnTaking:
             return []
         self._turn_count += 1
         response = Response(f"turn_{self._turn_count}", audio=self._turn_audio(), speculative=True)
+        response.pieces, response.rest = self._pieces_and_rest()
         self._speculative = response
         return self._start(response, supersede=False)
 
@@ -470,7 +537,7 @@ class TurnTaking:
         released, or a new turn queued). While the server is shutting down the turn is refused with
         ``server_shutting_down`` before anything is acknowledged."""
         if self._draining:
-            actions = self._drop_speculation()
+            actions = self._drop_speculation() + self._drop_pieces()
             self._clear_input()
             return actions + [_shutting_down()]
         response, self._speculative = self._speculative, None
@@ -491,6 +558,7 @@ class TurnTaking:
         if not audio:
             return []
         response = self._new_turn(audio=audio)
+        response.pieces, response.rest = self._pieces_and_rest()
         self._clear_input()
         actions = [Emit(p.InputAudioCommitted(turn_id=response.turn_id, audio_ms=p.audio_ms(len(audio))))]
         return actions + self._start(response, supersede=supersede)
@@ -518,7 +586,9 @@ class TurnTaking:
         if response.cancelled:
             return []
         response.cancelled = True
-        return [CancelResponse(response)]
+        # A speculation's pieces stay with the utterance; a turn's are its own.
+        pieces = [] if response.speculative else [CancelPiece(piece) for piece in response.pieces]
+        return [CancelResponse(response), *pieces]
 
     def _busy(self) -> bool:
         return sum(r.queued for r in self._responses) >= self.max_pending_turns
@@ -531,9 +601,33 @@ class TurnTaking:
         return carried + self._input
 
     def _clear_input(self) -> None:
+        """Forget the turn's audio (its pieces, if any, go with the response made of it)."""
         self._input.clear()
         self._overflowed = False
         self._carried.clear()
+        self._pieces, self._cut, self._voiced_after_cut, self._deltas_sent = [], 0, False, 0
+
+    # --- transcription in pieces ------------------------------------------------------------
+
+    def _cut_piece(self) -> list[Action]:
+        """A pause began: the speech since the last cut becomes a piece, transcribed at once."""
+        if not self.transcribe_pieces or len(self._input) <= self._cut or self._overflowed:
+            return []
+        piece = Piece(bytes(self._input[self._cut :]), earlier=tuple(self._pieces))
+        self._pieces.append(piece)
+        self._cut, self._voiced_after_cut = len(self._input), False
+        return [TranscribePiece(piece)]
+
+    def _pieces_and_rest(self) -> tuple[tuple[Piece, ...], bytes]:
+        """The pieces a response of the turn now can reuse, and the audio after them. Audio carried
+        from an interrupted turn is transcribed whole with the rest (no pieces)."""
+        if not self._pieces or any(not r.transcribed for r in self._carried) or self._overflowed:
+            return (), b""
+        return tuple(self._pieces), bytes(self._input[self._cut :]) if self._voiced_after_cut else b""
+
+    def _drop_pieces(self) -> list[Action]:
+        """The utterance's pieces will never be used (no turn is made of it)."""
+        return [CancelPiece(piece) for piece in self._pieces]
 
     def _configure_detector(self) -> list[Action]:
         vad = self.turn_detection
