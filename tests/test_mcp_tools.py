@@ -17,7 +17,8 @@ import pytest
 import trio
 from prometheus_client import REGISTRY
 
-from voiceorch.engines.base import Engines
+from session_harness import connected, fake_engines
+from voiceorch.engines.base import Engines, ToolCall
 from voiceorch.engines.fakes import FakeLLM, FakeSTT, FakeTTS, FakeVAD
 from voiceorch.engines.mcp_tools import McpServerSpec, McpTools
 from voiceorch.server.http import HttpApp
@@ -202,3 +203,36 @@ async def test_streamable_http_server_gone_and_back() -> None:
             await wait_until(up, "reconnected")
             assert (await tools.call("add", '{"a": 1, "b": 2}')).output == "3"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_response_cancels_its_running_mcp_call_and_keeps_the_history_paired() -> None:
+    """The session's rules with a real MCP server: the LLM calls a slow MCP tool, the client
+    cancels the response while it runs: the MCP server sees the request cancelled, the response
+    ends ``cancelled``, and the next LLM request holds the call paired with a result."""
+    tools = McpTools([STDIO], restart_backoff=0.1)
+    llm = FakeLLM(
+        first_delay=0,
+        delta_delay=0,
+        steps=[["One moment.", ToolCall(call_id="call_slow", name="slow", arguments='{"seconds": 120}')]],
+        reply="Fine.",
+    )
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(BOUND_S):
+            await nursery.start(tools.run)
+            async with connected(fake_engines(llm=llm, tools=tools)) as client:
+                await client.send({"type": "input_text", "text": "Take your time."})
+                started = await tools.call("slow_started", json.dumps({"at_least": 1, "wait_s": 30}))
+                assert started.output == "1"
+                await client.send({"type": "response.cancel"})
+                done = await client.until("response.done")
+                seen = await tools.call("cancellations", json.dumps({"at_least": 1, "wait_s": 30}))
+                await client.send({"type": "input_text", "text": "Still there?"})
+                after = await client.until("response.done")
+        nursery.cancel_scope.cancel()
+    assert done.status == "cancelled" and seen.output == "1"
+    assert "slow" in llm.tools[0]  # the MCP server's tools were offered
+    assert after.status == "completed"
+    history = llm.requests[-1]
+    calls = [m for m in history if getattr(m, "tool_calls", None)]
+    results = [m for m in history if getattr(m, "tool_call_id", None) == "call_slow"]
+    assert [c.call_id for m in calls for c in m.tool_calls] == ["call_slow"] and len(results) == 1
