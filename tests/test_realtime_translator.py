@@ -210,7 +210,9 @@ def test_semantic_vad_is_served_as_semantic_vad_and_echoed_with_its_eagerness():
         ),
         ({"type": "transcription"}, "unsupported", "session.type"),
         ({"output_modalities": ["text"]}, "unsupported", "session.output_modalities"),
-        ({"tools": [{"type": "function", "name": "f"}]}, "unsupported", "session.tools"),
+        ({"tools": [{"type": "mcp", "server_label": "x"}]}, "unsupported", "session.tools[0].type"),
+        ({"tools": [{"type": "function", "name": "bad name"}]}, "invalid_value", "session.tools[0]"),
+        ({"tool_choice": {"type": "function", "name": "nope"}}, "invalid_value", "session.tool_choice"),
         ({"input_audio_format": "pcm16"}, "invalid_event", "session.input_audio_format"),
         ({"instructions": 42}, "invalid_event", "session.instructions"),
     ],
@@ -370,7 +372,7 @@ def test_several_text_items_make_one_turn_and_keep_their_ids():
     [
         ({"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hi"}]}, "item.role"),
         ({"type": "message", "role": "system", "content": [{"type": "input_text", "text": "hi"}]}, "item.role"),
-        ({"type": "function_call_output", "call_id": "c", "output": "{}"}, "item.type"),
+        ({"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}, "item.type"),
         (
             {"type": "message", "role": "user", "content": [{"type": "input_audio", "audio": "AAAA"}]},
             "item.content[0].type",
@@ -652,3 +654,147 @@ def test_frames_that_are_not_supported_events_get_an_error(frame, code):
     link = Link()
     to_session, [error] = link.client(frame)
     assert to_session == [] and error["error"]["code"] == code
+
+
+# --- function calling -------------------------------------------------------------------------
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+
+
+def tool_link() -> Link:
+    link = Link(type="none")
+    [v1], _ = link.client({"type": "session.update", "session": {"tools": [WEATHER], "tool_choice": "required"}})
+    assert v1.session.tools == (p.Tool(**{k: v for k, v in WEATHER.items() if k != "type"}),)
+    assert v1.session.tool_choice == "required"
+    config = p.SessionConfig(instructions="Be brief.", tools=v1.session.tools, tool_choice="required")
+    [updated] = link.session(p.SessionUpdated(session=config))
+    assert updated["session"]["tools"] == [WEATHER] and updated["session"]["tool_choice"] == "required"
+    text = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]}
+    link.client({"type": "conversation.item.create", "item": text})
+    link.client({"type": "response.create"})
+    return link
+
+
+def call_step(link: Link) -> list[dict]:
+    """The session's first step: words, then a call of get_weather."""
+    return link.session(
+        p.ResponseCreated(turn_id="turn_1"),
+        p.TranscriptFinal(turn_id="turn_1", text="Weather in Paris?"),
+        p.ResponseTextDelta(turn_id="turn_1", delta="Let me check."),
+        b"\x00\x01" * 640,
+        p.ResponseToolCallDelta(turn_id="turn_1", call_id="call_w", name="get_weather", delta='{"city": '),
+        p.ResponseToolCallDelta(turn_id="turn_1", call_id="call_w", name="get_weather", delta='"Paris"}'),
+        p.ResponseToolCall(turn_id="turn_1", call_id="call_w", name="get_weather", arguments='{"city": "Paris"}'),
+    )
+
+
+def test_a_function_call_ends_the_response_and_its_output_opens_the_next():
+    link = tool_link()
+    frames = call_step(link)
+    # The call's item ends, then the words' item (they have played: v1 makes its calls only
+    # then), then the response.
+    assert types(frames)[-12:] == [
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.output_audio.delta",  # (the end the resampler held)
+        "response.output_audio.done",
+        "response.output_audio_transcript.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+    ]
+    added = [f for f in frames if f["type"] == "response.output_item.added"]
+    assert [(f["output_index"], f["item"]["type"]) for f in added] == [(0, "message"), (1, "function_call")]
+    call = added[1]["item"]
+    assert (call["call_id"], call["name"], call["status"]) == ("call_w", "get_weather", "in_progress")
+    deltas = [f for f in frames if f["type"] == "response.function_call_arguments.delta"]
+    assert "".join(f["delta"] for f in deltas) == '{"city": "Paris"}'
+    assert {(f["item_id"], f["output_index"], f["call_id"]) for f in deltas} == {(call["id"], 1, "call_w")}
+    [arguments_done] = [f for f in frames if f["type"] == "response.function_call_arguments.done"]
+    assert (arguments_done["name"], arguments_done["arguments"]) == ("get_weather", '{"city": "Paris"}')
+    ended = frames[-1]
+    assert ended["type"] == "response.done" and ended["response"]["status"] == "completed"
+    message, function_call = ended["response"]["output"]
+    assert message["content"][0]["transcript"] == "Let me check."
+    assert function_call == {**call, "status": "completed", "arguments": '{"city": "Paris"}'}
+    first_response = ended["response"]["id"]
+
+    output = {"type": "function_call_output", "call_id": "call_w", "output": '{"sky": "clear"}'}
+    to_session, answers = link.client({"type": "conversation.item.create", "item": output})
+    assert to_session == [p.ToolCallOutput(call_id="call_w", output='{"sky": "clear"}')]
+    assert types(answers) == ["conversation.item.added", "conversation.item.done"]
+    assert answers[0]["item"]["type"] == "function_call_output" and answers[0]["previous_item_id"] == call["id"]
+    to_session, answers = link.client({"type": "response.create"})
+    assert to_session == [] and types(answers) == ["response.created"]
+    second = answers[0]["response"]["id"]
+    assert second != first_response
+    frames = link.session(
+        p.ResponseTextDelta(turn_id="turn_1", delta="It is sunny."), done("turn_1", "completed", "It is sunny.")
+    )
+    assert {f["response_id"] for f in frames if "response_id" in f} == {second}
+    assert frames[-1]["response"]["id"] == second and frames[-1]["response"]["status"] == "completed"
+    [message] = frames[-1]["response"]["output"]
+    assert message["content"][0]["transcript"] == "It is sunny."
+
+
+def test_the_continuation_may_begin_before_the_clients_response_create_which_then_claims_it():
+    link = tool_link()
+    call_step(link)
+    output = {"type": "function_call_output", "call_id": "call_w", "output": "sunny"}
+    link.client({"type": "conversation.item.create", "item": output})
+    frames = link.session(p.ResponseTextDelta(turn_id="turn_1", delta="Sunny."), done("turn_1", "completed"))
+    assert types(frames)[0] == "response.created" and types(frames)[-1] == "response.done"
+    to_session, answers = link.client({"type": "response.create"})
+    assert to_session == [] and answers == []  # claimed: no error, no second response
+
+
+def test_response_create_before_the_outputs_is_refused():
+    link = tool_link()
+    call_step(link)
+    to_session, [error] = link.client({"type": "response.create"})
+    assert to_session == [] and error["error"]["code"] == "invalid_event"
+    assert "function_call_output" in error["error"]["message"]
+
+
+def test_a_call_cut_off_by_a_cancel_ends_incomplete():
+    link = tool_link()
+    frames = link.session(
+        p.ResponseCreated(turn_id="turn_1"),
+        p.ResponseToolCallDelta(turn_id="turn_1", call_id="call_w", name="get_weather", delta='{"ci'),
+        done("turn_1", "cancelled"),
+    )
+    assert types(frames)[-4:] == [
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+    ]
+    response = frames[-1]["response"]
+    assert response["status"] == "cancelled"
+    [call] = response["output"]
+    assert (call["type"], call["status"], call["arguments"]) == ("function_call", "incomplete", '{"ci')
+
+
+def test_a_turn_that_fails_while_its_calls_await_outputs_opens_no_response():
+    link = tool_link()
+    call_step(link)
+    frames = link.session(
+        p.Error(code="tool_call_timeout", message="the client did not answer", turn_id="turn_1"),
+        done("turn_1", "failed"),
+    )
+    assert types(frames) == ["error"] and frames[0]["error"]["code"] == "tool_call_timeout"
+    # A late output still goes to the session (it records it as late); no response is waiting.
+    output = {"type": "function_call_output", "call_id": "call_w", "output": "sunny"}
+    to_session, _ = link.client({"type": "conversation.item.create", "item": output})
+    assert to_session == [p.ToolCallOutput(call_id="call_w", output="sunny")]
+    _, [error] = link.client({"type": "response.create"})
+    assert error["error"]["code"] == "no_new_input"

@@ -74,8 +74,8 @@ class SessionIn:
     output_modalities: list[str] | None = None
     tools: list[Any] | None = None
     model: str | None = None
-    # Accepted and echoed, without effect (see docs/realtime.md).
     tool_choice: Any = None
+    # Accepted and echoed, without effect (see docs/realtime.md).
     max_output_tokens: Any = None
     tracing: Any = None
     truncation: Any = None
@@ -104,6 +104,9 @@ class ItemIn:
     role: str | None = None
     content: list[ContentIn] | None = None
     id: str | None = None
+    #: A ``function_call_output`` item's.
+    call_id: str | None = None
+    output: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -317,7 +320,33 @@ class AssistantMessage:
     content: tuple[OutputAudioContent, ...]
 
 
-Item = Union[UserMessage, AssistantMessage]
+@attrs.frozen(kw_only=True)
+class FunctionCallItem:
+    """A call of one of the client's functions, made by the model."""
+
+    id: str
+    type: Literal["function_call"] = "function_call"
+    object: Literal["realtime.item"] = "realtime.item"
+    status: ItemStatus
+    call_id: str
+    name: str
+    arguments: str
+
+
+@attrs.frozen(kw_only=True)
+class FunctionCallOutputItem:
+    """The client's result of a function call."""
+
+    id: str
+    type: Literal["function_call_output"] = "function_call_output"
+    object: Literal["realtime.item"] = "realtime.item"
+    status: ItemStatus = "completed"
+    call_id: str
+    output: str
+
+
+OutputItem = Union[AssistantMessage, FunctionCallItem]
+Item = Union[UserMessage, AssistantMessage, FunctionCallItem, FunctionCallOutputItem]
 
 
 @attrs.frozen(kw_only=True)
@@ -372,7 +401,7 @@ class Response:
     object: Literal["realtime.response"] = "realtime.response"
     status: ResponseStatus
     status_details: StatusDetails | None = None
-    output: tuple[AssistantMessage, ...] = ()
+    output: tuple[OutputItem, ...] = ()
     conversation_id: str | None = None
     output_modalities: tuple[str, ...] = ("audio",)
     max_output_tokens: Any = "inf"
@@ -518,7 +547,7 @@ class ResponseOutputItemAdded:
     event_id: str
     response_id: str
     output_index: int = 0
-    item: AssistantMessage
+    item: OutputItem
 
 
 @attrs.frozen(kw_only=True)
@@ -527,7 +556,7 @@ class ResponseOutputItemDone:
     event_id: str
     response_id: str
     output_index: int = 0
-    item: AssistantMessage
+    item: OutputItem
 
 
 @attrs.frozen(kw_only=True)
@@ -596,6 +625,29 @@ class ResponseOutputAudioTranscriptDone:
 
 
 @attrs.frozen(kw_only=True)
+class ResponseFunctionCallArgumentsDelta:
+    TYPE: ClassVar[str] = "response.function_call_arguments.delta"
+    event_id: str
+    response_id: str
+    item_id: str
+    output_index: int
+    call_id: str
+    delta: str
+
+
+@attrs.frozen(kw_only=True)
+class ResponseFunctionCallArgumentsDone:
+    TYPE: ClassVar[str] = "response.function_call_arguments.done"
+    event_id: str
+    response_id: str
+    item_id: str
+    output_index: int
+    call_id: str
+    name: str
+    arguments: str
+
+
+@attrs.frozen(kw_only=True)
 class ResponseDone:
     TYPE: ClassVar[str] = "response.done"
     event_id: str
@@ -631,6 +683,8 @@ ServerEvent = Union[
     ResponseOutputAudioDone,
     ResponseOutputAudioTranscriptDelta,
     ResponseOutputAudioTranscriptDone,
+    ResponseFunctionCallArgumentsDelta,
+    ResponseFunctionCallArgumentsDone,
     ResponseDone,
     Error,
 ]

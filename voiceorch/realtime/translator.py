@@ -105,10 +105,30 @@ class _AssistantItem:
     turn_id: str
     previous_item_id: str | None
     samples: int = 0  # 24 kHz samples of its audio sent to the client
+    output_index: int = 0  # its place in its response's output
 
     @property
     def sent_ms(self) -> float:
         return self.samples * 1000 / ev.SAMPLE_RATE
+
+
+@attrs.define
+class _FunctionCall:
+    """A function call item of the response in progress."""
+
+    item_id: str
+    call_id: str
+    name: str
+    output_index: int
+    previous_item_id: str | None
+    arguments: str = ""
+    done: bool = False  # its response.function_call_arguments.done was sent
+    status: ev.ItemStatus = "in_progress"
+
+    def item(self, status: ev.ItemStatus) -> ev.FunctionCallItem:
+        return ev.FunctionCallItem(
+            id=self.item_id, status=status, call_id=self.call_id, name=self.name, arguments=self.arguments
+        )
 
 
 @attrs.define
@@ -118,6 +138,8 @@ class _Response:
     turn_id: str
     response_id: str
     resampler: soxr.ResampleStream
+    #: Its function call items, by call id, in output order.
+    calls: dict[str, _FunctionCall] = attrs.Factory(dict)
     item: _AssistantItem | None = None
     transcript: list[str] = attrs.Factory(list)
     error: p.Error | None = None
@@ -143,6 +165,45 @@ def _remember(table: collections.OrderedDict, key: str, value: Any, limit: int) 
     table.move_to_end(key)
     while len(table) > limit:
         table.popitem(last=False)
+
+
+def _tools(tools: list[Any]) -> tuple[p.Tool, ...]:
+    """``session.tools`` as v1 tools: functions only, each checked as v1 checks them."""
+    checked = []
+    for index, tool in enumerate(tools):
+        param = f"session.tools[{index}]"
+        if not isinstance(tool, dict):
+            raise _error("invalid_value", "a tool is an object", param)
+        if tool.get("type") == "mcp":
+            raise _unsupported(f"{param}.type", "MCP tools are the server's own (serve --mcp); declare functions here")
+        if tool.get("type") != "function":
+            raise _error("invalid_value", "a tool's type is 'function'", f"{param}.type")
+        fields = {key: tool[key] for key in ("name", "description", "parameters") if tool.get(key) is not None}
+        for key, kind in (("name", str), ("description", str), ("parameters", dict)):
+            if key in fields and not isinstance(fields[key], kind):
+                raise _error("invalid_value", f"a tool's {key} is a {'string' if kind is str else 'object'}", param)
+        if "name" not in fields:
+            raise _error("invalid_value", "a function needs a name", f"{param}.name")
+        try:
+            checked.append(p.Tool(**fields))
+        except ValueError as exc:
+            raise _error("invalid_value", str(exc), param) from None
+    return tuple(checked)
+
+
+def _tool_choice(choice: Any) -> str:
+    """``tool_choice`` as v1 has it: a mode, or the name of the function to call."""
+    if isinstance(choice, str) and choice in p.TOOL_CHOICES:
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        return choice["name"]
+    if isinstance(choice, dict) and choice.get("type") == "mcp":
+        raise _unsupported("session.tool_choice", "MCP tools are the server's own; choose a function")
+    raise _error(
+        "invalid_value",
+        'tool_choice is "auto", "none", "required" or {"type": "function", "name": ...}',
+        "session.tool_choice",
+    )
 
 
 def _check_format(fmt: ev.AudioFormatIn | None, param: str) -> None:
@@ -187,6 +248,11 @@ class RealtimeTranslator:
         self._items: collections.OrderedDict[str, bool] = collections.OrderedDict()
         self._latest_assistant: _AssistantItem | None = None  # the only one a truncate may cut
         self._current: _Response | None = None
+        # Function calling: a v1 turn goes on after its calls' outputs, where the Realtime API
+        # ends the response with its calls and answers the outputs in a new one.
+        self._waiting_turn: str | None = None  # a v1 turn whose calls await outputs, between responses
+        self._outputs_sent = False  # an output went to that turn since its calls ended a response
+        self._unclaimed_continuation = False  # a continuation opened before its response.create came
 
     # --- client -> session ----------------------------------------------------------------
 
@@ -266,8 +332,16 @@ class RealtimeTranslator:
             raise _unsupported(
                 "session.output_modalities", 'voiceorch always answers with audio and its transcript: use ["audio"]'
             )
-        if session.tools:
-            raise _unsupported("session.tools", "tools (function calling) are not supported")
+        tools = None if session.tools is None else _tools(session.tools)
+        tool_choice = None if session.tool_choice is None else _tool_choice(session.tool_choice)
+        if tool_choice is not None and tool_choice not in p.TOOL_CHOICES:
+            names = {t.name for t in (tools if tools is not None else self._config.tools if self._config else ())}
+            if tool_choice not in names:
+                raise _error(
+                    "invalid_value",
+                    f"tool_choice names no function of the session: {tool_choice!r}",
+                    "session.tool_choice",
+                )
         audio = session.audio or ev.AudioIn()
         audio_in = audio.input or ev.AudioInputIn()
         audio_out = audio.output or ev.AudioOutputIn()
@@ -283,7 +357,12 @@ class RealtimeTranslator:
             echo = attrs.evolve(echo, transcription=audio_in.transcription)
         if audio_in.noise_reduction is not None:
             echo = attrs.evolve(echo, noise_reduction=audio_in.noise_reduction)
-        patch = p.SessionPatch(instructions=session.instructions, turn_detection=turn_detection)
+        try:
+            patch = p.SessionPatch(
+                instructions=session.instructions, turn_detection=turn_detection, tools=tools, tool_choice=tool_choice
+            )
+        except ValueError as exc:
+            raise _error("invalid_value", str(exc), "session.tools") from None
         frame = p.encode(p.SessionUpdate(session=patch))
         if len(frame.encode()) > p.MAX_TEXT_FRAME_BYTES:  # (the session would refuse it)
             raise _error(
@@ -378,8 +457,11 @@ class RealtimeTranslator:
         return tail.astype("<i2").tobytes()
 
     def _on_item_create(self, item: ev.ItemIn, previous: str | None, out: Translation) -> None:
+        if item.type == "function_call_output":
+            self._on_function_call_output(item, previous, out)
+            return
         if item.type != "message":
-            raise _unsupported("item.type", "only message items are supported (no function calls)")
+            raise _unsupported("item.type", "only message and function_call_output items can be added")
         if item.role != "user":
             raise _unsupported("item.role", "only user messages can be added; voiceorch keeps the conversation itself")
         if previous is not None and previous != self._last_item_id:
@@ -415,6 +497,31 @@ class RealtimeTranslator:
         user = ev.UserMessage(id=item_id, content=tuple(ev.InputTextContent(text=text) for text in texts))
         self._add_user_item(user, out.to_client)
 
+    def _on_function_call_output(self, item: ev.ItemIn, previous: str | None, out: Translation) -> None:
+        """The client's result of a call: to the session at once (the v1 turn goes on when all
+        its calls have theirs; the Realtime response that answers them opens then, or at the
+        client's ``response.create``, whichever comes first)."""
+        if item.call_id is None or item.output is None:
+            raise _error("invalid_event", "a function_call_output item needs call_id and output", "item.call_id")
+        if previous is not None and previous != self._last_item_id:
+            raise _unsupported("previous_item_id", "items can only be added at the end of the conversation")
+        if item.id is not None and len(item.id) > MAX_ITEM_ID_CHARS:
+            raise _error("invalid_value", f"an item id is at most {MAX_ITEM_ID_CHARS} characters", "item.id")
+        item_id = item.id or self._new_id("item")
+        if item_id in self._items:
+            raise _error("invalid_event", f"an item with id {item_id!r} exists already", "item.id")
+        frame = p.encode(p.ToolCallOutput(call_id=item.call_id, output=item.output))
+        if len(frame.encode()) > p.MAX_TEXT_FRAME_BYTES:  # (the session would refuse it)
+            raise _error("invalid_value", f"an output is at most about {p.MAX_TEXT_FRAME_BYTES} bytes", "item.output")
+        out.to_session.append(frame)
+        if self._waiting_turn is not None:
+            self._outputs_sent = True
+        result = ev.FunctionCallOutputItem(id=item_id, call_id=item.call_id, output=item.output)
+        _remember(self._items, item_id, False, MAX_REMEMBERED_ITEMS)
+        self._emit(out.to_client, ev.ConversationItemAdded, item=result, previous_item_id=self._last_item_id)
+        self._emit(out.to_client, ev.ConversationItemDone, item=result, previous_item_id=self._last_item_id)
+        self._last_item_id = item_id
+
     def _on_response_create(self, params: ev.ResponseParamsIn | None, out: Translation) -> None:
         if params is not None:
             if params.conversation not in (None, "auto"):
@@ -422,7 +529,7 @@ class RealtimeTranslator:
             if params.input is not None:
                 raise _unsupported("response.input", "a response answers the conversation; input is not supported")
             if params.tools:
-                raise _unsupported("response.tools", "tools (function calling) are not supported")
+                raise _unsupported("response.tools", "per-response tools are not supported: use session.update")
             if params.instructions is not None:
                 raise _unsupported(
                     "response.instructions", "per-response instructions are not supported: use session.update"
@@ -436,7 +543,19 @@ class RealtimeTranslator:
             self._pending_texts.clear()
             self._pending_text_bytes = 0
             out.to_session.append(p.encode(p.InputText(text=text)))
-        elif not self._commit_unclaimed:
+        elif self._commit_unclaimed:
+            pass  # a committed buffer is answered already
+        elif self._unclaimed_continuation:
+            self._unclaimed_continuation = False  # the response it asks for is open already
+        elif self._waiting_turn is not None:
+            if not self._outputs_sent:
+                raise _error(
+                    "invalid_event",
+                    "the function calls of the last response await their outputs: add function_call_output "
+                    "items (conversation.item.create), then response.create",
+                )
+            self._open_continuation(out.to_client)
+        else:
             raise _error(
                 "no_new_input",
                 "response.create needs a user message added since the last one: "
@@ -523,8 +642,8 @@ class RealtimeTranslator:
                     item_id, audio_ms = self._user_audio[turn_id]
                     usage = ev.DurationUsage(seconds=round(audio_ms / 1000, 3))
                     self._emit(frames, ev.TranscriptionCompleted, item_id=item_id, transcript=text, usage=usage)
-            case p.ResponseTextDelta(delta=delta):
-                response = self._current
+            case p.ResponseTextDelta(turn_id=turn_id, delta=delta):
+                response = self._response_for(turn_id, frames)
                 if response is not None:
                     item = self._start_output(response, frames)
                     response.transcript.append(delta)
@@ -533,8 +652,31 @@ class RealtimeTranslator:
                         ev.ResponseOutputAudioTranscriptDelta,
                         response_id=response.response_id,
                         item_id=item.item_id,
+                        output_index=item.output_index,
                         delta=delta,
                     )
+            case p.ResponseToolCallDelta(turn_id=turn_id, call_id=call_id, name=name, delta=delta):
+                response = self._response_for(turn_id, frames)
+                if response is not None:
+                    call = response.calls.get(call_id) or self._start_call(response, call_id, name, frames)
+                    call.arguments += delta
+                    self._emit(
+                        frames,
+                        ev.ResponseFunctionCallArgumentsDelta,
+                        response_id=response.response_id,
+                        item_id=call.item_id,
+                        output_index=call.output_index,
+                        call_id=call_id,
+                        delta=delta,
+                    )
+            case p.ResponseToolCall(turn_id=turn_id, call_id=call_id, name=name, arguments=arguments):
+                response = self._response_for(turn_id, frames)
+                if response is not None:
+                    call = response.calls.get(call_id) or self._start_call(response, call_id, name, frames)
+                    call.arguments = arguments
+                    self._finish_call(response, call, "completed", frames)
+                    if all(call.done for call in response.calls.values()):
+                        self._end_step(response, frames)
             case p.Error(turn_id=None, code=code, message=text):
                 if code == "input_audio_buffer_empty":
                     self._commit_unclaimed = False  # that commit made no turn
@@ -553,8 +695,81 @@ class RealtimeTranslator:
                 pass  # response.done (cancelled, turn_detected) follows
         return frames
 
+    def _response_for(self, turn_id: str, frames: list[str]) -> _Response | None:
+        """The Realtime response that v1 turn ``turn_id``'s output belongs to: the one in
+        progress, or, for a turn that goes on after its calls' outputs, a new one (None for a
+        turn that has none: it was cancelled before it started)."""
+        if self._current is not None and self._current.turn_id == turn_id:
+            return self._current
+        if self._current is None and self._waiting_turn == turn_id:
+            self._open_continuation(frames)
+            self._unclaimed_continuation = True  # (the client's response.create is still to come)
+            return self._current
+        return None
+
+    def _open_continuation(self, frames: list[str]) -> None:
+        """A new response for the waiting turn: it answers the calls' outputs."""
+        assert self._waiting_turn is not None
+        self._current = _Response(self._waiting_turn, self._new_id("resp"), self._output_resampler())
+        self._waiting_turn = None
+        self._outputs_sent = False
+        self._emit(frames, ev.ResponseCreated, response=self._response(self._current, "in_progress"))
+
+    def _start_call(self, response: _Response, call_id: str, name: str, frames: list[str]) -> _FunctionCall:
+        index = len(response.calls) + (response.item is not None)
+        call = _FunctionCall(self._new_id("item"), call_id, name, index, self._last_item_id)
+        response.calls[call_id] = call
+        _remember(self._items, call.item_id, False, MAX_REMEMBERED_ITEMS)
+        item = call.item("in_progress")
+        self._emit(frames, ev.ResponseOutputItemAdded, response_id=response.response_id, output_index=index, item=item)
+        self._emit(frames, ev.ConversationItemAdded, item=item, previous_item_id=call.previous_item_id)
+        self._last_item_id = call.item_id
+        return call
+
+    def _finish_call(self, response: _Response, call: _FunctionCall, status: ev.ItemStatus, frames: list[str]) -> None:
+        call.done, call.status = True, status
+        self._emit(
+            frames,
+            ev.ResponseFunctionCallArgumentsDone,
+            response_id=response.response_id,
+            item_id=call.item_id,
+            output_index=call.output_index,
+            call_id=call.call_id,
+            name=call.name,
+            arguments=call.arguments,
+        )
+        item = call.item(status)
+        self._emit(
+            frames,
+            ev.ResponseOutputItemDone,
+            response_id=response.response_id,
+            output_index=call.output_index,
+            item=item,
+        )
+        self._emit(frames, ev.ConversationItemDone, item=item, previous_item_id=call.previous_item_id)
+
+    def _end_step(self, response: _Response, frames: list[str]) -> None:
+        """Every call of the response has been made: the response ends with them, as upstream
+        (its words have all played: the v1 turn makes its calls only then); the v1 turn waits
+        for their outputs."""
+        output = self._finish_message(response, "completed", frames, flush=True)
+        calls = tuple(call.item(call.status) for call in response.calls.values())
+        self._current = None
+        self._waiting_turn = response.turn_id
+        self._outputs_sent = False
+        items = sorted((*output, *calls), key=lambda item: self._output_index(response, item.id))
+        self._emit(frames, ev.ResponseDone, response=self._response(response, "completed", output=tuple(items)))
+
+    @staticmethod
+    def _output_index(response: _Response, item_id: str) -> int:
+        if response.item is not None and response.item.item_id == item_id:
+            return response.item.output_index
+        return next(call.output_index for call in response.calls.values() if call.item_id == item_id)
+
     def _on_reply_audio(self, data: bytes, frames: list[str]) -> None:
         response = self._current
+        if response is None and self._waiting_turn is not None:
+            response = self._response_for(self._waiting_turn, frames)
         if response is None or not data:
             return
         item = self._start_output(response, frames)
@@ -566,18 +781,28 @@ class RealtimeTranslator:
             item.samples += len(samples)
             delta = base64.b64encode(samples.astype("<i2").tobytes()).decode("ascii")
             self._emit(
-                frames, ev.ResponseOutputAudioDelta, response_id=response.response_id, item_id=item.item_id, delta=delta
+                frames,
+                ev.ResponseOutputAudioDelta,
+                response_id=response.response_id,
+                item_id=item.item_id,
+                output_index=item.output_index,
+                delta=delta,
             )
 
     def _start_output(self, response: _Response, frames: list[str]) -> _AssistantItem:
         """The response's assistant item, announced on its first text or audio."""
         if response.item is not None:
             return response.item
-        item = response.item = _AssistantItem(self._new_id("item"), response.turn_id, self._last_item_id)
+        item = response.item = _AssistantItem(
+            self._new_id("item"), response.turn_id, self._last_item_id, output_index=len(response.calls)
+        )
         _remember(self._items, item.item_id, True, MAX_REMEMBERED_ITEMS)
         self._latest_assistant = item
         message = ev.AssistantMessage(id=item.item_id, status="in_progress", content=())
-        self._emit(frames, ev.ResponseOutputItemAdded, response_id=response.response_id, item=message)
+        index = item.output_index
+        self._emit(
+            frames, ev.ResponseOutputItemAdded, response_id=response.response_id, output_index=index, item=message
+        )
         self._emit(frames, ev.ConversationItemAdded, item=message, previous_item_id=item.previous_item_id)
         self._last_item_id = item.item_id
         self._emit(
@@ -585,12 +810,47 @@ class RealtimeTranslator:
             ev.ResponseContentPartAdded,
             response_id=response.response_id,
             item_id=item.item_id,
+            output_index=index,
             part=ev.ContentPart(),
         )
         return item
 
+    def _finish_message(
+        self, response: _Response, status: str, frames: list[str], *, flush: bool
+    ) -> tuple[ev.AssistantMessage, ...]:
+        """End the response's assistant message, if it has one (``completed`` if ``status`` is,
+        else ``incomplete``; its audio flushed if ``flush``); returns it."""
+        item = response.item
+        if item is None:
+            return ()
+        if flush:  # the end of the audio the resampler still holds
+            tail = response.resampler.resample_chunk(np.zeros(0, dtype="<i2"), last=True)
+            self._send_audio(response, item, tail, frames)
+        transcript = "".join(response.transcript)
+        ids = {"response_id": response.response_id, "item_id": item.item_id, "output_index": item.output_index}
+        self._emit(frames, ev.ResponseOutputAudioDone, **ids)
+        self._emit(frames, ev.ResponseOutputAudioTranscriptDone, **ids, transcript=transcript)
+        self._emit(frames, ev.ResponseContentPartDone, **ids, part=ev.ContentPart(transcript=transcript))
+        message = ev.AssistantMessage(
+            id=item.item_id,
+            status="completed" if status == "completed" else "incomplete",
+            content=(ev.OutputAudioContent(transcript=transcript),),
+        )
+        self._emit(
+            frames,
+            ev.ResponseOutputItemDone,
+            response_id=response.response_id,
+            output_index=item.output_index,
+            item=message,
+        )
+        self._emit(frames, ev.ConversationItemDone, item=message, previous_item_id=item.previous_item_id)
+        return (message,)
+
     def _on_response_done(self, done: p.ResponseDone, frames: list[str]) -> None:
         self._user_audio.pop(done.turn_id, None)  # (every turn ends with its response.done)
+        if self._waiting_turn == done.turn_id:  # it ended between two responses: nothing is open
+            self._waiting_turn = None
+            self._outputs_sent = False
         response = self._current
         if response is None or response.turn_id != done.turn_id:
             return
@@ -598,25 +858,12 @@ class RealtimeTranslator:
         status = {"interrupted": "cancelled"}.get(done.status, done.status)
         if done.status == "completed" and done.truncated:
             status = "incomplete"  # the reply ended at the LLM's token limit
-        output: tuple[ev.AssistantMessage, ...] = ()
-        item = response.item
-        if item is not None:
-            if done.status == "completed":  # the end of the audio the resampler still holds
-                tail = response.resampler.resample_chunk(np.zeros(0, dtype="<i2"), last=True)
-                self._send_audio(response, item, tail, frames)
-            transcript = "".join(response.transcript)
-            ids = {"response_id": response.response_id, "item_id": item.item_id}
-            self._emit(frames, ev.ResponseOutputAudioDone, **ids)
-            self._emit(frames, ev.ResponseOutputAudioTranscriptDone, **ids, transcript=transcript)
-            self._emit(frames, ev.ResponseContentPartDone, **ids, part=ev.ContentPart(transcript=transcript))
-            message = ev.AssistantMessage(
-                id=item.item_id,
-                status="completed" if status == "completed" else "incomplete",
-                content=(ev.OutputAudioContent(transcript=transcript),),
-            )
-            self._emit(frames, ev.ResponseOutputItemDone, response_id=response.response_id, item=message)
-            self._emit(frames, ev.ConversationItemDone, item=message, previous_item_id=item.previous_item_id)
-            output = (message,)
+        message = self._finish_message(response, status, frames, flush=done.status == "completed")
+        for call in response.calls.values():
+            if not call.done:  # cut off while the model was writing it: never made
+                self._finish_call(response, call, "incomplete", frames)
+        calls = tuple(call.item(call.status) for call in response.calls.values())
+        output = tuple(sorted((*message, *calls), key=lambda item: self._output_index(response, item.id)))
         details = None
         if status == "incomplete":
             details = ev.StatusDetails(type="incomplete", reason="max_output_tokens")
@@ -682,7 +929,21 @@ class RealtimeTranslator:
             ),
             output=ev.AudioOutput(voice=echo.voice),
         )
-        return ev.Session(id=self._session_id, model=self.model, instructions=config.instructions, audio=audio)
+        tools = tuple(
+            {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters}
+            for t in config.tools
+        )
+        choice: Any = config.tool_choice
+        if choice not in p.TOOL_CHOICES:
+            choice = {"type": "function", "name": choice}
+        return ev.Session(
+            id=self._session_id,
+            model=self.model,
+            instructions=config.instructions,
+            audio=audio,
+            tools=tools,
+            tool_choice=choice,
+        )
 
     def _response(
         self,
@@ -690,7 +951,7 @@ class RealtimeTranslator:
         status: str,
         *,
         details: ev.StatusDetails | None = None,
-        output: tuple[ev.AssistantMessage, ...] = (),
+        output: tuple[ev.OutputItem, ...] = (),
         extension: ev.VoiceorchDetails | None = None,
     ) -> ev.Response:
         return ev.Response(
