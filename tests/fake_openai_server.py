@@ -27,6 +27,10 @@ recorded; ``client_disconnected`` is set when a client leaves while a stream is 
 from __future__ import annotations
 
 import json
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import attrs
@@ -201,3 +205,26 @@ async def _send_json(conn: h11.Connection, stream: trio.SocketStream, status: in
     await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
     await stream.send_all(conn.send(h11.Data(data=data)))
     await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+@contextmanager
+def serving_in_thread(server: FakeOpenAIServer) -> Iterator[str]:
+    """Run ``server`` in a Trio loop of its own, in a thread (for synchronous tests that start
+    ``voiceorch serve`` as a child process); yields its base URL, and stops it on exit."""
+    started: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            started.put(await nursery.start(server.serve))
+            while not stop.is_set():
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    try:
+        yield started.get(timeout=30)
+    finally:
+        stop.set()
+        thread.join(timeout=30)

@@ -227,7 +227,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
         "fake_engines",
         action="store_true",
         help="use zero-cost FAKE speech-to-text, LLM and text-to-speech instead of models (speech "
-        "detection stays real): for load tests of the orchestration only",
+        "detection stays real; with --llm-url, the LLM is that server's): for load tests of the "
+        "orchestration, and tests of an LLM server's tool calls",
     )
     tools = s.add_argument_group(
         "tools (MCP)",

@@ -236,15 +236,26 @@ async def _warm_up(engines: Engines) -> None:
         _say(f"warning: the LLM did not answer the warm-up ({exc.message}); /readyz answers 503 until it does")
 
 
-def _fake_engines() -> Engines:
+def _fake_engines(config: ServerConfig) -> Engines:
     """Zero-cost fake STT, LLM and TTS; speech detection stays real (Silero, 0.1 ms a chunk),
-    so real speech drives the turns."""
+    so real speech drives the turns. With ``--llm-url``, the LLM is that server's."""
     from ..engines.fakes import FakeLLM, FakeSTT, FakeTTS
+    from ..engines.openai_llm import OpenAICompatibleLLM
     from ..engines.silero_vad import SileroVAD
 
-    return Engines(
-        stt=FakeSTT(delay=0), llm=FakeLLM(first_delay=0, delta_delay=0), tts=FakeTTS(delay=0), vad=SileroVAD.load()
-    )
+    llm = FakeLLM(first_delay=0, delta_delay=0)
+    if config.llm_url is not None:
+        llm = OpenAICompatibleLLM(
+            base_url=config.llm_url,
+            fallback_urls=config.llm_fallback_urls,
+            api_key=config.llm_api_key,
+            model=config.llm_model,
+            max_tokens=config.llm_max_tokens,
+            max_concurrent_requests=config.llm_concurrency or REMOTE_LLM_CONCURRENCY,
+            first_token_timeout=config.llm_timeout_s,
+            read_timeout=config.llm_timeout_s,
+        )
+    return Engines(stt=FakeSTT(delay=0), llm=llm, tts=FakeTTS(delay=0), vad=SileroVAD.load())
 
 
 def _mcp_tools(config: ServerConfig):
@@ -305,7 +316,8 @@ async def run_server(
                     loading.start_soon(_start_tools, tools, nursery)
                 if config.fake_engines:
                     _say("using FAKE engines (canned transcript, reply and tone; real speech detection)")
-                    engines = _fake_engines()
+                    engines = _fake_engines(config)
+                    close = engines.llm.aclose
                 else:
                     engines, close = await _real_engines(config, nursery)
             if tools is not None:
