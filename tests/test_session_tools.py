@@ -288,3 +288,15 @@ async def test_bad_tools_are_refused_with_a_clear_error_and_change_nothing(autoj
         assert error.code == "invalid_event"
         assert message in error.message, error.message
         assert [t.name for t in client.session.config.tools] == ["get_weather"]
+
+
+async def test_a_call_of_no_tool_when_the_client_declared_none_gets_an_error_result_at_once(autojump_clock):
+    tools = FakeServerTools(results={"get_time": "noon"})
+    llm = FakeLLM(steps=[[ToolCall(call_id="x", name="hang_up", arguments="{}")], [FINAL]])
+    async with connected(fake_engines(llm=llm, tools=tools)) as client:
+        await client.send({"type": "input_text", "text": "Bye"})
+        done = await client.until("response.done")
+    assert done.status == "completed" and done.text == FINAL
+    assert client.events("response.tool_call") == [] and client.events("response.tool_call.delta") == []
+    assert llm.requests[1][-1].content == "Error: there is no tool named 'hang_up'"
+    check_pairs(client.session.conversation.messages)

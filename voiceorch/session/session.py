@@ -487,6 +487,7 @@ class Session:
             specs=(*client_specs(self.config.tools), *server),
             choice=self.config.tool_choice,
             server_names=frozenset(spec.name for spec in server),
+            client_tools=bool(self.config.tools),
         )
 
     def _on_playback_position(self, turn_id: str, played_ms: float) -> None:

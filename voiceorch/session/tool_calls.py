@@ -2,8 +2,9 @@
 
 A step of a reply (one LLM request) may end with tool calls. A call whose name is one of the
 server's tools (``Engines.tools``) is run by the server; any other goes to the client
-(``response.tool_call``), which answers with ``tool_call.output``. The rules, which hold by
-construction:
+(``response.tool_call``), which answers with ``tool_call.output`` — unless the client declared
+no tools (it would never answer): then the LLM gets an error result at once. The rules, which
+hold by construction:
 
 - A step's calls start only once the turn is confirmed and the words said before them have
   played (the turn waits for its audio first): a response cancelled or interrupted before
@@ -47,12 +48,20 @@ class ToolOffer:
     choice: str = "auto"
     #: Names of the tools the server runs itself (any other call goes to the client).
     server_names: frozenset[str] = frozenset()
+    #: Whether the client declared tools (if not, a call of no server tool is answered with an error).
+    client_tools: bool = False
+
+    def runner(self, name: str) -> str:
+        """Who runs a call of ``name``: ``"server"``, ``"client"`` or ``"nobody"``."""
+        if name in self.server_names:
+            return "server"
+        return "client" if self.client_tools else "nobody"
 
 
 @attrs.define(eq=False)
 class _Call:
     call: ToolCall
-    server: bool
+    runner: str  # ToolOffer.runner's
     started: bool = False
     result: str | None = None
     #: Why there is no result, for the history, if none comes.
@@ -71,11 +80,11 @@ class Step:
     calls: list[_Call] = attrs.field(factory=list)
     _by_index: dict[int, _Call] = attrs.field(factory=dict)
 
-    def feed(self, delta: ToolCallDelta, server_names: frozenset[str]) -> None:
+    def feed(self, delta: ToolCallDelta, tools: ToolOffer) -> None:
         """Add a piece of a call (a new index starts a new call). Not a checkpoint."""
         known = self._by_index.get(delta.index)
         if known is None:
-            known = _Call(ToolCall(call_id=delta.call_id, name=delta.name, arguments=""), delta.name in server_names)
+            known = _Call(ToolCall(call_id=delta.call_id, name=delta.name, arguments=""), tools.runner(delta.name))
             self._by_index[delta.index] = known
             self.calls.append(known)
         known.call = attrs.evolve(known.call, arguments=known.call.arguments + delta.arguments)
@@ -120,7 +129,7 @@ class ToolLedger:
             return False
         for step in self.steps:
             for call in step.calls:
-                if call.call.call_id == call_id and call.started and not call.server and call.result is None:
+                if call.call.call_id == call_id and call.started and call.runner == "client" and call.result is None:
                     call.result = LATE_RESULT_PREFIX + output if self.ended else output
                     call.answered.set()
                     return True
@@ -155,12 +164,17 @@ async def run_calls(
     ``tool_call_timeout`` if the client does not answer a call within ``timeout_s`` (the other
     calls are then cancelled). Cancellation cancels the server's calls in progress.
     """
+    await trio.lowlevel.checkpoint_if_cancelled()  # (nothing starts in a response cancelled meanwhile)
     async with trio.open_nursery() as nursery:
         for call in step.calls:
-            if call.server:
+            if call.runner == "server":
                 nursery.start_soon(_run_server_call, call, engines, timeout_s)
-            else:
+            elif call.runner == "client":
                 nursery.start_soon(_run_client_call, call, turn_id, send, timeout_s)
+            else:
+                call.started = True
+                call.result = f"Error: there is no tool named {call.call.name!r}"
+                log_event(log, "tool.unknown", name=call.call.name, call_id=call.call.call_id)
 
 
 async def _run_server_call(call: _Call, engines: Engines, timeout_s: float) -> None:

@@ -388,8 +388,8 @@ async def _split_reply(
             if progress.llm_ttft_ms is None and progress.llm_started is not None:
                 progress.llm_ttft_ms = _ms(trio.current_time() - progress.llm_started)
             if isinstance(delta, ToolCallDelta):
-                step.feed(delta, tools.server_names)
-                if delta.name not in tools.server_names:
+                step.feed(delta, tools)
+                if tools.runner(delta.name) == "client":
                     await out.send(
                         p.ResponseToolCallDelta(
                             turn_id=turn_id, call_id=delta.call_id, name=delta.name, delta=delta.arguments
