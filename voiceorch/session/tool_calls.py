@@ -22,7 +22,7 @@ hold by construction:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
 import trio
@@ -155,26 +155,33 @@ async def run_calls(
     *,
     turn_id: str,
     engines: Engines,
-    send: Callable[[p.ServerEvent], object],
+    send: Callable[[p.ServerEvent], Awaitable[None]],
     timeout_s: float,
 ) -> None:
-    """Run ``step``'s calls concurrently until each has its result.
+    """Run ``step``'s calls until each has its result: the client is sent its calls first, in
+    order (``response.tool_call``), then the server's calls run concurrently while the client's
+    outputs are awaited.
 
     ``send`` hands an event to the turn's output. Raises :class:`EngineError`
     ``tool_call_timeout`` if the client does not answer a call within ``timeout_s`` (the other
     calls are then cancelled). Cancellation cancels the server's calls in progress.
     """
     await trio.lowlevel.checkpoint_if_cancelled()  # (nothing starts in a response cancelled meanwhile)
+    for call in step.calls:  # the client is asked first, in the order of the calls
+        if call.runner == "client":
+            c = call.call
+            await send(p.ResponseToolCall(turn_id=turn_id, call_id=c.call_id, name=c.name, arguments=c.arguments))
+            call.started = True  # (a memory channel's send delivers or not: the client has it now)
+        elif call.runner == "nobody":
+            call.started = True
+            call.result = f"Error: there is no tool named {call.call.name!r}"
+            log_event(log, "tool.unknown", name=call.call.name, call_id=call.call.call_id)
     async with trio.open_nursery() as nursery:
         for call in step.calls:
             if call.runner == "server":
                 nursery.start_soon(_run_server_call, call, engines, timeout_s)
             elif call.runner == "client":
-                nursery.start_soon(_run_client_call, call, turn_id, send, timeout_s)
-            else:
-                call.started = True
-                call.result = f"Error: there is no tool named {call.call.name!r}"
-                log_event(log, "tool.unknown", name=call.call.name, call_id=call.call.call_id)
+                nursery.start_soon(_wait_for_client, call, timeout_s)
 
 
 async def _run_server_call(call: _Call, engines: Engines, timeout_s: float) -> None:
@@ -200,13 +207,8 @@ async def _run_server_call(call: _Call, engines: Engines, timeout_s: float) -> N
     )
 
 
-async def _run_client_call(
-    call: _Call, turn_id: str, send: Callable[[p.ServerEvent], object], timeout_s: float
-) -> None:
+async def _wait_for_client(call: _Call, timeout_s: float) -> None:
     c = call.call
-    await trio.lowlevel.checkpoint_if_cancelled()  # (as for a server call)
-    await send(p.ResponseToolCall(turn_id=turn_id, call_id=c.call_id, name=c.name, arguments=c.arguments))
-    call.started = True  # (a memory channel's send delivers or not: the client has it now)
     started = trio.current_time()
     with trio.move_on_after(timeout_s) as limit:
         await call.answered.wait()
