@@ -119,6 +119,35 @@ async def test_the_concurrency_server_admits_every_session_of_a_level_above_the_
     assert len(set(created)) == n
 
 
+async def test_the_phone_mode_measures_a_call_beside_the_voice_endpoint(tmp_path):
+    """``python -m bench.phone``'s measurements against the fake-engine server (real Silero
+    VAD): a Twilio call speaking μ-law in real time gets a reply, both paths have a figure, and
+    the call's turn is found in the server's log by its callSid."""
+    from bench import phone
+    from bench.scenarios import DATA, Clip
+
+    server = await trio.to_thread.run_sync(
+        lambda: ServerProcess.start(*fake_server_args(2), log_path=tmp_path / "fake.log", ready_timeout=120)
+    )
+    try:
+        with trio.fail_after(90):
+            samples = await phone.run(
+                server.url.removesuffix("/v1/voice"), [Clip.load(DATA / "hotwords_16k.wav")], 1, 60
+            )
+    finally:
+        await trio.to_thread.run_sync(server.stop)
+    phone.attach_server_metrics(samples, server.log_lines())
+    (call,) = samples["phone_ulaw_8k"]
+    assert "error" not in call and not call["earlier_reply"], call
+    assert call["phone_voice_to_voice_ms"] > 0 and call["reply_media_messages"] > 0 and call["marks_echoed"] > 0
+    assert call["metrics"]["ttfb_ms"] is not None  # the call's own turn, from the server's log
+    summary = phone.summarize(samples)
+    for path in ("voice_16k", "phone_ulaw_8k"):
+        _sane(summary[path]["voice_to_voice_ms"])
+        _sane(summary[path]["client_minus_server_ms"])
+    assert "phone_minus_voice_p50_client_minus_server_ms" in summary and "phone_ulaw_8k" in phone.render(summary)
+
+
 def _level(**changes) -> dict:
     added = {"n": 80, "p50": 25.0, "p95": 28.0, "p99": 30.0, "max": 31.0}
     level = {
