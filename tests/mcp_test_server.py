@@ -5,8 +5,9 @@ free loopback port, or ``--port N``; it prints ``port: N`` on stdout once it lis
 another server name and ``--prefix P`` prefixes its tools' names (two servers whose tools clash).
 
 Tools: ``add(a, b)``, ``weather(city)``, ``fail(reason)`` (raises ``ToolError``),
-``slow(seconds)`` (sleeps; its start and its cancellation are counted), ``slow_started()`` and
-``cancellations()`` (those counts; each waits up to ``wait_s`` for at least ``at_least``), and
+``slow(seconds, tag)`` (sleeps; its start and its cancellation are counted by tag),
+``slow_started(tag)`` and ``cancellations(tag)`` (those counts; each waits up to ``wait_s`` for
+at least ``at_least``), and
 ``name()`` and ``pid()`` (the server's name and process id).
 """
 
@@ -24,20 +25,20 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 def build(name: str, prefix: str) -> MCPServer:
     server = MCPServer(name, log_level="WARNING")
-    counts = {"started": 0, "cancelled": 0}
+    counts: dict[tuple[str, str], int] = {}  # (what, tag) -> how many
     changed = anyio.Event()
 
-    def count(what: str) -> None:
+    def count(what: str, tag: str) -> None:
         nonlocal changed
-        counts[what] += 1
+        counts[what, tag] = counts.get((what, tag), 0) + 1
         changed.set()
         changed = anyio.Event()
 
-    async def wait_for(what: str, at_least: int, wait_s: float) -> str:
+    async def wait_for(what: str, tag: str, at_least: int, wait_s: float) -> str:
         with anyio.move_on_after(wait_s):
-            while counts[what] < at_least:
+            while counts.get((what, tag), 0) < at_least:
                 await changed.wait()
-        return str(counts[what])
+        return str(counts.get((what, tag), 0))
 
     @server.tool(name=f"{prefix}add", description="Add two integers.")
     def add(a: int, b: int) -> str:
@@ -52,22 +53,22 @@ def build(name: str, prefix: str) -> MCPServer:
         raise ToolError(reason)
 
     @server.tool(name=f"{prefix}slow", description="Sleeps, then answers.")
-    async def slow(seconds: float) -> str:
-        count("started")
+    async def slow(seconds: float, tag: str = "") -> str:
+        count("started", tag)
         try:
             await anyio.sleep(seconds)
         except anyio.get_cancelled_exc_class():
-            count("cancelled")
+            count("cancelled", tag)
             raise
         return f"slept {seconds} s"
 
-    @server.tool(name=f"{prefix}slow_started", description="How many slow calls began.")
-    async def slow_started(at_least: int = 0, wait_s: float = 0.0) -> str:
-        return await wait_for("started", at_least, wait_s)
+    @server.tool(name=f"{prefix}slow_started", description="How many slow calls with this tag began.")
+    async def slow_started(tag: str = "", at_least: int = 0, wait_s: float = 0.0) -> str:
+        return await wait_for("started", tag, at_least, wait_s)
 
-    @server.tool(name=f"{prefix}cancellations", description="How many slow calls were cancelled.")
-    async def cancellations(at_least: int = 0, wait_s: float = 0.0) -> str:
-        return await wait_for("cancelled", at_least, wait_s)
+    @server.tool(name=f"{prefix}cancellations", description="How many slow calls with this tag were cancelled.")
+    async def cancellations(tag: str = "", at_least: int = 0, wait_s: float = 0.0) -> str:
+        return await wait_for("cancelled", tag, at_least, wait_s)
 
     @server.tool(name=f"{prefix}name", description="The server's name.")
     def server_name() -> str:
