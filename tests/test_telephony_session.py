@@ -71,3 +71,20 @@ async def test_the_position_after_a_clear_reaches_the_session_while_the_carrier_
         assert session.conversation.messages[-1].content == "Sure thing."
 
     await run_call(scenario)
+
+
+async def test_reply_audio_reaches_the_carrier_well_before_it_plays(autojump_clock):
+    """The carrier starts playing the reply when its first audio arrives and plays on without a
+    gap only if each later piece arrives before its turn: soxr lets 8 kHz audio out in ~104 ms
+    blocks, so the playback lead must cover a block and leave the carrier's jitter buffer room."""
+
+    async def scenario(phone: Carrier, session: Session) -> None:
+        await trio.sleep(0.1)
+        await phone.send(dtmf_frame("twilio", phone.next_seq(), "#"))
+        while phone.audio_ms < 2500:  # "Sure thing. Here is a short answer." and more
+            await trio.sleep(0.05)
+        start = phone.media_at[0][0]
+        margins_ms = [(start + ms / 1000 - at) * 1000 for at, ms in phone.media_at[1:]]
+        assert len(margins_ms) >= 20 and min(margins_ms) >= 50, margins_ms
+
+    await run_call(scenario)

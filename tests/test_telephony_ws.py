@@ -129,6 +129,7 @@ class Carrier:
         self.received: list = []
         self.audio_frames = 0
         self.reply_audio = bytearray()  # every reply payload, in order
+        self.media_at: list[tuple[float, float]] = []  # (arrival time, reply audio ms before it)
         self.audio_ms = 0.0  # reply audio received
         self.played_ms = 0.0  # up to the last mark echoed
         self.echoed = 0
@@ -179,6 +180,7 @@ class Carrier:
             if kind == "media":
                 payload = base64.b64decode(data["media"]["payload"])
                 assert payload
+                self.media_at.append((trio.current_time(), self.audio_ms))
                 self.audio_frames += 1
                 self.reply_audio.extend(payload)
                 self.audio_ms += len(payload) / bytes_per_ms
