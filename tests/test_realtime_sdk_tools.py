@@ -1,4 +1,4 @@
-"""Function calling on ``/v1/realtime``, driven by the official openai SDK's realtime client
+"""Function calling (and text-only replies) on ``/v1/realtime``, driven by the official openai SDK's realtime client
 against a real ``voiceorch serve --fake-engines --llm-url`` whose LLM is the fake
 OpenAI-compatible server, scripted to call a tool in the real wire format (STT and TTS are the
 canned fakes). The SDK's models validate every frame (realtime_harness.checked)."""
@@ -85,3 +85,23 @@ def test_a_function_call_and_its_output_through_the_sdk(server, llm):
     messages = fake.requests[1]["messages"]
     assert messages[-2]["tool_calls"][0]["id"] == "call_w"
     assert messages[-1] == {"role": "tool", "content": '{"sky": "clear"}', "tool_call_id": "call_w"}
+
+
+def test_a_text_only_session_through_the_sdk(server, llm):
+    fake, _ = llm
+    fake.script = [["Hello ", "there."]]
+    with sdk_client(server, TOKEN).realtime.connect(model="gpt-realtime") as connection, deadline(connection, 60):
+        events = Events(connection)
+        events.until("session.created")
+        connection.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+        assert events.until("session.updated").session.output_modalities == ["text"]
+        connection.conversation.item.create(
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}
+        )
+        connection.response.create()
+        done = events.until("response.done")
+    assert done.response.status == "completed" and done.response.output_modalities == ["text"]
+    [message] = done.response.output
+    assert message.content[0].type == "output_text" and message.content[0].text == "Hello there."
+    assert "".join(e.delta for e in events.of_type("response.output_text.delta")) == "Hello there."
+    assert events.of_type("response.output_audio.delta") == []

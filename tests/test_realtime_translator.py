@@ -209,7 +209,7 @@ def test_semantic_vad_is_served_as_semantic_vad_and_echoed_with_its_eagerness():
             "session.audio.input.turn_detection.silence_duration_ms",
         ),
         ({"type": "transcription"}, "unsupported", "session.type"),
-        ({"output_modalities": ["text"]}, "unsupported", "session.output_modalities"),
+        ({"output_modalities": ["audio", "text"]}, "unsupported", "session.output_modalities"),
         ({"tools": [{"type": "mcp", "server_label": "x"}]}, "unsupported", "session.tools[0].type"),
         ({"tools": [{"type": "function", "name": "bad name"}]}, "invalid_value", "session.tools[0]"),
         ({"tool_choice": {"type": "function", "name": "nope"}}, "invalid_value", "session.tool_choice"),
@@ -798,3 +798,38 @@ def test_a_turn_that_fails_while_its_calls_await_outputs_opens_no_response():
     assert to_session == [p.ToolCallOutput(call_id="call_w", output="sunny")]
     _, [error] = link.client({"type": "response.create"})
     assert error["error"]["code"] == "no_new_input"
+
+
+def test_a_text_only_session_answers_with_output_text_events():
+    link = Link(type="none")
+    [v1], _ = link.client({"type": "session.update", "session": {"output_modalities": ["text"]}})
+    assert v1.session.output_modalities == ("text",)
+    config = p.SessionConfig(instructions="Be brief.", turn_detection=p.TurnDetection(type="none"))
+    [updated] = link.session(p.SessionUpdated(session=attrs.evolve(config, output_modalities=("text",))))
+    assert updated["session"]["output_modalities"] == ["text"]
+    _, [error] = link.client({"type": "response.create", "response": {"output_modalities": ["audio"]}})
+    assert (error["error"]["code"], error["error"]["param"]) == ("unsupported", "response.output_modalities")
+    frames = link.session(
+        p.ResponseCreated(turn_id="turn_1"),
+        p.ResponseTextDelta(turn_id="turn_1", delta="Hello "),
+        p.ResponseTextDelta(turn_id="turn_1", delta="there."),
+        done("turn_1", "completed", "Hello there."),
+    )
+    assert types(frames) == [
+        "response.created",
+        "response.output_item.added",
+        "conversation.item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+    ]
+    assert frames[0]["response"]["output_modalities"] == ["text"]
+    assert frames[3]["part"] == {"type": "text", "text": ""}
+    assert frames[6]["text"] == "Hello there." and frames[7]["part"] == {"type": "text", "text": "Hello there."}
+    [message] = frames[-1]["response"]["output"]
+    assert message["content"] == [{"type": "output_text", "text": "Hello there."}]

@@ -300,3 +300,42 @@ async def test_a_call_of_no_tool_when_the_client_declared_none_gets_an_error_res
     assert client.events("response.tool_call") == [] and client.events("response.tool_call.delta") == []
     assert llm.requests[1][-1].content == "Error: there is no tool named 'hang_up'"
     check_pairs(client.session.conversation.messages)
+
+
+async def test_text_only_replies_send_no_audio_and_remember_the_text(autojump_clock):
+    reply = "Sure thing. Here is a short answer. Anything else?"
+    llm = FakeLLM(steps=[["Let me check.", CALL_W], [reply]])
+    engines = fake_engines(llm=llm)
+    async with connected(engines) as client:
+        await client.send({"type": "session.update", "session": {"output_modalities": ["text"], "tools": [WEATHER]}})
+        updated = await client.until("session.updated")
+        assert updated.session.output_modalities == ("text",)
+        await client.send({"type": "input_text", "text": "Weather?"})
+        await client.until("response.tool_call")
+        await client.send({"type": "tool_call.output", "call_id": "call_w", "output": "sunny"})
+        done = await client.until("response.done")
+        await client.send({"type": "session.update", "session": {"output_modalities": ["audio", "text"]}})
+        error = await client.until("error")
+    assert not any(isinstance(item, bytes) for item in client.log)
+    assert engines.tts.texts == []
+    assert done.status == "completed" and done.text == "Let me check. " + reply
+    assert done.metrics.audio_ms == 0 and done.metrics.ttfb_ms is None
+    history = client.session.conversation.messages
+    assert [(m.role, m.content) for m in history if m.role != "tool"] == [
+        ("user", "Weather?"),
+        ("assistant", "Let me check."),
+        ("assistant", reply),
+    ]
+    assert error.code == "invalid_event" and "output_modalities" in error.message
+
+
+async def test_a_text_only_reply_cancelled_midway_remembers_the_sentences_sent(autojump_clock):
+    llm = FakeLLM(delta_delay=1.0)  # "Sure thing. Here is a short answer. Anything else?" a word a second
+    async with connected(fake_engines(llm=llm)) as client:
+        await client.send({"type": "session.update", "session": {"output_modalities": ["text"]}})
+        await client.send({"type": "input_text", "text": "Hi"})
+        await trio.sleep(4.5)  # "Sure thing. Here is a" sent
+        await client.send({"type": "response.cancel"})
+        done = await client.until("response.done")
+    assert done.status == "cancelled" and done.text == "Sure thing."
+    assert client.session.conversation.messages[-1].content == "Sure thing."

@@ -92,6 +92,14 @@ TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_TOOLS = 128
 #: ``tool_choice`` values besides the name of one of the session's tools.
 TOOL_CHOICES = ("auto", "none", "required")
+#: What a response may be made of: spoken audio (with its text), or text alone.
+OUTPUT_MODALITIES = (("audio",), ("text",))
+Modality = Literal["audio", "text"]
+
+
+def _check_modalities(_instance: object, _attribute: object, value: tuple[str, ...] | None) -> None:
+    if value is not None and value not in OUTPUT_MODALITIES:
+        raise ValueError(f'output_modalities is ["audio"] or ["text"]; got {list(value)}')
 
 
 def _check_tool_name(_instance: object, _attribute: object, name: str) -> None:
@@ -140,6 +148,8 @@ class SessionConfig:
     turn_detection: TurnDetection = TurnDetection()
     tools: tuple[Tool, ...] = attrs.field(default=(), metadata={OMIT_IF_DEFAULT: True})
     tool_choice: str = attrs.field(default="auto", metadata={OMIT_IF_DEFAULT: True})
+    #: ``["audio"]``: spoken replies (and their text); ``["text"]``: text alone, no audio.
+    output_modalities: tuple[Modality, ...] = attrs.field(default=("audio",), metadata={OMIT_IF_DEFAULT: True})
 
     def __attrs_post_init__(self) -> None:
         if self.tool_choice not in TOOL_CHOICES and self.tool_choice not in {tool.name for tool in self.tools}:
@@ -161,6 +171,7 @@ class SessionPatch:
     turn_detection: TurnDetectionPatch | None = None
     tools: tuple[Tool, ...] | None = attrs.field(default=None, validator=_check_tools)
     tool_choice: str | None = None
+    output_modalities: tuple[Modality, ...] | None = attrs.field(default=None, validator=_check_modalities)
 
     def apply(self, config: SessionConfig) -> SessionConfig:
         """The configuration with this patch applied. Raises ``ValueError`` if the result is

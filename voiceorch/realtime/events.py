@@ -297,6 +297,12 @@ class OutputAudioContent:
     transcript: str = ""
 
 
+@attrs.frozen(kw_only=True)
+class OutputTextContent:
+    type: Literal["output_text"] = "output_text"
+    text: str = ""
+
+
 ItemStatus = Literal["completed", "incomplete", "in_progress"]
 
 
@@ -317,7 +323,7 @@ class AssistantMessage:
     object: Literal["realtime.item"] = "realtime.item"
     status: ItemStatus
     role: Literal["assistant"] = "assistant"
-    content: tuple[OutputAudioContent, ...]
+    content: tuple[OutputAudioContent | OutputTextContent, ...]
 
 
 @attrs.frozen(kw_only=True)
@@ -355,6 +361,14 @@ class ContentPart:
 
     type: Literal["audio"] = "audio"
     transcript: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class TextPart:
+    """The part of a text-only response (``output_modalities: ["text"]``)."""
+
+    type: Literal["text"] = "text"
+    text: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -567,7 +581,7 @@ class ResponseContentPartAdded:
     item_id: str
     output_index: int = 0
     content_index: int = 0
-    part: ContentPart
+    part: ContentPart | TextPart
 
 
 @attrs.frozen(kw_only=True)
@@ -578,7 +592,7 @@ class ResponseContentPartDone:
     item_id: str
     output_index: int = 0
     content_index: int = 0
-    part: ContentPart
+    part: ContentPart | TextPart
 
 
 @attrs.frozen(kw_only=True)
@@ -622,6 +636,28 @@ class ResponseOutputAudioTranscriptDone:
     output_index: int = 0
     content_index: int = 0
     transcript: str
+
+
+@attrs.frozen(kw_only=True)
+class ResponseOutputTextDelta:
+    TYPE: ClassVar[str] = "response.output_text.delta"
+    event_id: str
+    response_id: str
+    item_id: str
+    output_index: int = 0
+    content_index: int = 0
+    delta: str
+
+
+@attrs.frozen(kw_only=True)
+class ResponseOutputTextDone:
+    TYPE: ClassVar[str] = "response.output_text.done"
+    event_id: str
+    response_id: str
+    item_id: str
+    output_index: int = 0
+    content_index: int = 0
+    text: str
 
 
 @attrs.frozen(kw_only=True)
@@ -683,6 +719,8 @@ ServerEvent = Union[
     ResponseOutputAudioDone,
     ResponseOutputAudioTranscriptDelta,
     ResponseOutputAudioTranscriptDone,
+    ResponseOutputTextDelta,
+    ResponseOutputTextDone,
     ResponseFunctionCallArgumentsDelta,
     ResponseFunctionCallArgumentsDone,
     ResponseDone,

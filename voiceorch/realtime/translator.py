@@ -140,6 +140,8 @@ class _Response:
     resampler: soxr.ResampleStream
     #: Its function call items, by call id, in output order.
     calls: dict[str, _FunctionCall] = attrs.Factory(dict)
+    #: Text only (``output_modalities: ["text"]``): ``output_text`` events, no audio.
+    text_only: bool = False
     item: _AssistantItem | None = None
     transcript: list[str] = attrs.Factory(list)
     error: p.Error | None = None
@@ -328,10 +330,14 @@ class RealtimeTranslator:
                 raise _error(
                     "invalid_event", f"session.{name} is a beta API field; use session.{place}", f"session.{name}"
                 )
-        if session.output_modalities is not None and session.output_modalities != ["audio"]:
-            raise _unsupported(
-                "session.output_modalities", 'voiceorch always answers with audio and its transcript: use ["audio"]'
-            )
+        modalities = None
+        if session.output_modalities is not None:
+            if tuple(session.output_modalities) not in p.OUTPUT_MODALITIES:
+                raise _unsupported(
+                    "session.output_modalities",
+                    'a response is audio (with its transcript) or text: ["audio"] or ["text"]',
+                )
+            modalities = tuple(session.output_modalities)
         tools = None if session.tools is None else _tools(session.tools)
         tool_choice = None if session.tool_choice is None else _tool_choice(session.tool_choice)
         if tool_choice is not None and tool_choice not in p.TOOL_CHOICES:
@@ -359,7 +365,11 @@ class RealtimeTranslator:
             echo = attrs.evolve(echo, noise_reduction=audio_in.noise_reduction)
         try:
             patch = p.SessionPatch(
-                instructions=session.instructions, turn_detection=turn_detection, tools=tools, tool_choice=tool_choice
+                instructions=session.instructions,
+                turn_detection=turn_detection,
+                tools=tools,
+                tool_choice=tool_choice,
+                output_modalities=modalities,
             )
         except ValueError as exc:
             raise _error("invalid_value", str(exc), "session.tools") from None
@@ -534,8 +544,12 @@ class RealtimeTranslator:
                 raise _unsupported(
                     "response.instructions", "per-response instructions are not supported: use session.update"
                 )
-            if params.output_modalities is not None and params.output_modalities != ["audio"]:
-                raise _unsupported("response.output_modalities", 'voiceorch always answers with audio: use ["audio"]')
+            session_modalities = list(self._config.output_modalities) if self._config else ["audio"]
+            if params.output_modalities is not None and params.output_modalities != session_modalities:
+                raise _unsupported(
+                    "response.output_modalities",
+                    f"a response has the session's output_modalities ({session_modalities}): use session.update",
+                )
             if params.audio is not None and params.audio.output is not None:
                 _check_format(params.audio.output.format, "response.audio.output.format")
         if self._pending_texts:
@@ -632,7 +646,9 @@ class RealtimeTranslator:
             case p.InputAudioCleared():
                 self._emit(frames, ev.InputAudioBufferCleared)
             case p.ResponseCreated(turn_id=turn_id):
-                self._current = _Response(turn_id, self._new_id("resp"), self._output_resampler())
+                self._current = _Response(
+                    turn_id, self._new_id("resp"), self._output_resampler(), text_only=self._text_only()
+                )
                 self._emit(frames, ev.ResponseCreated, response=self._response(self._current, "in_progress"))
             case p.TranscriptDelta(delta=delta):
                 if self._speech_item_id is not None:  # (words of the speech in progress)
@@ -649,7 +665,7 @@ class RealtimeTranslator:
                     response.transcript.append(delta)
                     self._emit(
                         frames,
-                        ev.ResponseOutputAudioTranscriptDelta,
+                        ev.ResponseOutputTextDelta if response.text_only else ev.ResponseOutputAudioTranscriptDelta,
                         response_id=response.response_id,
                         item_id=item.item_id,
                         output_index=item.output_index,
@@ -710,7 +726,9 @@ class RealtimeTranslator:
     def _open_continuation(self, frames: list[str]) -> None:
         """A new response for the waiting turn: it answers the calls' outputs."""
         assert self._waiting_turn is not None
-        self._current = _Response(self._waiting_turn, self._new_id("resp"), self._output_resampler())
+        self._current = _Response(
+            self._waiting_turn, self._new_id("resp"), self._output_resampler(), text_only=self._text_only()
+        )
         self._waiting_turn = None
         self._outputs_sent = False
         self._emit(frames, ev.ResponseCreated, response=self._response(self._current, "in_progress"))
@@ -811,7 +829,7 @@ class RealtimeTranslator:
             response_id=response.response_id,
             item_id=item.item_id,
             output_index=index,
-            part=ev.ContentPart(),
+            part=ev.TextPart() if response.text_only else ev.ContentPart(),
         )
         return item
 
@@ -828,13 +846,18 @@ class RealtimeTranslator:
             self._send_audio(response, item, tail, frames)
         transcript = "".join(response.transcript)
         ids = {"response_id": response.response_id, "item_id": item.item_id, "output_index": item.output_index}
-        self._emit(frames, ev.ResponseOutputAudioDone, **ids)
-        self._emit(frames, ev.ResponseOutputAudioTranscriptDone, **ids, transcript=transcript)
-        self._emit(frames, ev.ResponseContentPartDone, **ids, part=ev.ContentPart(transcript=transcript))
+        content: ev.OutputAudioContent | ev.OutputTextContent
+        if response.text_only:
+            self._emit(frames, ev.ResponseOutputTextDone, **ids, text=transcript)
+            self._emit(frames, ev.ResponseContentPartDone, **ids, part=ev.TextPart(text=transcript))
+            content = ev.OutputTextContent(text=transcript)
+        else:
+            self._emit(frames, ev.ResponseOutputAudioDone, **ids)
+            self._emit(frames, ev.ResponseOutputAudioTranscriptDone, **ids, transcript=transcript)
+            self._emit(frames, ev.ResponseContentPartDone, **ids, part=ev.ContentPart(transcript=transcript))
+            content = ev.OutputAudioContent(transcript=transcript)
         message = ev.AssistantMessage(
-            id=item.item_id,
-            status="completed" if status == "completed" else "incomplete",
-            content=(ev.OutputAudioContent(transcript=transcript),),
+            id=item.item_id, status="completed" if status == "completed" else "incomplete", content=(content,)
         )
         self._emit(
             frames,
@@ -943,7 +966,11 @@ class RealtimeTranslator:
             audio=audio,
             tools=tools,
             tool_choice=choice,
+            output_modalities=config.output_modalities,
         )
+
+    def _text_only(self) -> bool:
+        return self._config is not None and self._config.output_modalities == ("text",)
 
     def _response(
         self,
@@ -960,6 +987,7 @@ class RealtimeTranslator:
             status_details=details,
             output=output,
             conversation_id=self._conversation_id,
+            output_modalities=("text",) if response.text_only else ("audio",),
             audio=ev.ResponseAudio(output=ev.ResponseAudioOutput(voice=self._echo_shown.voice)),
             voiceorch=extension,
         )

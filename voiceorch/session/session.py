@@ -422,6 +422,7 @@ class Session:
             turn = Turn.speculative(response.turn_id, response.audio or b"")
         else:
             turn = Turn.ended(response.turn_id, audio=response.audio, text=response.text)
+        turn.text_only = self.config.output_modalities == ("text",)
         turn.on_transcript = lambda text: self._tell(partial(self._turns.response_transcript, response, text))
         turn.on_transcribed = partial(self._turns.response_transcribed, response)
         turn.transcribe = self._transcriber(response)

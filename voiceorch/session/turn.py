@@ -84,6 +84,9 @@ class Turn:
     ledger: ToolLedger = attrs.field(factory=ToolLedger)
     #: The first sentence of the reply after its last tool step (what ``revise_reply`` revises).
     tail_from: int = 0
+    #: Text-only reply (``output_modalities: ["text"]``): no speech; each sentence counts as
+    #: heard once the client has it in full.
+    text_only: bool = False
 
     @classmethod
     def speculative(cls, turn_id: str, audio: bytes) -> Turn:
@@ -347,8 +350,12 @@ async def _speak_step(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stream_reply, engines, messages, deltas_send, progress, tools, choice)
         nursery.start_soon(_split_reply, turn.turn_id, deltas_recv, sentences_send, out, progress, step, tools)
-        nursery.start_soon(_synthesize, engines, sentences_recv, speech_send, settings, progress)
-        nursery.start_soon(_send_audio, speech_recv, out, settings, turn.playback, progress)
+        if turn.text_only:
+            speech_send.close()
+            nursery.start_soon(_record_text, sentences_recv, turn.playback)
+        else:
+            nursery.start_soon(_synthesize, engines, sentences_recv, speech_send, settings, progress)
+            nursery.start_soon(_send_audio, speech_recv, out, settings, turn.playback, progress)
 
 
 async def _stream_reply(
@@ -403,6 +410,12 @@ async def _split_reply(
                 await sentences.send(sentence)
         for sentence in splitter.flush():
             await sentences.send(sentence)
+
+
+async def _record_text(sentences: trio.MemoryReceiveChannel[str], playback: Playback) -> None:
+    """A text-only reply: each sentence counts as heard (no audio) once the client has it."""
+    async for sentence in sentences:
+        playback.add_sentence(sentence, 0.0)
 
 
 async def _synthesize(
