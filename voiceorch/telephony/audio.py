@@ -133,17 +133,58 @@ class _Resampler:
         return self._stream.resample_chunk(samples.astype(np.int16), last=last)
 
 
+class _WindowedResampler:
+    """Caller audio up to 16 kHz with ~6 ms of latency: soxr's one-shot ``resample`` (quality HQ)
+    over a sliding window, for an integer ratio.
+
+    ``soxr.ResampleStream`` works in blocks: fed 20 ms frames at 8 -> 16 kHz it returns nothing
+    for five frames, then ~100 ms at once, so the speech detector would hear the caller (and the
+    silence that ends a turn) up to 100 ms late. Here each chunk is resampled with
+    :data:`HISTORY` input samples of context before it; the last :data:`HOLD` samples, whose
+    filter reaches into a future not yet received, are held back and emitted with the next
+    chunk (``last`` emits them as they are). Against the whole signal resampled at once the
+    output differs by about -70 dB (G.711's own noise is about -38 dB).
+    """
+
+    HISTORY = 256  # input samples of left context (32 ms at 8 kHz)
+    HOLD = 48  # input samples held back (6 ms at 8 kHz)
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        assert to_rate % from_rate == 0, "an integer ratio"
+        self._rates = (from_rate, to_rate)
+        self._ratio = to_rate // from_rate
+        self._buffer = np.zeros(0, dtype=np.int16)  # the input kept: context, then what is held
+        self._emitted = 0  # input samples of the buffer whose output went out
+
+    def chunk(self, samples: np.ndarray, *, last: bool = False) -> np.ndarray:
+        self._buffer = np.concatenate([self._buffer, samples.astype(np.int16)])
+        target = len(self._buffer) if last else len(self._buffer) - self.HOLD
+        if target <= self._emitted:
+            return np.zeros(0, dtype=np.int16)
+        start = max(0, self._emitted - self.HISTORY)
+        resampled = soxr.resample(self._buffer[start:], *self._rates, quality="HQ")
+        out = resampled[self._ratio * (self._emitted - start) : self._ratio * (target - start)]
+        self._emitted = target
+        drop = max(0, self._emitted - self.HISTORY)
+        self._buffer, self._emitted = self._buffer[drop:], self._emitted - drop
+        return out
+
+
 class CallAudio:
     """One call's audio both ways: carrier payloads in → 16 kHz v1 PCM; v1 PCM → payloads out.
 
-    Each direction keeps its own soxr stream (a few ms of filter delay, carried across chunks);
-    :meth:`flush_out` ends a reply (its tail comes out), :meth:`reset_out` drops it (a clear).
-    Never blocks.
+    Caller audio goes up to 16 kHz through :class:`_WindowedResampler` (~6 ms of latency); reply
+    audio down through a soxr stream (emitted in ~104 ms blocks at 16 -> 8 kHz; the playback lead
+    of calls covers them). :meth:`flush_out` ends a reply (its tail comes out), :meth:`reset_out`
+    drops it (a clear). Never blocks.
     """
 
     def __init__(self, call_format: CallFormat) -> None:
         self.format = call_format
-        self._in = _Resampler(call_format.rate, V1_RATE)
+        rate = call_format.rate
+        self._in = (
+            _WindowedResampler(rate, V1_RATE) if rate != V1_RATE and V1_RATE % rate == 0 else _Resampler(rate, V1_RATE)
+        )
         self._out = _Resampler(V1_RATE, call_format.rate)
 
     def to_v1(self, payload: bytes) -> bytes:
