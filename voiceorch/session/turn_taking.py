@@ -370,6 +370,7 @@ class TurnTaking:
         if pause is None or pause.judging is not asked:
             return []  # the pause it was about is over
         pause.judging, pause.probability, pause.judged_at_ms = None, probability, asked.silence_ms
+        log_event(log, "speech.verdict", logging.DEBUG, probability=round(probability, 3), silence_ms=asked.silence_ms)
         return self._decide_end(now)
 
     def response_transcript(self, response: Response, text: str, now: float) -> list[Action]:
@@ -378,6 +379,7 @@ class TurnTaking:
         if self._pause is None or response is not self._speculative:
             return []
         self._pause.transcript = text
+        log_event(log, "speech.pause_transcript", logging.DEBUG, unfinished_words=transcript_unfinished(text))
         return self._decide_end(now)
 
     def piece_transcribed(self, piece: Piece, text: str) -> list[Action]:
