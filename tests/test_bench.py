@@ -260,3 +260,25 @@ def test_a_quick_text_scenario_with_remote_engines_measures_the_hops(tmp_path):
     assert set(hops["stt"]["per_input"]) == {"clip:jfk_16k", "clip:hotwords_16k"}
     assert hops["llm"]["http_round_trip_ms"]["min"] > 0
     assert "Engine hops" in table and "engines: remote" in table
+
+
+def test_the_turn_bench_counts_cut_offs_over_the_pause_utterances_and_latency_of_uncut_turns():
+    from bench.turn_bench import MODES, summary, table
+
+    server, semantic = MODES
+
+    def sample(cut: bool, commit: float | None, v2v: float | None) -> dict:
+        return {"cut": cut, "commit_ms": commit, "voice_to_voice_ms": v2v, "answered": v2v is not None}
+
+    items = [{"pause": True}, {"pause": True}, {"pause": False}]
+    results = [
+        {server: sample(True, 580, 9000), semantic: sample(False, 900, 1500)},
+        {server: sample(True, 590, None), semantic: sample(True, 2000, 8000)},
+        {server: sample(False, 560, 1200), semantic: sample(False, 300, 1000)},
+    ]
+    rows = {row["mode"]: row for row in summary(results, items)}
+    assert rows[server]["cut_off"] == "2/2 (100 %)" and rows[semantic]["cut_off"] == "1/2 (50 %)"
+    assert (rows[server]["v2v_p50_ms"], rows[server]["v2v_n"]) == (1200, 1)  # the cut turns do not count
+    assert (rows[semantic]["commit_p50_ms"], rows[semantic]["v2v_n"]) == (300, 2)
+    assert rows[server]["unanswered"] == 1
+    assert "| semantic_vad (auto) | 1/2 (50 %) |" in table(list(rows.values()), "# t")
