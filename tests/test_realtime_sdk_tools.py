@@ -1,7 +1,8 @@
-"""Function calling (and text-only replies) on ``/v1/realtime``, driven by the official openai SDK's realtime client
-against a real ``voiceorch serve --fake-engines --llm-url`` whose LLM is the fake
-OpenAI-compatible server, scripted to call a tool in the real wire format (STT and TTS are the
-canned fakes). The SDK's models validate every frame (realtime_harness.checked)."""
+"""Function calling, text-only replies and history injection on ``/v1/realtime``, driven by the
+official openai SDK's realtime client against a real ``voiceorch serve --fake-engines
+--llm-url`` whose LLM is the fake OpenAI-compatible server, scripted (to call a tool, in the
+real wire format); STT and TTS are the canned fakes. The SDK's models validate every frame
+(realtime_harness.checked)."""
 
 from __future__ import annotations
 
@@ -105,3 +106,31 @@ def test_a_text_only_session_through_the_sdk(server, llm):
     assert message.content[0].type == "output_text" and message.content[0].text == "Hello there."
     assert "".join(e.delta for e in events.of_type("response.output_text.delta")) == "Hello there."
     assert events.of_type("response.output_audio.delta") == []
+
+
+def test_history_injection_through_the_sdk(server, llm):
+    fake, _ = llm
+    fake.script = [["Your name ", "is Ada."]]
+    fake.requests.clear()
+    with sdk_client(server, TOKEN).realtime.connect(model="gpt-realtime") as connection, deadline(connection, 60):
+        events = Events(connection)
+        events.until("session.created")
+        for role, kind, text in [
+            ("system", "input_text", "The user is in Paris."),
+            ("user", "input_text", "My name is Ada."),
+            ("assistant", "output_text", "Nice to meet you, Ada."),
+            ("user", "input_text", "What is my name?"),
+        ]:
+            connection.conversation.item.create(
+                item={"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
+            )
+            assert events.until("conversation.item.done").item.role == role
+        connection.response.create()
+        done = events.until("response.done")
+    assert done.response.status == "completed"
+    assert [(m["role"], m["content"]) for m in fake.requests[0]["messages"][1:]] == [
+        ("system", "The user is in Paris."),
+        ("user", "My name is Ada."),
+        ("assistant", "Nice to meet you, Ada."),
+        ("user", "What is my name?"),
+    ]

@@ -370,8 +370,12 @@ def test_several_text_items_make_one_turn_and_keep_their_ids():
 @pytest.mark.parametrize(
     ("item", "param"),
     [
-        ({"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hi"}]}, "item.role"),
-        ({"type": "message", "role": "system", "content": [{"type": "input_text", "text": "hi"}]}, "item.role"),
+        ({"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "hi"}]}, "item.role"),
+        (
+            {"type": "message", "role": "assistant", "content": [{"type": "input_text", "text": "hi"}]},
+            "item.content[0].type",
+        ),
+        ({"type": "message", "role": "system", "content": [{"type": "input_text", "text": " "}]}, "item.content"),
         ({"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}, "item.type"),
         (
             {"type": "message", "role": "user", "content": [{"type": "input_audio", "audio": "AAAA"}]},
@@ -833,3 +837,28 @@ def test_a_text_only_session_answers_with_output_text_events():
     assert frames[6]["text"] == "Hello there." and frames[7]["part"] == {"type": "text", "text": "Hello there."}
     [message] = frames[-1]["response"]["output"]
     assert message["content"] == [{"type": "output_text", "text": "Hello there."}]
+
+
+def test_assistant_and_system_messages_go_into_the_history_after_the_user_texts_held():
+    link = Link(type="none")
+
+    def create(role: str, kind: str, text: str) -> tuple[list, list[dict]]:
+        item = {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
+        return link.client({"type": "conversation.item.create", "item": item})
+
+    create("user", "input_text", "My name is Ada.")
+    to_session, answers = create("assistant", "output_text", "Nice to meet you.")
+    assert to_session == [
+        p.HistoryAdd(role="user", text="My name is Ada."),
+        p.HistoryAdd(role="assistant", text="Nice to meet you."),
+    ]
+    assert types(answers) == ["conversation.item.added", "conversation.item.done"]
+    assert answers[1]["item"]["content"] == [{"type": "output_text", "text": "Nice to meet you."}]
+    to_session, answers = create("system", "input_text", "Be brief.")
+    assert to_session == [p.HistoryAdd(role="system", text="Be brief.")]
+    assert answers[0]["item"]["role"] == "system"
+    _, [error] = link.client({"type": "response.create"})  # the user text went into the history
+    assert error["error"]["code"] == "no_new_input"
+    create("user", "input_text", "What is my name?")
+    [turn], _ = link.client({"type": "response.create"})
+    assert turn == p.InputText(text="What is my name?")

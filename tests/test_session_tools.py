@@ -339,3 +339,27 @@ async def test_a_text_only_reply_cancelled_midway_remembers_the_sentences_sent(a
         done = await client.until("response.done")
     assert done.status == "cancelled" and done.text == "Sure thing."
     assert client.session.conversation.messages[-1].content == "Sure thing."
+
+
+async def test_history_add_puts_messages_in_the_memory_without_a_response(autojump_clock):
+    llm = FakeLLM()
+    async with connected(fake_engines(llm=llm)) as client:
+        await client.send({"type": "history.add", "role": "user", "text": "My name is Ada."})
+        await client.send({"type": "history.add", "role": "assistant", "text": "Nice to meet you, Ada."})
+        await client.send({"type": "history.add", "role": "system", "text": "The user is in Paris."})
+        await client.send({"type": "history.add", "role": "user", "text": "   "})
+        error = await client.until("error")
+        await client.send({"type": "history.add", "role": "tool", "text": "x"})
+        bad_role = await client.until("error")
+        await wait_all_tasks_blocked()
+        assert client.events("response.created") == []
+        await client.send({"type": "input_text", "text": "What is my name?"})
+        await client.until("response.done")
+    assert error.code == "invalid_event" and "history.add" in error.message
+    assert bad_role.code == "invalid_event" and "role" in bad_role.message
+    assert [(m.role, m.content) for m in llm.requests[0][1:]] == [
+        ("user", "My name is Ada."),
+        ("assistant", "Nice to meet you, Ada."),
+        ("system", "The user is in Paris."),
+        ("user", "What is my name?"),
+    ]

@@ -235,8 +235,25 @@ class ToolCallOutput:
     output: str
 
 
+@attrs.frozen(kw_only=True)
+class HistoryAdd:
+    """Add a message to the conversation memory (history injection), without a response: a
+    ``user`` or ``assistant`` message of an earlier exchange, or a ``system`` note."""
+
+    TYPE: ClassVar[str] = "history.add"
+    role: Literal["user", "assistant", "system"]
+    text: str
+
+
 ClientEvent = Union[
-    SessionUpdate, InputAudioCommit, InputAudioClear, InputText, ResponseCancel, PlaybackPosition, ToolCallOutput
+    SessionUpdate,
+    InputAudioCommit,
+    InputAudioClear,
+    InputText,
+    ResponseCancel,
+    PlaybackPosition,
+    ToolCallOutput,
+    HistoryAdd,
 ]
 
 # --- server -> client -------------------------------------------------------------------------

@@ -327,6 +327,16 @@ class AssistantMessage:
 
 
 @attrs.frozen(kw_only=True)
+class SystemMessage:
+    id: str
+    type: Literal["message"] = "message"
+    object: Literal["realtime.item"] = "realtime.item"
+    status: ItemStatus = "completed"
+    role: Literal["system"] = "system"
+    content: tuple[InputTextContent, ...]
+
+
+@attrs.frozen(kw_only=True)
 class FunctionCallItem:
     """A call of one of the client's functions, made by the model."""
 
@@ -352,7 +362,7 @@ class FunctionCallOutputItem:
 
 
 OutputItem = Union[AssistantMessage, FunctionCallItem]
-Item = Union[UserMessage, AssistantMessage, FunctionCallItem, FunctionCallOutputItem]
+Item = Union[UserMessage, AssistantMessage, SystemMessage, FunctionCallItem, FunctionCallOutputItem]
 
 
 @attrs.frozen(kw_only=True)

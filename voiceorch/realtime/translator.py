@@ -472,8 +472,11 @@ class RealtimeTranslator:
             return
         if item.type != "message":
             raise _unsupported("item.type", "only message and function_call_output items can be added")
+        if item.role in ("assistant", "system"):
+            self._on_history_item(item, previous, out)
+            return
         if item.role != "user":
-            raise _unsupported("item.role", "only user messages can be added; voiceorch keeps the conversation itself")
+            raise _unsupported("item.role", "a message's role is user, assistant or system")
         if previous is not None and previous != self._last_item_id:
             raise _unsupported("previous_item_id", "items can only be added at the end of the conversation")
         texts = []
@@ -506,6 +509,49 @@ class RealtimeTranslator:
         self._pending_text_bytes = size
         user = ev.UserMessage(id=item_id, content=tuple(ev.InputTextContent(text=text) for text in texts))
         self._add_user_item(user, out.to_client)
+
+    def _on_history_item(self, item: ev.ItemIn, previous: str | None, out: Translation) -> None:
+        """An assistant or system message: history injection (v1 ``history.add``), no response.
+        User texts held for ``response.create`` come before it, so they go into the history
+        first, as messages: the conversation is what the client built, in order."""
+        if previous is not None and previous != self._last_item_id:
+            raise _unsupported("previous_item_id", "items can only be added at the end of the conversation")
+        allowed = ("output_text", "output_audio") if item.role == "assistant" else ("input_text",)
+        texts = []
+        for index, part in enumerate(item.content or []):
+            text = part.transcript if part.type == "output_audio" else part.text
+            if part.type not in allowed or text is None:
+                kinds = " or ".join(allowed)
+                raise _unsupported(
+                    f"item.content[{index}].type", f"an {item.role} message holds {kinds} content (with its text)"
+                )
+            texts.append(text)
+        text = "\n".join(text.strip() for text in texts if text.strip())
+        if not text:
+            raise _error("invalid_event", f"an {item.role} message needs some text", "item.content")
+        if item.id is not None and len(item.id) > MAX_ITEM_ID_CHARS:
+            raise _error("invalid_value", f"an item id is at most {MAX_ITEM_ID_CHARS} characters", "item.id")
+        item_id = item.id or self._new_id("item")
+        if item_id in self._items:
+            raise _error("invalid_event", f"an item with id {item_id!r} exists already", "item.id")
+        frame = p.encode(p.HistoryAdd(role=item.role, text=text))
+        if len(frame.encode()) > p.MAX_TEXT_FRAME_BYTES:  # (the session would refuse it)
+            raise _error("invalid_value", f"a message is at most about {p.MAX_TEXT_FRAME_BYTES} bytes", "item.content")
+        for held in self._pending_texts:
+            out.to_session.append(p.encode(p.HistoryAdd(role="user", text=held)))
+        self._pending_texts.clear()
+        self._pending_text_bytes = 0
+        out.to_session.append(frame)
+        message: ev.AssistantMessage | ev.SystemMessage
+        if item.role == "assistant":
+            content = tuple(ev.OutputTextContent(text=text) for text in texts)
+            message = ev.AssistantMessage(id=item_id, status="completed", content=content)
+        else:
+            message = ev.SystemMessage(id=item_id, content=tuple(ev.InputTextContent(text=text) for text in texts))
+        _remember(self._items, item_id, item.role == "assistant", MAX_REMEMBERED_ITEMS)
+        self._emit(out.to_client, ev.ConversationItemAdded, item=message, previous_item_id=self._last_item_id)
+        self._emit(out.to_client, ev.ConversationItemDone, item=message, previous_item_id=self._last_item_id)
+        self._last_item_id = item_id
 
     def _on_function_call_output(self, item: ev.ItemIn, previous: str | None, out: Translation) -> None:
         """The client's result of a call: to the session at once (the v1 turn goes on when all

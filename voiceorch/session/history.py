@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from ..engines.base import ChatMessage, ToolCall
+from ..engines.base import ChatMessage, Role, ToolCall
 
 DEFAULT_INSTRUCTIONS = (
     "You are a friendly voice assistant. Your replies are spoken aloud, so answer in one to "
@@ -84,6 +84,13 @@ class Conversation:
         if assistant_text:
             self._messages.append(ChatMessage(role="assistant", content=assistant_text))
         self._last_turn_id = turn_id
+        self._trim()
+
+    def add_message(self, role: Role, text: str) -> None:
+        """Append a message the client supplied (history injection); it ends the last turn's
+        right to :meth:`revise_reply`."""
+        self._messages.append(ChatMessage(role=role, content=text))
+        self._last_turn_id = None
         self._trim()
 
     def revise_reply(self, turn_id: str, assistant_text: str) -> bool:

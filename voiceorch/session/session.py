@@ -467,6 +467,11 @@ class Session:
                 self._on_playback_position(turn_id, played_ms)
             case p.ToolCallOutput(call_id=call_id, output=output):
                 await self._on_tool_call_output(call_id, output)
+            case p.HistoryAdd(role=role, text=text):
+                if not text.strip():
+                    await self._error("invalid_event", "history.add needs some text")
+                    return
+                self.conversation.add_message(role, text.strip())
 
     async def _on_tool_call_output(self, call_id: str, output: str) -> None:
         """The client's result of a call: to the turn that waits for it, or, if its response
