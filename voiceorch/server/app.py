@@ -134,7 +134,7 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
     from ..engines.openai_llm import OpenAICompatibleLLM
     from ..engines.piper_tts import PiperTTS
     from ..engines.silero_vad import SileroVAD
-    from ..engines.whisper_stt import WhisperSTT
+    from ..engines.whisper_windowed import WindowedWhisperSTT
 
     loaded: dict[str, object] = _remote_engines(config)
 
@@ -145,8 +145,9 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
     async with trio.open_nursery() as loading:
         if "stt" not in loaded:
             stt_dir = config.stt_model or embedded.whisper_model_dir()
+            # The encoder window sized to the utterance: bench/baselines/stt_eval.md (same WER, ~6x faster).
             loading.start_soon(
-                load, "stt", f"loading speech-to-text (faster-whisper, {stt_dir})", WhisperSTT.load, stt_dir
+                load, "stt", f"loading speech-to-text (faster-whisper, {stt_dir})", WindowedWhisperSTT.load, stt_dir
             )
         if "tts" not in loaded:
             voice = config.tts_voice or embedded.piper_voice_path()
