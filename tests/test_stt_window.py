@@ -11,7 +11,7 @@ import trio
 
 from voiceorch.engines.embedded import whisper_model_dir
 from voiceorch.engines.whisper_stt import WhisperSTT
-from voiceorch.engines.whisper_windowed import WindowedWhisperSTT
+from voiceorch.engines.whisper_windowed import WindowedWhisperSTT, repeats
 
 DATA = Path(__file__).parent / "data"
 
@@ -143,3 +143,26 @@ async def test_the_earlier_text_is_the_prompt(stt: WindowedWhisperSTT) -> None:
         tail = await stt.transcribe(pcm[16000 * 2 * 3 :], prompt="And so my fellow Americans,")
     assert "comfy eye folder" in plain.lower() and "comfy ui folder" in steered.lower()
     assert "ask not what your country can do for you" in tail.lower() and "fellow" not in tail.lower()
+
+
+def test_a_phrase_three_times_in_a_row_is_a_loop() -> None:
+    assert repeats("4 people to hide. 4 people to hide. 4 people to hide.")
+    assert repeats("and rice, chicken and rice chicken and rice chicken")
+    assert not repeats("4 people to hide. 4 people to hide.")
+    assert not repeats("no no no")  # one word is not a phrase
+    assert not repeats("ask not what your country can do for you ask what you can do for your country")
+
+
+@pytest.mark.models
+async def test_timestamped_text_past_the_audio_or_repeating_is_dropped(stt: WindowedWhisperSTT) -> None:
+    await stt.transcribe(bytes(32000))  # makes the tokenizer
+    tokenizer = stt._tokenizer
+
+    def at(seconds: float) -> int:
+        return tokenizer.timestamp_begin + round(seconds / 0.02)
+
+    hello, later = tokenizer.encode(" Hello there."), tokenizer.encode(" Made up.")
+    tokens = [at(0.0), *hello, at(1.0), at(1.0), *hello, at(1.8), at(2.4), *later, at(3.0)]
+    assert stt._text(tokens, duration_s=2.0) == "Hello there."
+    assert stt._text(tokens, duration_s=3.0) == "Hello there. Made up."
+    assert stt._text([at(0.0), *hello], duration_s=2.0) == "Hello there."  # no closing timestamp
