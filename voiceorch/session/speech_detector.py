@@ -102,7 +102,10 @@ class SpeechDetector:
         event loop), go to :meth:`feed_probability` in order."""
         self._pending += pcm
         whole = len(self._pending) - len(self._pending) % CHUNK_BYTES
-        taken = [bytes(self._pending[offset : offset + CHUNK_BYTES]) for offset in range(0, whole, CHUNK_BYTES)]
+        if not whole:
+            return []
+        with memoryview(self._pending) as view:  # each chunk copied once, straight into its bytes
+            taken = [bytes(view[offset : offset + CHUNK_BYTES]) for offset in range(0, whole, CHUNK_BYTES)]
         del self._pending[:whole]
         return taken
 
