@@ -52,8 +52,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
         "serve",
         help="run the voice server with the embedded models",
         description=(
-            "Serve the voice WebSocket (ws://HOST:PORT/v1/voice, and the OpenAI Realtime-compatible "
-            "ws://HOST:PORT/v1/realtime on the same port). By default speech-to-text "
+            "Serve the voice WebSocket (ws://HOST:PORT/v1/voice, and on the same port the OpenAI "
+            "Realtime-compatible /v1/realtime and the phone carriers' media streams /v1/twilio, "
+            "/v1/telnyx and /v1/vonage). By default speech-to-text "
             "(faster-whisper tiny.en), text-to-speech (Piper en_US-joe-medium) and the LLM "
             "(SmolLM2-135M served by llama-cpp-python as a child process) come from PyPI packages "
             "installed with voiceorch: nothing is downloaded at run time. A second, HTTP port serves "
@@ -376,7 +377,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
         "--playback-lead-ms",
         "session.playback_lead_ms",
         type=int,
-        help="reply audio is paced to real time, at most this far ahead of playback (default: %(default)s)",
+        help="reply audio is paced to real time, at most this far ahead of playback; phone calls always use "
+        "200 ms (docs/telephony.md) (default: %(default)s)",
     )
     option(
         sess,
