@@ -30,7 +30,7 @@ class AccessPolicy:
     allowed_origins: frozenset[str] = frozenset()
     max_sessions: int = 32
     #: When set, ``/v1/twilio`` requires Twilio's ``X-Twilio-Signature`` made with this auth
-    #: token (in place of ``token``: Twilio's ``<Stream url>`` takes no query string).
+    #: token (in place of ``token``: Twilio says not to put a query string in a ``<Stream url>``).
     twilio_auth_token: str | None = attrs.field(default=None, repr=False)
     #: The public base URL Twilio connects to (``wss://voice.example.com``): the signature covers
     #: it and the path. Needed with ``twilio_auth_token`` (behind a TLS proxy, the server cannot
