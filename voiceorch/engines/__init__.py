@@ -5,7 +5,9 @@ stays light. Every STT, LLM and TTS engine inherits :class:`EngineLifecycle` (``
 ``check_ready``, ``aclose``, ``limiter``, with do-nothing defaults), which the server calls
 on each engine. Import the implementations from their modules, which pull in heavy libraries:
 
-- :mod:`voiceorch.engines.whisper_stt`: ``WhisperSTT`` (faster-whisper)
+- :mod:`voiceorch.engines.whisper_windowed`: ``WindowedWhisperSTT`` (faster-whisper's model, the window
+  sized to the utterance; the server's default)
+- :mod:`voiceorch.engines.whisper_stt`: ``WhisperSTT`` (faster-whisper's ``transcribe``, 30 s window)
 - :mod:`voiceorch.engines.piper_tts`: ``PiperTTS`` (Piper, onnxruntime)
 - :mod:`voiceorch.engines.openai_llm`: ``OpenAICompatibleLLM`` (httpx, SSE)
 - :mod:`voiceorch.engines.llama_server`: ``run_llama_server``, ``LlamaServerConfig``
