@@ -166,7 +166,7 @@ def settings(model, base_model) -> dict[str, Callable[[Item], Run]]:
         return " ".join(s.text.strip() for s in segments if s.text.strip())
 
     out = {
-        "full 30 s (WhisperSTT, the default until this run)": whole(today._transcribe_sync),
+        "full 30 s (WhisperSTT: faster-whisper's transcribe)": whole(today._transcribe_sync),
         "full 30 s, temperatures (0, 0.4)": whole(full_bounded),
     }
     for margin in (1.0, 3.0, 8.0):
