@@ -1,6 +1,6 @@
 """Property-based: random interleavings of speech, typed turns, tool calls (the client's and the
-server's), the client's outputs (on time, late, repeated, unknown), cancels and barge-ins
-through a session with fake engines (MockClock), checking the session's invariants and the
+server's), the client's outputs (on time, late, repeated, unknown), cancels and barge-ins,
+injected history and switches between spoken and text-only replies through a session with fake engines (MockClock), checking the session's invariants and the
 cancellation rules of tool calls after every step."""
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ ACTIONS = st.one_of(
     st.tuples(st.just("answer"), st.just(0)),
     st.tuples(st.just("answer_again"), st.just(0)),
     st.tuples(st.just("bogus"), st.just(0)),
+    st.tuples(st.just("history"), st.sampled_from(["user", "assistant", "system"])),
+    st.tuples(st.just("modality"), st.sampled_from(["text", "audio"])),
     st.tuples(st.just("wait"), st.integers(1, 300).map(lambda n: n * 10)),
 )
 #: What one LLM request does: speak, or call the client's tool, the server's, or both.
@@ -151,6 +153,10 @@ async def run_scenario(actions, kinds) -> None:
             elif kind == "bogus":
                 bogus += 1
                 await client.send({"type": "tool_call.output", "call_id": "no_such_call", "output": "x"})
+            elif kind == "history":  # (an assistant's words injected are words it said: a prefix)
+                await client.send({"type": "history.add", "role": amount, "text": "Sure thing."})
+            elif kind == "modality":
+                await client.send({"type": "session.update", "session": {"output_modalities": [amount]}})
             else:
                 await trio.sleep(amount / 1000)
             await trio.testing.wait_all_tasks_blocked()
@@ -196,7 +202,7 @@ async def run_scenario(actions, kinds) -> None:
                 assert results[call_id] in ("noon",) or results[call_id].startswith("[no result")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(ACTIONS, min_size=1, max_size=25), st.lists(STEPS, min_size=30, max_size=30))
 def test_random_interleavings_with_tool_calls_keep_every_invariant(actions, kinds):
     trio.run(run_scenario, actions, kinds, clock=trio.testing.MockClock(autojump_threshold=0))
