@@ -1,7 +1,8 @@
 """Property-based: random interleavings of speech, typed turns, tool calls (the client's and the
 server's), the client's outputs (on time, late, repeated, unknown), cancels and barge-ins,
-injected history and switches between spoken and text-only replies through a session with fake engines (MockClock), checking the session's invariants and the
-cancellation rules of tool calls after every step."""
+injected history and switches between spoken and text-only replies through a session with fake
+engines (MockClock), checking the session's invariants and the cancellation rules of tool calls
+after every step."""
 
 from __future__ import annotations
 
