@@ -363,3 +363,38 @@ async def test_history_add_puts_messages_in_the_memory_without_a_response(autoju
         ("system", "The user is in Paris."),
         ("user", "What is my name?"),
     ]
+
+
+async def test_a_filler_is_said_while_the_calls_of_a_silent_step_run(autojump_clock):
+    tools = FakeServerTools(results={"get_time": "noon"}, delay=3.0)
+    llm = FakeLLM(steps=[[CALL_T], [ToolCall(call_id="t2", name="get_time", arguments="{}")], [FINAL]])
+    settings = SessionSettings(turn_detection=p.TurnDetection(type="none"), tool_filler="One moment.")
+    engines = fake_engines(llm=llm, tools=tools)
+    async with connected(engines, settings) as client:
+        await client.send({"type": "input_text", "text": "Time?"})
+        done = await client.until("response.done")
+    assert done.status == "completed"
+    assert engines.tts.texts == ["One moment.", "It is sunny in Paris."]  # once a turn
+    assert done.text == "One moment. " + FINAL
+    audio = b"".join(item for item in client.log if isinstance(item, bytes))
+    assert audio == fake_pcm("One moment.", 60.0) + fake_pcm(FINAL, 60.0)  # one after the other, whole
+    deltas = "".join(e.delta for e in client.events("response.text.delta"))
+    assert deltas == "One moment. " + FINAL
+    # The filler is not the LLM's: its requests never have it.
+    assert all("One moment" not in m.content for m in llm.requests[2])
+    check_framing(client.log)
+
+
+async def test_a_filler_that_outlasts_the_reply_is_played_before_the_response_ends(autojump_clock):
+    tools = FakeServerTools(results={"get_time": "noon"}, delay=0.01)
+    llm = FakeLLM(steps=[[CALL_T], []], first_delay=0.01)  # the answer says nothing
+    settings = SessionSettings(turn_detection=p.TurnDetection(type="none"), tool_filler="One moment please.")
+    async with connected(fake_engines(llm=llm, tools=tools), settings) as client:
+        await client.send({"type": "input_text", "text": "Time?"})
+        while not isinstance(await client.next(), bytes):
+            pass
+        first_audio = trio.current_time()
+        done = await client.until("response.done")
+    filler_s = len(fake_pcm("One moment please.", 60.0)) / 32 / 1000
+    assert trio.current_time() - first_audio >= filler_s - 0.05
+    assert done.status == "completed" and done.text == "One moment please."

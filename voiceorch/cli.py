@@ -267,6 +267,14 @@ def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
         "(default: %(default)s)",
     )
     sess = s.add_argument_group("sessions")
+    option(
+        tools,
+        "--tool-filler",
+        "session.tool_filler",
+        metavar="TEXT",
+        help="words said while a reply's tool calls run, when it said nothing before them, e.g. "
+        '"One moment." (default: none)',
+    )
     option(sess, "--instructions", "session.instructions", help="system prompt of new sessions")
     option(
         sess,

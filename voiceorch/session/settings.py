@@ -61,6 +61,9 @@ class SessionSettings:
     #: client that does not answer ``response.tool_call`` within it fails the turn
     #: (``tool_call_timeout``).
     tool_call_timeout_s: float = 30.0
+    #: Said while a reply's tool calls run, when the reply said nothing before them (e.g.
+    #: "One moment."); None: nothing is said (the default). Spoken replies only.
+    tool_filler: str | None = None
     #: LLM requests one response may make (each after the previous one's tool calls); a reply
     #: still calling tools at the last fails the turn (``tool_loop_limit``).
     max_tool_steps: int = 8

@@ -305,23 +305,60 @@ async def _respond(
 
     messages = conversation.request(progress.user_text)
     choice = tools.choice
-    while True:
-        step = Step(first_sentence=turn.playback.sentence_count)
-        turn.ledger.steps.append(step)
-        await _speak_step(turn, engines, messages, tools, choice, out, settings, progress, step)
-        step.last_sentence = turn.playback.sentence_count
-        if not step.calls:
-            return
-        if len(turn.ledger.steps) >= settings.max_tool_steps:
-            raise EngineError(
-                "tool_loop_limit", f"the LLM was still calling tools after {settings.max_tool_steps} requests"
+    filler_sent: trio.Event | None = None  # the filler's audio has all been sent (one filler a turn)
+    async with trio.open_nursery() as fillers:  # (a filler may go on into the next step)
+        while True:
+            step = Step(first_sentence=turn.playback.sentence_count)
+            turn.ledger.steps.append(step)
+            await _speak_step(turn, engines, messages, tools, choice, out, settings, progress, step, filler_sent)
+            step.last_sentence = turn.playback.sentence_count
+            if not step.calls:
+                return
+            if len(turn.ledger.steps) >= settings.max_tool_steps:
+                raise EngineError(
+                    "tool_loop_limit", f"the LLM was still calling tools after {settings.max_tool_steps} requests"
+                )
+            await out.opened.wait()  # no call starts before the user's turn has really ended
+            if settings.tool_filler and filler_sent is None and not turn.text_only and not step.text.strip():
+                filler_sent = trio.Event()
+                fillers.start_soon(
+                    _say_filler, settings.tool_filler, turn, engines, out, settings, progress, filler_sent
+                )
+            await run_calls(
+                step, turn_id=turn.turn_id, engines=engines, send=out.send, timeout_s=settings.tool_call_timeout_s
             )
-        await out.opened.wait()  # no call starts before the user's turn has really ended
-        await run_calls(
-            step, turn_id=turn.turn_id, engines=engines, send=out.send, timeout_s=settings.tool_call_timeout_s
-        )
-        messages = [*messages, *step.messages()]
-        choice = "auto"  # a forced call is made once; then the LLM decides
+            messages = [*messages, *step.messages()]
+            choice = "auto"  # a forced call is made once; then the LLM decides
+
+
+async def _say_filler(
+    text: str,
+    turn: Turn,
+    engines: Engines,
+    out: _Gate,
+    settings: SessionSettings,
+    progress: _Progress,
+    sent: trio.Event,
+) -> None:
+    """Say ``text`` while the tool calls run (its words count as heard like any other); sets
+    ``sent`` once its audio has all been handed over, for the next step's audio to follow it,
+    and returns once it has played. A synthesis that fails or times out is logged and skipped:
+    the turn goes on."""
+    try:
+        await out.send(p.ResponseTextDelta(turn_id=turn.turn_id, delta=text + " "))
+        try:
+            with _time_limit(settings.tts_timeout_s, "tts_timeout", "text-to-speech of the tool filler"):
+                pcm = await engines.tts.synthesize(text)
+        except EngineError as exc:
+            log_event(log, "tool.filler_failed", logging.WARNING, code=exc.code, reason=exc.message)
+            return
+        speech_send, speech_recv = trio.open_memory_channel[tuple[str, bytes]](1)
+        with speech_send:
+            speech_send.send_nowait((text, pcm))
+        await _send_audio(speech_recv, out, settings, turn.playback, progress, wait_played=False)
+    finally:
+        sent.set()
+    await trio.sleep_until(turn.playback.play_end)
 
 
 async def _speak_step(
@@ -334,9 +371,10 @@ async def _speak_step(
     settings: SessionSettings,
     progress: _Progress,
     step: Step,
+    after: trio.Event | None = None,
 ) -> None:
-    """One LLM request, its text spoken and its calls collected in ``step``; returns once its
-    audio has played."""
+    """One LLM request, its text spoken (after ``after`` is set, if given: a filler's audio) and
+    its calls collected in ``step``; returns once its audio has played."""
     log_event(log, "llm.request", messages=len(messages), tools=len(tools.specs))
     if log.isEnabledFor(logging.DEBUG):  # the message list is only built when it is logged
         log_event(log, "llm.request.messages", logging.DEBUG, messages=[attrs.asdict(m) for m in messages])
@@ -355,7 +393,7 @@ async def _speak_step(
             nursery.start_soon(_record_text, sentences_recv, turn.playback)
         else:
             nursery.start_soon(_synthesize, engines, sentences_recv, speech_send, settings, progress)
-            nursery.start_soon(_send_audio, speech_recv, out, settings, turn.playback, progress)
+            nursery.start_soon(_send_audio, speech_recv, out, settings, turn.playback, progress, True, after)
 
 
 async def _stream_reply(
@@ -442,13 +480,18 @@ async def _send_audio(
     settings: SessionSettings,
     playback: Playback,
     progress: _Progress,
+    wait_played: bool = True,
+    after: trio.Event | None = None,
 ) -> None:
     """Hand each sentence's audio to the outbox in frames, paced to real time plus the lead,
-    then wait until the client has played it all. Nothing goes before the gate opens."""
+    then (if ``wait_played``) wait until the client has played it all. Nothing goes before the
+    gate opens, nor before ``after`` is set."""
     frame_bytes = settings.audio_frame_ms * p.BYTES_PER_MS
     lead = settings.playback_lead_ms / 1000
     async for sentence, pcm in speech:
         await out.opened.wait()
+        if after is not None:
+            await after.wait()
         playback.add_sentence(sentence, p.audio_ms(len(pcm)))
         for offset in range(0, len(pcm), frame_bytes):
             await trio.sleep_until(playback.play_end - lead)
@@ -458,4 +501,5 @@ async def _send_audio(
             if progress.first_audio_at is None:
                 progress.first_audio_at = now
             playback.on_sent(now, p.audio_ms(len(frame)))
-    await trio.sleep_until(playback.play_end)
+    if wait_played:
+        await trio.sleep_until(playback.play_end)
