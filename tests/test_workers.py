@@ -180,3 +180,69 @@ def test_merged_metrics_label_every_sample_with_its_worker():
     assert by_worker(merged, "voiceorch_ttfb_seconds_sum") == {"1": 0.3, "2": 0.5}
     assert by_worker(merged, "voiceorch_worker_up") == {"1": 1.0, "2": 1.0, "3": 0.0}
     assert merged.count("# TYPE voiceorch_ttfb_seconds histogram") == 1
+
+
+def _worker_pids(server) -> dict[int, list[int]]:
+    """Each worker slot's processes so far, oldest first (from the parent's log)."""
+    found: dict[int, list[int]] = {}
+    for line in server.log_lines():
+        if line.get("event") == "workers.started":
+            found.setdefault(line["worker"], []).append(line["pid"])
+    return found
+
+
+async def test_a_worker_that_dies_is_started_again_and_the_other_keeps_its_session():
+    server = start_server("--fake-engines", "--no-warm-up", "--workers", "2", "--max-sessions", "1")
+    try:
+        with trio.fail_after(TIMEOUT):
+            async with (
+                httpx.AsyncClient(base_url=server.http_url, timeout=10) as http,
+                trio_websocket.open_websocket_url(server.url) as a,
+                trio_websocket.open_websocket_url(server.url) as b,
+            ):
+                await created(a)
+                await created(b)  # one session per worker
+                first = _worker_pids(server)
+                os.kill(first[1][0], signal.SIGKILL)
+                lost = None
+                for ws in (a, b):
+                    try:
+                        await typed_turn(ws)
+                    except trio_websocket.ConnectionClosed:
+                        lost = ws  # the killed worker's session
+                assert lost is not None  # exactly one of the two was lost...
+                kept = b if lost is a else a
+                assert (await typed_turn(kept))["status"] == "completed"  # ...and the other goes on
+                while len(_worker_pids(server).get(1, [])) < 2:
+                    await trio.sleep(0.1)  # started again after its backoff
+                while (ready := (await http.get("/readyz")).json())["workers"]["1"] != "ready":
+                    await trio.sleep(0.1)  # serving again (worker 2 is full: it holds the session kept)
+                assert ready["ready"] is True and ready["workers"]["2"] == "full: 1 of 1 sessions"
+                async with trio_websocket.open_websocket_url(server.url) as c:  # the new worker takes it
+                    await created(c)
+                    assert (await typed_turn(c))["status"] == "completed"
+                up = by_worker((await http.get("/metrics")).text, "voiceorch_worker_up")
+                assert up == {"1": 1.0, "2": 1.0}
+    finally:
+        rc = server.stop()
+    assert rc == 0
+    restarted = [line for line in server.log_lines() if line.get("event") == "workers.exited"]
+    assert [(line["worker"], line["code"]) for line in restarted] == [(1, -signal.SIGKILL)]
+
+
+async def test_workers_drain_and_exit_when_the_parent_is_killed():
+    server = start_server("--fake-engines", "--no-warm-up", "--workers", "2")
+    pids = [pid for slot in _worker_pids(server).values() for pid in slot]
+    assert len(pids) == 2
+    server.process.kill()  # no clean-up of its own: the workers see their stdin close
+    server.process.wait(timeout=TIMEOUT)
+    with trio.fail_after(TIMEOUT):
+        for pid in pids:
+            while True:
+                try:
+                    os.kill(pid, 0)  # (the workers are reparented and reaped by init)
+                except ProcessLookupError:
+                    break
+                await trio.sleep(0.1)
+    stopped = [line for line in server.log_lines() if line.get("event") == "server.stop"]
+    assert sorted((line["worker"], line["signal"]) for line in stopped) == [(1, "parent"), (2, "parent")]
