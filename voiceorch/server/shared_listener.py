@@ -24,6 +24,7 @@ import mmap
 import os
 import socket
 import struct
+import tempfile
 from collections.abc import Callable
 
 import trio
@@ -55,7 +56,11 @@ class WorkerTable:
     @classmethod
     def create(cls, count: int) -> WorkerTable:
         """A new table of ``count`` slots, all :data:`NOT_ACCEPTING` (its fd is inheritable)."""
-        fd = os.memfd_create("voiceorch-workers", 0)
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("voiceorch-workers", 0)
+        else:  # (no memfd, e.g. macOS: an unlinked temporary file does the same)
+            with tempfile.TemporaryFile() as file:
+                fd = os.dup(file.fileno())
         os.ftruncate(fd, count * _SLOT.size)
         table = cls(fd)
         for index in range(1, count + 1):
