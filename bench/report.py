@@ -19,6 +19,7 @@ FIGURES = [
     ("barge_in_from_speech_ms", "barge_in", "barge_in_from_speech_ms"),
     ("barge_in_audio_stop_ms", "barge_in", "barge_in_audio_stop_ms"),
     ("interrupt_after_vad_ms", "barge_in", "interrupt_after_vad_ms"),
+    ("stop_after_vad_ms", "barge_in", "stop_after_vad_ms"),
 ]
 #: Latency paths that have floors: scenario -> the sample field measured.
 PATHS = {"voice_to_voice": "voice_to_voice_ms", "commit": "commit_ms", "text": "text_ms"}

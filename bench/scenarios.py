@@ -330,6 +330,9 @@ async def barge_in(url: str, clip: Clip, speech_b: Clip) -> dict:
     barge_in_audio_stop_ms: B's first frame sent -> the last reply frame of A's response received.
     interrupt_after_vad_ms: input_audio.speech_started (of B) received -> response.interrupted received.
     barge_in_from_speech_ms: the frame carrying B's first speech sample sent -> response.interrupted.
+    stop_after_vad_ms: input_audio.speech_started (of B) received -> the event that stops A's audio
+    (``response.paused`` under the default ``interruption`` ``pause_and_decide``, where
+    ``response.interrupted`` comes after the verdict; ``response.interrupted`` under ``immediate``).
     Then B's own turn is answered and drained too.
     """
     async with open_session(url, vad=True, silence=True, instructions=BARGE_IN_INSTRUCTIONS) as s:
@@ -360,7 +363,12 @@ async def barge_in(url: str, clip: Clip, speech_b: Clip) -> dict:
         def interrupted_or_done(item: Received) -> bool:
             return isinstance(item.event, (p.ResponseInterrupted, p.ResponseDone)) and item.event.turn_id == turn_a
 
-        end = await s.wait_for(interrupted_or_done, start=first)
+        def stopped_or_done(item: Received) -> bool:
+            kinds = (p.ResponsePaused, p.ResponseInterrupted, p.ResponseDone)
+            return isinstance(item.event, kinds) and item.event.turn_id == turn_a
+
+        stop = await s.wait_for(stopped_or_done, start=first)
+        end = await s.wait_for(interrupted_or_done, start=stop)
         done_a = await s.wait_event(p.ResponseDone, turn_id=turn_a, start=created)
         response_a = Response(turn_a, created, first, done_a)
         sample.update(describe(s, response_a))
@@ -373,6 +381,8 @@ async def barge_in(url: str, clip: Clip, speech_b: Clip) -> dict:
         if isinstance(interrupted, p.ResponseInterrupted):
             t_interrupt = s.received[end].at
             started = [item for _, item in s.events(p.SpeechStartedEvent, start=first, stop=end) if item.at >= b_at]
+            sample["paused"] = isinstance(s.received[stop].event, p.ResponsePaused)
+            sample["stop_after_vad_ms"] = _ms(s.received[stop].at - started[0].at) if started else None
             b_speech_at = s.mic.sent_at(played_b.start_pos_ms + speech_b.speech_start_ms, first=True)
             sample.update(
                 interrupted=True,

@@ -20,6 +20,8 @@ from voiceorch.session.speech_detector import SpeechDetector, SpeechStarted, Spe
 SENTENCES = ["Sure thing.", "Here is a short answer.", "Anything else?"]
 REPLY = " ".join(SENTENCES)
 VAD = SessionSettings()  # server VAD is the default
+#: Speech over a reply ends it at once (the default pauses it and decides: test_overlap.py).
+IMMEDIATE = SessionSettings(turn_detection=p.TurnDetection(interruption="immediate"))
 FRAME = 20
 N_INTERRUPTED = 1000
 
@@ -173,7 +175,7 @@ async def _wait_for_stage(client, stage: str) -> None:
 @pytest.mark.parametrize("stage", STAGES)
 async def test_barge_in_at_each_stage_unwinds_the_turn_and_keeps_only_what_was_heard(autojump_clock, stage):
     engines = _engines_for(stage)
-    async with connected(engines, VAD) as client:
+    async with connected(engines, IMMEDIATE) as client:
         await wait_all_tasks_blocked()
         idle_tasks = count_tasks()
         async with trio.open_nursery() as nursery:
@@ -374,7 +376,7 @@ async def test_speech_resuming_after_the_window_joins_the_untranscribed_turn(aut
     # The user pauses longer than the silence window, then goes on while the first part is
     # still being transcribed: that turn is interrupted, and its audio leads the next turn.
     engines = fake_engines(stt=FakeSTT(texts=["the whole thought"], delay=1.0))
-    async with connected(engines, VAD) as client:
+    async with connected(engines, IMMEDIATE) as client:
         await stream(client, ("speech", 600), ("silence", 600), ("speech", 600), ("silence", 800))
         first = await client.until("response.done")
         second = await client.until("response.done")

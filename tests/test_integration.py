@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import trio
 import trio_websocket
@@ -189,3 +191,98 @@ async def test_barge_in_with_the_real_models_stops_the_reply_and_answers_the_new
     assert "fellow americans" in transcripts[1]
     speech_started = [e for e in log if isinstance(e, p.SpeechStartedEvent)]
     assert len(speech_started) >= 2
+
+
+async def _talk_over_a_reply(server, overlap: bytes, *, then_text: str | None = None, responses: int = 1):
+    """A typed question; 0.5 s into its reply's audio, ``overlap`` from the live microphone
+    (silence before and after it). Returns the session id and everything received, up to the
+    ``response.done`` of the ``responses``-th response (and of the answer to ``then_text``, typed
+    once the first response is done, if given)."""
+    silence_20ms = bytes(640)
+    speak_now = trio.Event()
+
+    async def microphone(ws) -> None:
+        while not speak_now.is_set():
+            await send_audio(ws, silence_20ms, realtime=True)
+        await send_audio(ws, overlap, realtime=True)
+        while True:
+            await send_audio(ws, silence_20ms, realtime=True)
+
+    log: list = []
+    with trio.fail_after(150):
+        async with await _connect(server) as ws:
+            created = await _created(ws, vad=True)
+            assert created.session.turn_detection.interruption == "pause_and_decide"  # the default
+            # The verdict is to come from the transcript, even on a slow machine (not the 2 s limit).
+            update = {"type": "session.update", "session": {"turn_detection": {"interrupt_decision_ms": 10_000}}}
+            await ws.send_message(json.dumps(update))
+            assert isinstance(p.parse_server_event(await ws.get_message()), p.SessionUpdated)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(microphone, ws)
+                question = {"type": "input_text", "text": "Tell me about the Moon in three sentences."}
+                await ws.send_message(json.dumps(question))
+                first_audio_at = None
+                expected = responses
+                while True:
+                    message = await ws.get_message()
+                    event = message if isinstance(message, bytes) else p.parse_server_event(message)
+                    log.append(event)
+                    if isinstance(event, bytes) and first_audio_at is None:
+                        first_audio_at = trio.current_time()
+                    if first_audio_at is not None and trio.current_time() - first_audio_at >= 0.5:
+                        speak_now.set()
+                    if isinstance(event, p.ResponseDone):
+                        if event.turn_id == "turn_1" and then_text is not None:
+                            await ws.send_message(json.dumps({"type": "input_text", "text": then_text}))
+                            expected += 1
+                        if len([e for e in log if isinstance(e, p.ResponseDone)]) >= expected:
+                            break
+                nursery.cancel_scope.cancel()
+    return created.session_id, log
+
+
+@pytest.mark.parametrize("overlap", ["hum_16k.wav", "mmhm_espeak_16k.wav"])
+async def test_a_noise_or_a_backchannel_over_a_reply_pauses_and_resumes_it(server, overlap):
+    session_id, log = await _talk_over_a_reply(
+        server, read_as_wire_pcm(DATA / overlap), then_text="Thank you. Say it again in one sentence."
+    )
+    events = [e for e in log if not isinstance(e, bytes)]
+    paused = next(e for e in events if isinstance(e, p.ResponsePaused))
+    resumed = next(e for e in events if isinstance(e, p.ResponseResumed))
+    first = next(e for e in events if isinstance(e, p.ResponseDone))
+    assert paused.turn_id == resumed.turn_id == first.turn_id == "turn_1"
+    assert resumed.overlap == ("noise" if overlap.startswith("hum") else "backchannel"), resumed
+    assert resumed.resume_ms <= resumed.played_ms
+    # No reply audio between the pause and the resume; the reply then played to its end.
+    between = log[log.index(paused) : log.index(resumed)]
+    assert not any(isinstance(e, bytes) for e in between)
+    assert first.status == "completed"
+    audio_after = sum(len(e) for e in log[log.index(resumed) : log.index(first)] if isinstance(e, bytes))
+    assert audio_after > 0
+    # The overlap was no turn: the only turns are the two typed ones.
+    assert [e.turn_id for e in events if isinstance(e, p.ResponseCreated)] == ["turn_1", "turn_2"]
+    assert not [e for e in events if isinstance(e, p.InputAudioCommitted)]
+    # The next LLM request has the whole reply in its history.
+    messages = _llm_messages(server, session_id, "turn_2")
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[2]["content"] == first.text
+    deltas = "".join(e.delta for e in events if isinstance(e, p.ResponseTextDelta) and e.turn_id == "turn_1")
+    assert " ".join(first.text.split()) == " ".join(deltas.split())
+
+
+async def test_wait_stop_what_time_is_it_over_a_reply_interrupts_it_and_is_answered(server):
+    _session_id, log = await _talk_over_a_reply(
+        server, read_as_wire_pcm(DATA / "wait_stop_espeak_16k.wav"), responses=2
+    )
+    events = [e for e in log if not isinstance(e, bytes)]
+    paused = next(e for e in events if isinstance(e, p.ResponsePaused))
+    interrupted = next(e for e in events if isinstance(e, p.ResponseInterrupted))
+    first, second = [e for e in events if isinstance(e, p.ResponseDone)]
+    assert paused.turn_id == interrupted.turn_id == first.turn_id == "turn_1"
+    assert not [e for e in events if isinstance(e, p.ResponseResumed)]
+    assert first.status == "interrupted" and first.text == interrupted.heard_text
+    assert not any(isinstance(e, bytes) for e in log[log.index(paused) : log.index(first)])
+    # The words over the reply are the next turn, and it is answered.
+    (transcript,) = [e for e in events if isinstance(e, p.TranscriptFinal) and e.turn_id == second.turn_id]
+    assert "what time is it" in transcript.text.lower()
+    assert second.status == "completed"

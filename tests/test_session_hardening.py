@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import attrs
+import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 
@@ -96,10 +98,12 @@ class StuckTransport:
         return self.inner.close_code
 
 
-async def test_barge_in_cuts_the_reply_at_once_while_the_writer_is_stuck_on_a_slow_client(autojump_clock):
+@pytest.mark.parametrize("interruption", ["immediate", "pause_and_decide"])
+async def test_barge_in_cuts_the_reply_at_once_while_the_writer_is_stuck_on_a_slow_client(autojump_clock, interruption):
     server_end, client_end = memory_transport_pair()
     transport = StuckTransport(server_end)
-    settings = SessionSettings(send_timeout_s=60, turn_detection=PUSH_TO_TALK.turn_detection)
+    detection = attrs.evolve(PUSH_TO_TALK.turn_detection, interruption=interruption)
+    settings = SessionSettings(send_timeout_s=60, turn_detection=detection)
     session = Session(transport, fake_engines(tts=FakeTTS(ms_per_char=100)), settings)
     got = []
     async with trio.open_nursery() as nursery:
@@ -126,11 +130,14 @@ async def test_barge_in_cuts_the_reply_at_once_while_the_writer_is_stuck_on_a_sl
         for _ in range(40):  # 800 ms of speech: well past interrupt_min_speech_ms
             await client_end.send(speech(20))
             await trio.sleep(0.02)
-            if turn.scope.cancel_called:
+            if turn.scope.cancel_called or turn.paused_at is not None:
                 break
         interrupted_after = trio.current_time() - started
         await wait_all_tasks_blocked()
-        assert turn.scope.cancel_called and turn.interrupted
+        if interruption == "immediate":
+            assert turn.scope.cancel_called and turn.interrupted
+        else:  # paused now (its audio stops as at once), decided later
+            assert turn.paused_at is not None and not turn.scope.cancel_called
         assert interrupted_after < 1.0  # long before the 60 s send timeout
         sent_ms = turn.playback.sent_ms
         await trio.sleep(2)

@@ -10,6 +10,7 @@ from voiceorch.session import turn_taking as tt
 
 CHUNK = 1024  # one 32 ms VAD chunk of 16 kHz s16le
 CHUNK_S = 0.032
+IMMEDIATE = p.TurnDetection(interruption="immediate")
 
 
 class Script:
@@ -89,7 +90,7 @@ def confirmed_turn(s: Script) -> tt.Response:
 
 
 def test_barge_in_interrupts_first_and_carries_untranscribed_audio_into_the_next_turn():
-    s = Script()
+    s = Script(turn_detection=IMMEDIATE)
     first = confirmed_turn(s)
     speech = s.feed("SSSSSSS")  # 224 ms >= interrupt_min_speech_ms 200
     assert kinds(speech)[:1] == ["speech_started"]
@@ -103,7 +104,7 @@ def test_barge_in_interrupts_first_and_carries_untranscribed_audio_into_the_next
 
 
 def test_barge_in_does_not_carry_a_turn_whose_words_were_transcribed():
-    s = Script()
+    s = Script(turn_detection=IMMEDIATE)
     first = confirmed_turn(s)
     s.machine.response_transcribed(first)
     s.feed("SSSSSSS")
@@ -113,7 +114,7 @@ def test_barge_in_does_not_carry_a_turn_whose_words_were_transcribed():
 
 
 def test_barge_in_comes_before_the_events_of_the_same_batch():
-    s = Script()
+    s = Script(turn_detection=IMMEDIATE)
     first = confirmed_turn(s)
     machine = s.machine
     for _ in range(7):  # seven speech chunks judged in one batch
@@ -403,7 +404,7 @@ def test_pieces_of_speech_that_makes_no_turn_are_cancelled():
 
 
 def test_the_pieces_of_an_interrupted_turn_are_cancelled_and_its_audio_carried_whole():
-    s = Script(transcribe_pieces=True)
+    s = Script(transcribe_pieces=True, turn_detection=IMMEDIATE)
     s.feed("SSSSSSSSSS")
     (piece,) = pieces_of(s.feed("_____"))
     s.feed("_" * 11)
@@ -414,3 +415,68 @@ def test_the_pieces_of_an_interrupted_turn_are_cancelled_and_its_audio_carried_w
     s.machine.response_ended(first)
     s.feed("_____")
     assert s.started[-1].pieces == () and s.started[-1].audio.startswith(first.audio)  # transcribed whole
+
+
+# --- pause and decide (the default): speech over a response is judged by its transcript --------
+
+
+def test_speech_over_a_response_pauses_it_and_a_backchannel_resumes_it_and_is_no_turn():
+    s = Script()
+    first = confirmed_turn(s)
+    speech = s.feed("SSSSSSS")
+    assert kinds(speech) == ["speech_started", "Pause"] and speech[1].response is first and first.paused
+    assert s.machine.judging and not first.cancelled
+    (ask,) = s.feed("_____")  # the speech pauses: transcribe it so far
+    assert isinstance(ask, tt.Transcribe) and ask.deadline == pytest.approx(s.now + 2.0)  # 2 s from this pause
+    actions = s.machine.overlap_transcript(ask.ticket, "Mm-hmm.", s.now)
+    assert kinds(actions) == ["Resume"] and actions[0].overlap == "backchannel" and not first.paused
+    assert kinds(s.feed("_" * 12)) == ["speech_stopped"]  # ignored: no turn
+    assert len(s.started) == 1 and s.machine.input_bytes <= (300 + 150 + 64) * 32
+
+
+def test_real_words_interrupt_and_are_the_next_turn_with_their_transcript():
+    s = Script()
+    first = confirmed_turn(s)
+    s.machine.response_transcribed(first)  # (else its audio would lead the next turn's, untranscribed)
+    s.feed("SSSSSSS")
+    (ask,) = s.feed("_____")
+    actions = s.machine.overlap_transcript(ask.ticket, "Wait, stop. What time is it?", s.now)
+    # Interrupted, and the speech (in its pause) answered speculatively with the known words.
+    assert kinds(actions) == ["Interrupt", "StartResponse"] and first.cancelled
+    second = actions[1].response
+    assert second.speculative and second.text == "Wait, stop. What time is it?"
+    s.machine.response_ended(first)
+    assert kinds(s.feed("_" * 12)) == ["speech_stopped", "committed", "ConfirmResponse"]
+
+
+def test_a_transcript_of_a_part_of_the_speech_decides_nothing():
+    s = Script()
+    confirmed_turn(s)
+    s.feed("SSSSSSS")
+    (ask,) = s.feed("_____")
+    assert kinds(s.feed("SSS")) == []  # the user speaks on (the pause had no speculation)
+    assert s.machine.overlap_transcript(ask.ticket, "Okay.", s.now) == []
+    (again,) = s.feed("_____")
+    assert again.ticket == ask.ticket + 1 and len(again.audio) > len(ask.audio)
+    assert kinds(s.machine.overlap_transcript(again.ticket, "Okay, and then?", s.now))[0] == "Interrupt"
+
+
+def test_no_verdict_by_the_deadline_interrupts_even_while_audio_keeps_coming():
+    s = Script(turn_detection=attrs.evolve(p.TurnDetection(), interrupt_decision_ms=500))
+    first = confirmed_turn(s)
+    s.feed("SSSSSSS")
+    s.feed("_____")  # transcription asked for; it never comes
+    actions = s.feed("S" * 20)  # 640 ms more speech
+    assert "Interrupt" in kinds(actions) and first.cancelled and not s.machine.judging
+    # The speech goes on as the user's turn, committed when it ends.
+    s.machine.response_ended(first)
+    assert kinds(s.feed("_" * 16))[-2:] == ["committed", "ConfirmResponse"]  # (speculated in its pause)
+
+
+def test_the_deadline_passes_by_the_clock_when_the_audio_stops():
+    s = Script(turn_detection=attrs.evolve(p.TurnDetection(), interrupt_decision_ms=500), speculate_after_ms=None)
+    first = confirmed_turn(s)
+    s.feed("SSSSSSS")
+    assert s.machine.deadline() == pytest.approx(s.now + 0.5, abs=0.04)
+    assert s.machine.tick(s.now + 0.1) == []
+    assert kinds(s.machine.tick(s.machine.deadline())) == ["Interrupt"] and first.cancelled

@@ -68,6 +68,13 @@ class WhisperSTT(SpeechToText):
         """Transcribe one second of silence, so the first real utterance is not slowed down."""
         await self.transcribe(bytes(SAMPLE_RATE * SAMPLE_WIDTH))
 
+    async def aclose(self) -> None:
+        """Wait until no transcription runs in a worker thread (one a cancelled call left running
+        goes on to the end of its unit of work): a process that exits while CTranslate2 is inside
+        a call crashes (SIGSEGV, SIGABRT). Cancellable; the caller bounds it."""
+        async with self.limiter:
+            pass
+
     def _transcribe_sync(self, pcm: bytes, prompt: str | None = None, units: WorkUnits | None = None) -> str:
         units = units or WorkUnits(next(self._calls), self.on_unit)
         audio = pcm_to_float(pcm)

@@ -150,6 +150,13 @@ class WindowedWhisperSTT(SpeechToText):
         """Transcribe one second of silence, so the first real utterance is not slowed down."""
         await self.transcribe(bytes(SAMPLE_RATE * SAMPLE_WIDTH))
 
+    async def aclose(self) -> None:
+        """Wait until no transcription runs in a worker thread (one a cancelled call left running
+        goes on to the end of its unit of work): a process that exits while CTranslate2 is inside
+        a call crashes (SIGSEGV, SIGABRT). Cancellable; the caller bounds it."""
+        async with self.limiter:
+            pass
+
     def window_frames(self, samples: int) -> int:
         """Mel frames the encoder gets for an utterance of ``samples`` (whole seconds, even)."""
         seconds = math.ceil(samples / SAMPLE_RATE + self.margin_s)

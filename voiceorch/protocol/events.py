@@ -39,6 +39,46 @@ def audio_ms(num_bytes: int) -> float:
 _unit = [attrs.validators.ge(0.0), attrs.validators.le(1.0)]
 _ms_range = [attrs.validators.ge(0), attrs.validators.le(60_000)]
 
+#: Words that, alone, say "go on" rather than take the turn (``turn_detection.backchannels``).
+#: Matched whole, case and punctuation aside, with letters repeated or not ("mm-hmm" = "mm-hm").
+DEFAULT_BACKCHANNELS: tuple[str, ...] = (
+    "mm-hm",
+    "mhm",
+    "mm",
+    "hm",
+    "uh-huh",
+    "uh",
+    "um",
+    "ah",
+    "oh",
+    "yeah",
+    "yes",
+    "yep",
+    "yup",
+    "okay",
+    "ok",
+    "right",
+    "sure",
+    "alright",
+    "all right",
+    "i see",
+    "got it",
+    "cool",
+    "nice",
+    "wow",
+    "really",
+)
+
+InterruptionMode = Literal["immediate", "pause_and_decide"]
+
+
+def _phrases(_instance: object, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
+    if len(value) > 200:
+        raise ValueError(f"{attribute.name} holds at most 200 phrases")
+    for phrase in value:
+        if not phrase.strip() or len(phrase) > 40:
+            raise ValueError(f"{attribute.name}: each phrase has 1 to 40 characters, not {phrase!r}")
+
 
 @attrs.frozen(kw_only=True)
 class TurnDetection:
@@ -51,6 +91,12 @@ class TurnDetection:
     they have, and after up to ``eagerness``'s cap (1-3 s) when they have not
     (``silence_duration_ms`` is not used). ``none``: push-to-talk, the client ends each turn with
     ``input_audio.commit``.
+
+    ``interruption``: ``immediate`` ends the response at the barge-in; ``pause_and_decide``
+    pauses its audio there, then ends it only if the overlapping speech holds at least
+    ``interrupt_min_words`` words that are not ``backchannels`` (else it resumes), deciding
+    within ``interrupt_decision_ms`` of the pause, or of the speech's latest pause (when the
+    time is up, it ends it).
     """
 
     type: Literal["server_vad", "semantic_vad", "none"] = "server_vad"
@@ -68,6 +114,12 @@ class TurnDetection:
     #: Under ``semantic_vad``, how long an unfinished-sounding pause may last before the turn ends
     #: anyway: ``high`` 1 s, ``medium`` and ``auto`` 2 s, ``low`` 3 s.
     eagerness: Literal["low", "medium", "high", "auto"] = attrs.field(default="auto", metadata={OMIT_IF_DEFAULT: True})
+    interruption: InterruptionMode = "pause_and_decide"
+    interrupt_min_words: int = attrs.field(default=1, validator=[attrs.validators.ge(1), attrs.validators.le(20)])
+    interrupt_decision_ms: int = attrs.field(
+        default=2000, validator=[attrs.validators.ge(100), attrs.validators.le(10_000)]
+    )
+    backchannels: tuple[str, ...] = attrs.field(default=DEFAULT_BACKCHANNELS, validator=_phrases)
 
 
 def _optional(validators: list) -> object:
@@ -84,6 +136,14 @@ class TurnDetectionPatch:
     interrupt_response: bool | None = None
     interrupt_min_speech_ms: int | None = attrs.field(default=None, validator=_optional(_ms_range))
     eagerness: Literal["low", "medium", "high", "auto"] | None = None
+    interruption: InterruptionMode | None = None
+    interrupt_min_words: int | None = attrs.field(
+        default=None, validator=_optional([attrs.validators.ge(1), attrs.validators.le(20)])
+    )
+    interrupt_decision_ms: int | None = attrs.field(
+        default=None, validator=_optional([attrs.validators.ge(100), attrs.validators.le(10_000)])
+    )
+    backchannels: tuple[str, ...] | None = attrs.field(default=None, validator=attrs.validators.optional(_phrases))
 
 
 #: A function's name: letters, digits, ``_`` and ``-``, at most 64 (as the OpenAI API has it).
@@ -368,6 +428,38 @@ class ResponseInterrupted:
     heard_text: str
 
 
+@attrs.frozen(kw_only=True)
+class ResponsePaused:
+    """The user began speaking over response ``turn_id`` (``interruption``
+    ``pause_and_decide``): stop playing it now and drop its buffered audio. Either
+    ``response.resumed`` (it goes on) or ``response.interrupted`` (it ends) follows.
+
+    ``played_ms`` is the server's estimate of how much of its audio the user heard.
+    """
+
+    TYPE: ClassVar[str] = "response.paused"
+    turn_id: str
+    played_ms: float
+
+
+@attrs.frozen(kw_only=True)
+class ResponseResumed:
+    """The speech over paused response ``turn_id`` was not an interruption: ``overlap`` says
+    what it was (``noise``: no words; ``backchannel``: only words of ``backchannels``;
+    ``too_few_words``: fewer than ``interrupt_min_words`` other words), ``transcript`` what
+    speech-to-text made of it. The audio that follows starts ``resume_ms`` into the
+    response's audio, at the start of the first word the user did not hear; ``heard_text``
+    is the reply's text before it. ``played_ms`` is where it was paused."""
+
+    TYPE: ClassVar[str] = "response.resumed"
+    turn_id: str
+    played_ms: float
+    resume_ms: float
+    heard_text: str
+    overlap: Literal["noise", "backchannel", "too_few_words"]
+    transcript: str
+
+
 ResponseStatus = Literal["completed", "cancelled", "interrupted", "failed"]
 
 
@@ -417,6 +509,8 @@ ServerEvent = Union[
     ResponseToolCallDelta,
     ResponseToolCall,
     ResponseInterrupted,
+    ResponsePaused,
+    ResponseResumed,
     ResponseDone,
     Error,
 ]

@@ -105,6 +105,23 @@ def strict_converter(
     for kind in (str, int, float, bool):
         converter.register_structure_hook(kind, _strict(kind))
 
+    def arrays_only(cls: type) -> Callable[[Any, type], Any]:
+        """``tuple[X, ...]`` from a JSON array only (cattrs would take a string's characters)."""
+        item = typing.get_args(cls)[0]
+
+        def check(value: Any, _: type) -> Any:
+            if not isinstance(value, list):
+                raise TypeError(f"expected a JSON array, got {type(value).__name__}")
+            return tuple(converter.structure(v, item) for v in value)
+
+        return check
+
+    def is_array(cls: Any) -> bool:
+        args = typing.get_args(cls)
+        return typing.get_origin(cls) is tuple and len(args) == 2 and args[1] is Ellipsis
+
+    converter.register_structure_hook_factory(is_array, arrays_only)
+
     def objects_only(cls: type) -> Callable[[Any, type], Any]:
         structure = make_dict_structure_fn(cls, converter)
 

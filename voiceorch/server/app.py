@@ -369,8 +369,8 @@ async def run_server(
             task_status.started(RunningServer(voice_port=port, http_port=http_port, voice=server))
             await trio.sleep_forever()
         finally:
-            if close is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(2):
+            if close is not None:  # (it waits for a transcription that a cancelled turn left running)
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
                     await close()
 
 

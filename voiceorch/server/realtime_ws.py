@@ -67,8 +67,10 @@ class RealtimeTransport:
 
 def realtime_settings(settings: SessionSettings) -> SessionSettings:
     """The server's session settings as a Realtime session uses them: speech over a response
-    interrupts it as soon as it counts as speech (upstream cancels on ``speech_started``)."""
-    return attrs.evolve(settings, turn_detection=attrs.evolve(settings.turn_detection, interrupt_min_speech_ms=0))
+    interrupts it as soon as it counts as speech (upstream cancels on ``speech_started``), with
+    no pause to judge it first (``interruption`` ``immediate``: the dialect has no pause or resume)."""
+    vad = attrs.evolve(settings.turn_detection, interrupt_min_speech_ms=0, interruption="immediate")
+    return attrs.evolve(settings, turn_detection=vad)
 
 
 def realtime_transport(

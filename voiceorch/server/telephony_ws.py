@@ -99,8 +99,14 @@ class TelephonyTransport:
 
 def telephony_settings(settings: SessionSettings) -> SessionSettings:
     """The server's session settings for a call: the playback lead of calls (see above), whatever
-    ``--playback-lead-ms`` says (the carrier is a server near ours, not a client's network)."""
-    return attrs.evolve(settings, playback_lead_ms=TELEPHONY_PLAYBACK_LEAD_MS)
+    ``--playback-lead-ms`` says (the carrier is a server near ours, not a client's network); and
+    speech over a reply interrupts it at once (``interruption`` ``immediate``: the carrier
+    translators do not pause and resume a reply)."""
+    return attrs.evolve(
+        settings,
+        playback_lead_ms=TELEPHONY_PLAYBACK_LEAD_MS,
+        turn_detection=attrs.evolve(settings.turn_detection, interruption="immediate"),
+    )
 
 
 def telephony_transport(

@@ -103,6 +103,7 @@ class Session:
         self._receiving: trio.CancelScope | None = None  # the reader's wait for the client
         self._unfinished: list[Turn] = []  # queued or in progress, oldest first
         self._turn_of: dict[tt.Response, Turn] = {}
+        self._overlap_stt: trio.CancelScope | None = None  # transcribing speech over paused responses
         self._response_of: dict[Turn, tt.Response] = {}
         self._last_turn: Turn | None = None  # the last turn answered
         self._turns_send, self._turns_recv = trio.open_memory_channel[Turn](settings.max_pending_turns)
@@ -348,6 +349,15 @@ class Session:
                 case tt.CancelPiece(piece=piece):
                     if (job := self._piece_jobs.get(piece)) is not None:
                         job.scope.cancel()
+                case tt.Pause(response=response):
+                    self._turn_of[response].pause()
+                case tt.Resume(response=response, overlap=overlap, transcript=transcript):
+                    self._turn_of[response].resume(overlap, transcript)
+                case tt.Transcribe(ticket=ticket, audio=audio, deadline=deadline):
+                    if self._overlap_stt is not None:
+                        self._overlap_stt.cancel()  # (moot: the user spoke on)
+                    self._overlap_stt = trio.CancelScope(deadline=deadline)
+                    self._nursery.start_soon(self._transcribe_overlap, self._overlap_stt, ticket, audio)
 
     def _tell(self, event: Callable[[float], list[tt.Action]]) -> None:
         """Give the machine ``event`` (called with the time) from the reader, woken now. Not a checkpoint."""
@@ -415,11 +425,27 @@ class Session:
             probability = 1.0
         self._tell(partial(self._turns.verdict, asked, probability))
 
+    async def _transcribe_overlap(self, scope: trio.CancelScope, ticket: int, audio: bytes) -> None:
+        """Transcribe speech over paused responses for the turn-taking machine's verdict, by the
+        decision's deadline (``scope``; at the deadline the machine decides without it)."""
+        text: str | None = None
+        started = trio.current_time()
+        with scope:
+            try:
+                text = await self.engines.stt.transcribe(audio)
+            except EngineError as exc:
+                log_event(log, "overlap.stt_failed", logging.WARNING, code=exc.code)
+        stt_ms = round((trio.current_time() - started) * 1000, 1)
+        log_event(log, "overlap.transcript", ticket=ticket, audio_ms=p.audio_ms(len(audio)), stt_ms=stt_ms, text=text)
+        if scope.cancelled_caught:
+            return
+        self._tell(partial(self._turns.overlap_transcript, ticket, text))
+
     def _start(self, response: tt.Response) -> None:
         """Queue the machine's ``response`` as a :class:`Turn` for the responder (the machine
         keeps within the queue's bound)."""
         if response.speculative:
-            turn = Turn.speculative(response.turn_id, response.audio or b"")
+            turn = Turn.speculative(response.turn_id, response.audio or b"", text=response.text)
         else:
             turn = Turn.ended(response.turn_id, audio=response.audio, text=response.text)
         turn.text_only = self.config.output_modalities == ("text",)

@@ -56,7 +56,8 @@ Outbox = trio.MemorySendChannel  # of protocol events and reply audio (bytes), t
 
 @attrs.define(eq=False)
 class Turn:
-    """One user turn: committed speech (``audio``) or typed ``text``, and its response's scope."""
+    """One user turn: committed speech (``audio``) or typed ``text`` (or both: speech whose
+    transcript is known already), and its response's scope."""
 
     turn_id: str
     ended_at: float  # trio.current_time() when the user's turn ended
@@ -87,10 +88,21 @@ class Turn:
     #: Text-only reply (``output_modalities: ["text"]``): no speech; each sentence counts as
     #: heard once the client has it in full.
     text_only: bool = False
+    #: When :meth:`pause` stopped the reply's audio (None: not paused).
+    paused_at: float | None = None
+    last_paused_at: float | None = None  # ... and the last time it did, paused or not now
+    #: Why the last :meth:`resume` came: (``response.resumed``'s ``overlap``, ``transcript``).
+    resumed_for: tuple[str, str] = ("noise", "")
+    #: The reply's audio so far, every step of it (a resume may go back into it), and the
+    #: next byte of it to send.
+    reply_audio: bytearray = attrs.field(factory=bytearray, repr=False)
+    audio_cursor: int = 0
+    _unpaused: trio.Event = attrs.field(factory=trio.Event)
+    _audio_scopes: set[trio.CancelScope] = attrs.field(factory=set)  # the audio senders' stretches
 
     @classmethod
-    def speculative(cls, turn_id: str, audio: bytes) -> Turn:
-        return cls(turn_id=turn_id, ended_at=trio.current_time(), audio=audio)
+    def speculative(cls, turn_id: str, audio: bytes, text: str | None = None) -> Turn:
+        return cls(turn_id=turn_id, ended_at=trio.current_time(), audio=audio, text=text)
 
     @classmethod
     def ended(cls, turn_id: str, *, audio: bytes | None = None, text: str | None = None) -> Turn:
@@ -112,10 +124,38 @@ class Turn:
             self.ledger.end()
             self.scope.cancel()
 
+    def pause(self) -> bool:
+        """Stop the reply's audio now (speech over it): the frame being handed over is not,
+        and none follows until :meth:`resume` (or :meth:`cancel`, which ends it); synthesis
+        starts no new sentence meanwhile. Returns False if it was already paused or has ended.
+        Not a checkpoint."""
+        if self.paused_at is not None or self.scope.cancel_called:
+            return False
+        self.paused_at = self.last_paused_at = trio.current_time()
+        self._unpaused = trio.Event()
+        for stretch in self._audio_scopes:
+            stretch.cancel()
+        return True
+
+    def resume(self, overlap: str, transcript: str) -> None:
+        """Go on with the paused reply, from the start of the first word the user did not hear
+        (``response.resumed`` says why: ``overlap``, ``transcript``). Not a checkpoint."""
+        if self.paused_at is not None and not self.scope.cancel_called:
+            self.paused_at = None
+            self.resumed_for = (overlap, transcript)
+            self._unpaused.set()
+
+    async def wait_unpaused(self) -> None:
+        """Return at once unless paused, else when resumed. Cancellable."""
+        if self.paused_at is None:
+            await trio.lowlevel.checkpoint()
+        else:
+            await self._unpaused.wait()
+
     def heard_text(self, played_ms: float, first: int = 0, last: int | None = None) -> str:
         """What the user heard of the reply (of sentences ``first`` to ``last``), given a
         playback position (capped at what was sent)."""
-        return self.playback.heard_text(min(played_ms, self.playback.sent_ms), first, last)
+        return self.playback.heard_text(min(played_ms, self.playback.position_ms), first, last)
 
     def tail_heard_text(self, played_ms: float) -> str:
         """What the user heard of the reply after its last tool step."""
@@ -215,7 +255,7 @@ async def run_turn(
         return None  # cancelled before the user's turn ended: the client never heard of it
     await out.open()
 
-    played_ms = turn.playback.sent_ms
+    played_ms = turn.playback.position_ms
     if error is not None:
         status = "failed"
         played_ms = turn.playback.played_ms(trio.current_time())
@@ -225,7 +265,7 @@ async def run_turn(
         status = "interrupted" if turn.interrupted else "cancelled"
         played_ms = turn.playback.played_ms(turn.cancelled_at)
         if turn.reported_played_ms is not None:  # the client's own position wins
-            played_ms = min(turn.reported_played_ms, turn.playback.sent_ms)
+            played_ms = min(turn.reported_played_ms, turn.playback.position_ms)
     else:
         status = "completed"
     heard = turn.heard_text(played_ms)
@@ -283,7 +323,7 @@ async def _respond(
     progress: _Progress,
     tools: ToolOffer,
 ) -> None:
-    if turn.audio is not None:
+    if turn.audio is not None and turn.text is None:  # (spoken words may come transcribed already)
         started = trio.current_time()
         with _time_limit(settings.stt_timeout_s, "stt_timeout", "speech-to-text"):
             if turn.transcribe is not None:
@@ -355,7 +395,7 @@ async def _say_filler(
         speech_send, speech_recv = trio.open_memory_channel[tuple[str, bytes]](1)
         with speech_send:
             speech_send.send_nowait((text, pcm))
-        await _send_audio(speech_recv, out, settings, turn.playback, progress, wait_played=False)
+        await _send_audio(turn, speech_recv, out, settings, progress, wait_played=False)
     finally:
         sent.set()
     await trio.sleep_until(turn.playback.play_end)
@@ -392,8 +432,8 @@ async def _speak_step(
             speech_send.close()
             nursery.start_soon(_record_text, sentences_recv, turn.playback)
         else:
-            nursery.start_soon(_synthesize, engines, sentences_recv, speech_send, settings, progress)
-            nursery.start_soon(_send_audio, speech_recv, out, settings, turn.playback, progress, True, after)
+            nursery.start_soon(_synthesize, turn, engines, sentences_recv, speech_send, settings, progress)
+            nursery.start_soon(_send_audio, turn, speech_recv, out, settings, progress, True, after)
 
 
 async def _stream_reply(
@@ -457,15 +497,18 @@ async def _record_text(sentences: trio.MemoryReceiveChannel[str], playback: Play
 
 
 async def _synthesize(
+    turn: Turn,
     engines: Engines,
     sentences: trio.MemoryReceiveChannel[str],
     speech: trio.MemorySendChannel[tuple[str, bytes]],
     settings: SessionSettings,
     progress: _Progress,
 ) -> None:
-    """Speak each sentence as soon as it is complete, one at a time."""
+    """Speak each sentence as soon as it is complete, one at a time; none is started while
+    the reply is paused (a paused reply holds no engine)."""
     with speech:
         async for sentence in sentences:
+            await turn.wait_unpaused()
             started = trio.current_time()
             with _time_limit(settings.tts_timeout_s, "tts_timeout", "text-to-speech of one sentence"):
                 pcm = await engines.tts.synthesize(sentence)
@@ -475,31 +518,94 @@ async def _synthesize(
 
 
 async def _send_audio(
+    turn: Turn,
     speech: trio.MemoryReceiveChannel[tuple[str, bytes]],
     out: _Gate,
     settings: SessionSettings,
-    playback: Playback,
     progress: _Progress,
     wait_played: bool = True,
     after: trio.Event | None = None,
 ) -> None:
     """Hand each sentence's audio to the outbox in frames, paced to real time plus the lead,
     then (if ``wait_played``) wait until the client has played it all. Nothing goes before the
-    gate opens, nor before ``after`` is set."""
+    gate opens, nor before ``after`` is set.
+
+    The reply's audio is kept whole (:attr:`Turn.reply_audio`, every step's and a filler's, in
+    the order they play) and sent from :attr:`Turn.audio_cursor`. :meth:`Turn.pause` cancels
+    the stretch in progress at once (a frame being handed over is not): then
+    ``response.paused``, a wait for :meth:`Turn.resume`, ``response.resumed``, and the reply's
+    audio again from the start of the first word the user did not hear. A sender still waiting
+    for ``after`` (a filler plays before it) only waits out the pause: the one playing speaks
+    for the turn. Cancelling the turn ends the wait."""
     frame_bytes = settings.audio_frame_ms * p.BYTES_PER_MS
     lead = settings.playback_lead_ms / 1000
-    async for sentence, pcm in speech:
-        await out.opened.wait()
-        if after is not None:
-            await after.wait()
-        playback.add_sentence(sentence, p.audio_ms(len(pcm)))
-        for offset in range(0, len(pcm), frame_bytes):
-            await trio.sleep_until(playback.play_end - lead)
-            frame = pcm[offset : offset + frame_bytes]
-            await out.send(frame)
-            now = trio.current_time()
-            if progress.first_audio_at is None:
-                progress.first_audio_at = now
-            playback.on_sent(now, p.audio_ms(len(frame)))
-    if wait_played:
-        await trio.sleep_until(playback.play_end)
+    playback, audio = turn.playback, turn.reply_audio
+    pending: tuple[str, bytes] | None = None  # a sentence received, not yet in the reply's audio
+
+    def active() -> bool:
+        return after is None or after.is_set()
+
+    async def send() -> None:
+        nonlocal pending
+        while True:
+            if pending is None and turn.audio_cursor < len(audio):
+                await trio.sleep_until(playback.play_end - lead)
+                frame = bytes(audio[turn.audio_cursor : turn.audio_cursor + frame_bytes])
+                await out.send(frame)
+                turn.audio_cursor += len(frame)
+                now = trio.current_time()
+                if progress.first_audio_at is None:
+                    progress.first_audio_at = now
+                playback.on_sent(now, p.audio_ms(len(frame)))
+                continue
+            if pending is None:
+                try:
+                    pending = await speech.receive()
+                except trio.EndOfChannel:
+                    break
+            await out.opened.wait()
+            if after is not None:
+                await after.wait()
+            sentence, pcm = pending
+            pending = None
+            playback.add_sentence(sentence, p.audio_ms(len(pcm)))
+            audio.extend(pcm)
+        if wait_played:
+            await trio.sleep_until(playback.play_end)
+
+    while True:
+        with trio.CancelScope() as stretch:
+            turn._audio_scopes.add(stretch)
+            try:
+                if turn.paused_at is not None:
+                    stretch.cancel()
+                await send()
+            finally:
+                turn._audio_scopes.discard(stretch)
+        if not stretch.cancelled_caught:
+            return
+        if not active():
+            await turn.wait_unpaused()
+            continue
+        assert turn.last_paused_at is not None
+        sent = playback.position_ms
+        played = playback.stop(turn.last_paused_at)
+        await out.send(p.ResponsePaused(turn_id=turn.turn_id, played_ms=round(played, 1)))
+        await turn.wait_unpaused()
+        if turn.reported_played_ms is not None:  # the client's own position wins
+            played = min(turn.reported_played_ms, sent)
+            turn.reported_played_ms = None  # (a later one is from after the resume)
+        resume_ms, heard = playback.resume_point(played, bytes(audio))
+        turn.audio_cursor = min(len(audio), int(resume_ms * 16) * 2)
+        playback.rewind(p.audio_ms(turn.audio_cursor))
+        overlap, transcript = turn.resumed_for
+        await out.send(
+            p.ResponseResumed(
+                turn_id=turn.turn_id,
+                played_ms=round(played, 1),
+                resume_ms=round(p.audio_ms(turn.audio_cursor), 1),
+                heard_text=heard,
+                overlap=overlap,
+                transcript=transcript,
+            )
+        )

@@ -14,7 +14,17 @@ order:
   :meth:`~TurnTaking.response_transcribed`, :meth:`~TurnTaking.response_ended`);
 - decisions out: :class:`DetectSpeech` (judge these chunks, then call ``vad``), :class:`Emit` (an
   event for the client), :class:`Fail` (an ``error`` event), :class:`StartResponse`,
-  :class:`Interrupt` (barge-in), :class:`CancelResponse`, :class:`ConfirmResponse`.
+  :class:`Interrupt` (barge-in), :class:`CancelResponse`, :class:`ConfirmResponse`, and under
+  ``interruption`` ``pause_and_decide``: :class:`Pause` (speech over a response: stop its audio),
+  :class:`Transcribe` (the speech so far, then call :meth:`~TurnTaking.overlap_transcript`) and
+  :class:`Resume` (it was no interruption: go on).
+
+**Pause and decide.** Speech over a response pauses it (where ``immediate`` interrupts it); the
+speech is then judged (:mod:`.overlap`) from its transcript at each of its pauses: real words
+interrupt the response and become the user's next turn (with that transcript), noise or a
+backchannel resumes it and is no turn at all. The verdict comes by ``interrupt_decision_ms``
+after the pause: without a transcript by then, the response is interrupted.
+
 
 Times are plain numbers of seconds (the session passes ``trio.current_time()``), so the machine
 is tested alone with scripted probabilities and a clock value. Nothing here blocks or awaits.
@@ -31,6 +41,7 @@ from .. import protocol as p
 from ..engines.base import VoiceActivityStream
 from ..logs import log_event
 from .end_of_turn_policy import SemanticPolicy, transcript_unfinished
+from .overlap import OverlapDecision, Verdict
 from .speech_detector import (
     CHUNK_MS,
     Decision,
@@ -68,6 +79,17 @@ class Response:
     #: empty when no speech follows the last cut). No pieces: transcribe ``audio``.
     pieces: tuple[Piece, ...] = ()
     rest: bytes = b""
+    #: Its audio is paused while speech over it is judged.
+    paused: bool = False
+
+
+@attrs.define(eq=False)
+class _Overlap:
+    """Speech over paused responses, from the pause to the verdict."""
+
+    decision: OverlapDecision
+    responses: list[Response]
+    speech_stopped: bool = False  # the speech ended: its audio is held for the verdict
 
 
 @attrs.define(eq=False)
@@ -159,6 +181,33 @@ class CancelPiece:
     piece: Piece
 
 
+@attrs.frozen
+class Pause:
+    """Speech over ``response``: stop its audio now (the speech is being judged)."""
+
+    response: Response
+
+
+@attrs.frozen
+class Resume:
+    """The speech over paused ``response`` was ``overlap`` (its ``transcript``): go on with it."""
+
+    response: Response
+    overlap: str
+    transcript: str
+
+
+@attrs.frozen
+class Transcribe:
+    """Transcribe ``audio`` (the speech over paused responses, so far) by ``deadline`` and give
+    the text to :meth:`TurnTaking.overlap_transcript` with ``ticket`` (a later request makes this
+    one moot: it may be cancelled)."""
+
+    ticket: int
+    audio: bytes
+    deadline: float
+
+
 Action = (
     DetectSpeech
     | Emit
@@ -170,6 +219,9 @@ Action = (
     | Judge
     | TranscribePiece
     | CancelPiece
+    | Pause
+    | Resume
+    | Transcribe
 )
 
 #: Under ``semantic_vad`` with speculation off, the end-of-turn model is still asked this far into a pause.
@@ -219,6 +271,8 @@ class TurnTaking:
     _turn_count: int = 0
     _draining: bool = False
     _audio_at: float = 0.0  # when the last audio frame was taken in
+    _overlap: _Overlap | None = None  # speech over paused responses, being judged
+    _overlap_settled: bool = False  # the current speech was judged no interruption
 
     def __attrs_post_init__(self) -> None:
         self._configure_detector()
@@ -239,12 +293,23 @@ class TurnTaking:
         """A confirmed response is queued or in progress (the session is not idle)."""
         return any(not r.speculative for r in self._responses)
 
+    @property
+    def judging(self) -> bool:
+        """Speech over paused responses is being judged."""
+        return self._overlap is not None
+
     def deadline(self) -> float | None:
         """When :meth:`tick` has something to decide if no audio comes before (None: nothing).
 
         A pending speculation's silence window closes at the last frame's arrival plus the rest of
         the window, plus :data:`AUDIO_STOPPED_MARGIN_S` so that only audio that really stopped
-        counts, never the jitter of a client streaming in real time."""
+        counts, never the jitter of a client streaming in real time. Speech over paused responses
+        is judged by its decision's deadline."""
+        judged = None if self._overlap is None else self._overlap.decision.deadline
+        turn = self._turn_deadline()
+        return turn if judged is None else judged if turn is None else min(turn, judged)
+
+    def _turn_deadline(self) -> float | None:
         spec, detector, pause = self._speculative, self.detector, self._pause
         if detector is None or detector.quiet_ms is None:
             return None
@@ -299,13 +364,16 @@ class TurnTaking:
         decisions = [d for d in map(detector.feed_probability, probabilities) if d is not None]
         vad = self.turn_detection
         barge_in = detector.in_speech and vad.interrupt_response and detector.speech_ms >= vad.interrupt_min_speech_ms
-        actions = self._barge_in() if barge_in else []
-        for decision in decisions:
-            actions += self._on_decision(detector, decision)
-        actions += self._decide_end(now)
+        immediate = vad.interruption == "immediate"
+        actions = self._judge_by_deadline(now)
         if barge_in:
+            actions += self._barge_in() if immediate else self._pause_responses(now)
+        for decision in decisions:
+            actions += self._on_decision(detector, decision, now)
+        actions += self._decide_end(now)
+        if barge_in and immediate:
             self._over_response = False
-        elif not detector.in_speech:
+        elif not detector.in_speech and self._overlap is None:  # (speech being judged is held whole)
             if self._pieces:  # an utterance that made no turn (its end was refused)
                 actions += self._drop_pieces()
                 self._pieces, self._cut, self._voiced_after_cut, self._deltas_sent = [], 0, False, 0
@@ -319,7 +387,13 @@ class TurnTaking:
         silence window has passed by the wall clock, so the user's turn has ended (as a file ending
         in a short silence expects)."""
         deadline = self.deadline()
-        if deadline is None or now < deadline or self.detector is None:
+        if deadline is None or now < deadline:
+            return []
+        actions = self._judge_by_deadline(now)
+        if actions or self.detector is None:
+            return actions
+        turn_deadline = self._turn_deadline()
+        if turn_deadline is None or now < turn_deadline:
             return []
         if self._policy is not None:
             return self._decide_end(now)
@@ -327,7 +401,7 @@ class TurnTaking:
         if decision is None:
             return []
         log_event(log, "speech.audio_stopped", audio_ms=decision.audio_ms)
-        return self._on_decision(self.detector, decision)
+        return self._on_decision(self.detector, decision, now)
 
     def commit(self) -> list[Action]:
         """``input_audio.commit``: the user's turn ends now."""
@@ -407,7 +481,85 @@ class TurnTaking:
         if response in self._responses:
             self._responses.remove(response)
 
+    def overlap_transcript(self, ticket: int, text: str | None, now: float) -> list[Action]:
+        """The transcript asked for by :class:`Transcribe` ``ticket`` (None: speech-to-text
+        failed, which interrupts)."""
+        overlap = self._overlap
+        if overlap is None:
+            return []
+        decision = overlap.decision
+        verdict = decision.on_failure(ticket) if text is None else decision.on_transcript(ticket, text)
+        return [] if verdict is None else self._on_verdict(overlap, verdict, now)
+
     # --- barge-in ---------------------------------------------------------------------------
+
+    def _pause_responses(self, now: float) -> list[Action]:
+        """The user speaks over the responses in progress (``pause_and_decide``): pause them and
+        judge the speech, unless that is under way or this speech was judged already."""
+        if self._overlap is not None or self._overlap_settled:
+            return []
+        paused = [r for r in self._responses if not r.speculative and not r.cancelled and not r.paused]
+        if not paused:
+            return []
+        vad = self.turn_detection
+        decision = OverlapDecision.start(
+            now, decision_ms=vad.interrupt_decision_ms, backchannels=vad.backchannels, min_words=vad.interrupt_min_words
+        )
+        self._overlap = _Overlap(decision, paused)
+        log_event(log, "overlap.paused", turns=[r.turn_id for r in paused])
+        for response in paused:
+            response.paused = True
+        return [Pause(r) for r in paused]
+
+    def _ask(self, now: float) -> list[Action]:
+        """A pause in the speech being judged (or its end): transcribe it so far."""
+        assert self._overlap is not None
+        decision = self._overlap.decision
+        ticket = decision.on_pause(now)
+        return [] if ticket is None else [Transcribe(ticket, bytes(self._input), decision.deadline)]
+
+    def _judge_by_deadline(self, now: float) -> list[Action]:
+        overlap = self._overlap
+        if overlap is None:
+            return []
+        verdict = overlap.decision.on_deadline(now)
+        return [] if verdict is None else self._on_verdict(overlap, verdict, now)
+
+    def _on_verdict(self, overlap: _Overlap, verdict: Verdict, now: float) -> list[Action]:
+        """Interrupt the paused responses (the speech is the user's next turn, committed now if it
+        has ended, with the transcript that decided) or resume them (the speech is no turn)."""
+        self._overlap = None
+        paused = [r for r in overlap.responses if r.paused and not r.cancelled and r in self._responses]
+        for response in overlap.responses:
+            response.paused = False
+        log_event(
+            log,
+            "overlap.verdict",
+            interrupt=verdict.interrupt,
+            overlap=verdict.overlap and verdict.overlap.value,
+            transcript=verdict.transcript,
+            decision_ms=round((now - overlap.decision.paused_at) * 1000, 1),
+            paused=len(paused),
+        )
+        if verdict.interrupt:
+            actions = self._barge_in() if paused else []
+            self._over_response = False
+            # Only silence came after the audio of the transcript (speech would have voided it).
+            transcript = verdict.transcript if verdict.overlap is not None else None
+            if overlap.speech_stopped and self._input:
+                actions += self._commit(supersede=False, transcript=transcript)
+            elif self.detector is not None and self.detector.quiet_ms is not None:
+                actions += self._speculate(transcript)  # in a pause: confirmed when the silence ends
+            return actions
+        assert verdict.overlap is not None
+        actions: list[Action] = [Resume(r, verdict.overlap.value, verdict.transcript) for r in paused]
+        if overlap.speech_stopped:
+            log_event(log, "speech.ignored", audio_ms=p.audio_ms(len(self._input)))
+            actions += self._drop_pieces()
+            self._clear_input()
+        else:
+            self._overlap_settled = True  # until the user speaks again
+        return actions
 
     def _barge_in(self) -> list[Action]:
         """The user speaks over the responses in progress: interrupt them.
@@ -426,15 +578,23 @@ class TurnTaking:
 
     # --- the detector's decisions ---------------------------------------------------------
 
-    def _on_decision(self, detector: SpeechDetector, decision: Decision) -> list[Action]:
+    def _on_decision(self, detector: SpeechDetector, decision: Decision, now: float) -> list[Action]:
         vad = self.turn_detection
         match decision:
+            case SpeechStarted(audio_ms=at) if self._overlap is not None:
+                # Speech again before the verdict on the speech before it: judged as one.
+                self._overlap.speech_stopped = False
+                self._overlap.decision.on_speech_resumed()
+                return [Emit(p.SpeechStartedEvent(audio_ms=at))]
             case SpeechStarted(audio_ms=at):
                 # Keep the prefix padding before the speech, drop what came before it.
                 keep_ms = vad.prefix_padding_ms + (detector.fed_ms - at)
                 del self._input[: max(0, len(self._input) - int(keep_ms) * p.BYTES_PER_MS)]
                 self._over_response = any(not r.cancelled for r in self._responses)
+                self._overlap_settled = False
                 return [Emit(p.SpeechStartedEvent(audio_ms=at))]
+            case PauseStarted() if self._overlap is not None:
+                return self._ask(now)
             case PauseStarted() if not (self._over_response and vad.interrupt_response):
                 actions = self._cut_piece()
                 actions += self._speculate()
@@ -447,10 +607,17 @@ class TurnTaking:
             case SpeechResumed():
                 self._pause = None
                 self._voiced_after_cut = True
+                self._overlap_settled = False
+                if self._overlap is not None:
+                    self._overlap.decision.on_speech_resumed()
                 return self._drop_speculation()
             case SpeechStopped(audio_ms=at):
                 self._pause = None
                 actions: list[Action] = [Emit(p.SpeechStoppedEvent(audio_ms=at))]
+                self._overlap_settled = False
+                if self._overlap is not None:
+                    self._overlap.speech_stopped = True
+                    return actions + self._ask(now)
                 if self._over_response and vad.interrupt_response:
                     # Speech over a response, too short to interrupt it (a cough, an "uh-huh"):
                     # not a turn of its own.
@@ -495,7 +662,7 @@ class TurnTaking:
             unfinished_words=transcript_unfinished(pause.transcript),
         )
         decision = detector.assume_silence()
-        return [] if decision is None else self._on_decision(detector, decision)
+        return [] if decision is None else self._on_decision(detector, decision, now)
 
     def _transcript_coming(self) -> bool:
         """A running speculation will soon tell the words of the turn so far."""
@@ -512,14 +679,16 @@ class TurnTaking:
 
     # --- speculation --------------------------------------------------------------------------
 
-    def _speculate(self) -> list[Action]:
+    def _speculate(self, transcript: str | None = None) -> list[Action]:
         """A pause began: start answering the audio so far, output held back until the turn really
-        ends (or dropped if the user speaks on)."""
+        ends (or dropped if the user speaks on). ``transcript``: its words, if known."""
         if self.speculate_after_ms is None or not self._input or self._busy() or self._draining:
             return []
         self._turn_count += 1
-        response = Response(f"turn_{self._turn_count}", audio=self._turn_audio(), speculative=True)
-        response.pieces, response.rest = self._pieces_and_rest()
+        text = self._known(transcript)
+        response = Response(f"turn_{self._turn_count}", audio=self._turn_audio(), text=text, speculative=True)
+        if text is None:
+            response.pieces, response.rest = self._pieces_and_rest()
         self._speculative = response
         return self._start(response, supersede=False)
 
@@ -534,7 +703,11 @@ class TurnTaking:
 
     # --- ending a turn ----------------------------------------------------------------------
 
-    def _commit(self, *, supersede: bool = True) -> list[Action]:
+    def _known(self, transcript: str | None) -> str | None:
+        """``transcript`` (of the input buffer) if it is the whole turn's: no audio carried."""
+        return transcript if transcript and all(r.transcribed for r in self._carried) else None
+
+    def _commit(self, *, supersede: bool = True, transcript: str | None = None) -> list[Action]:
         """End the user's turn: ``input_audio.committed``, then its response (a speculation's output
         released, or a new turn queued). While the server is shutting down the turn is refused with
         ``server_shutting_down`` before anything is acknowledged."""
@@ -559,8 +732,9 @@ class TurnTaking:
         audio = self._turn_audio()
         if not audio:
             return []
-        response = self._new_turn(audio=audio)
-        response.pieces, response.rest = self._pieces_and_rest()
+        response = self._new_turn(audio=audio, text=self._known(transcript))
+        if response.text is None:
+            response.pieces, response.rest = self._pieces_and_rest()
         self._clear_input()
         actions = [Emit(p.InputAudioCommitted(turn_id=response.turn_id, audio_ms=p.audio_ms(len(audio))))]
         return actions + self._start(response, supersede=supersede)

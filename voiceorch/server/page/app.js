@@ -7,7 +7,15 @@ const MIC_CONSTRAINTS = { audio: { echoCancellation: true, noiseSuppression: tru
 const HOLD_MS = 300; // a press longer than this is push-to-talk; shorter toggles
 
 // Figures read by tests (and handy in the console).
-window.voiceorchStats = { samplesPlayed: 0, framesSent: 0, turnsDone: 0, interrupted: 0, lastEvent: null };
+window.voiceorchStats = {
+  samplesPlayed: 0,
+  framesSent: 0,
+  turnsDone: 0,
+  interrupted: 0,
+  paused: 0,
+  resumed: 0,
+  lastEvent: null,
+};
 const stats = window.voiceorchStats;
 
 const state = {
@@ -43,7 +51,7 @@ function setPill(id, text, kind) {
 function renderStats() {
   $("stats").textContent =
     `frames sent ${stats.framesSent} · reply audio played ${(stats.samplesPlayed / 16000).toFixed(1)} s · ` +
-    `turns ${stats.turnsDone} · interrupted ${stats.interrupted}`;
+    `turns ${stats.turnsDone} · interrupted ${stats.interrupted} · paused ${stats.paused} · resumed ${stats.resumed}`;
 }
 
 function element(tag, className, text) {
@@ -122,8 +130,26 @@ const handlers = {
   "response.text.delta"(ev) {
     appendText(turnView(ev.turn_id).bot, ev.delta);
   },
+  "response.paused"(ev) {
+    // Speech over the reply: stop it now (fading out), the server decides what it was.
+    stats.paused += 1;
+    pauseReplyAudio(ev.turn_id);
+    setNote(ev.turn_id, "paused", "paused: listening to you…");
+  },
+  "response.resumed"(ev) {
+    stats.resumed += 1;
+    if (state.playback) {
+      // The audio that follows starts at resume_ms of this response: count positions from there.
+      state.playback.port.postMessage({ type: "seek", turnId: ev.turn_id, samples: Math.round(ev.resume_ms * 16) });
+    }
+    const what = { noise: "a noise", backchannel: "a backchannel", too_few_words: "too few words" }[ev.overlap];
+    const said = ev.transcript ? ` “${ev.transcript}”` : "";
+    setNote(ev.turn_id, "resumed", `resumed: that was ${what || ev.overlap}${said}`);
+    renderStats();
+  },
   "response.interrupted"(ev) {
     stats.interrupted += 1;
+    setNote(ev.turn_id, null, null);
     dropReplyAudio(ev.turn_id);
   },
   "response.done"(ev) {
@@ -133,6 +159,16 @@ const handlers = {
     showError(describeServerError(ev));
   },
 };
+
+// The turn's pause/resume note (one at a time; text null removes it).
+function setNote(turnId, kind, text) {
+  const view = turnView(turnId);
+  if (view.note) view.note.remove();
+  view.note = null;
+  if (text === null) return;
+  view.note = element("div", "status " + kind, text);
+  view.bot.after(view.note);
+}
 
 function onResponseDone(ev) {
   const view = turnView(ev.turn_id);
@@ -179,6 +215,14 @@ function onServerMessage(event) {
 function playReplyAudio(buffer) {
   if (!state.playback || state.openTurn === null) return; // no response open: nothing to play
   state.playback.port.postMessage({ type: "audio", turnId: state.openTurn, pcm: buffer }, [buffer]);
+}
+
+// Stop the paused response `turnId` (fading out, dropping what is queued), keeping it open for
+// the audio of a resume; tell the server where its playback really stopped.
+function pauseReplyAudio(turnId) {
+  if (!state.playback) return;
+  state.pendingPosition = turnId;
+  state.playback.port.postMessage({ type: "flush" });
 }
 
 // Drop all queued reply audio now. For a barge-in on `turnId`, tell the server how much of

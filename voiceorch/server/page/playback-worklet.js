@@ -2,13 +2,19 @@
 // AudioContext's rate by linear interpolation.
 //
 // Messages in:  {type: "audio", turnId, pcm: ArrayBuffer of Int16}   queue audio
-//               {type: "flush"}                                      drop everything queued
+//               {type: "flush"}                     fade out over FADE_MS, then drop what was queued
+//                                                   (a pause or an interruption: no click)
+//               {type: "seek", turnId, samples}     the audio that comes next for turnId starts at
+//                                                   `samples` into its response (a resume)
 // Messages out: {type: "stats", samplesPlayed, queued}               about every 50 ms
 //               {type: "flushed", played: {turnId: samples, ...}, dropped}
-// Counts are in 16 kHz samples of reply audio that reached the output.
+// Counts are in 16 kHz samples of reply audio that reached the output; `played` is the
+// position in each response's audio (after a seek it goes on from there).
+// Audio that follows a flush fades in over FADE_MS, so a resumed reply starts without a click.
 
 const IN_RATE = 16000;
 const CAPACITY = IN_RATE * 30; // ring size: 30 s, far more than the server's 200 ms lead
+const FADE_MS = 5;
 
 class PlaybackProcessor extends AudioWorkletProcessor {
   constructor() {
@@ -22,12 +28,16 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.samplesPlayed = 0;
     this.consumed = 0; // whole samples fully played (floor of readPos, counted once)
     this.blocks = 0;
+    this.fadeSamples = Math.max(1, Math.round((FADE_MS / 1000) * sampleRate)); // output samples
+    this.fadeOut = null; // {left, to}: fading out, then drop everything queued before `to`
+    this.fadeIn = 0; // output samples of fade-in still to apply
     this.port.onmessage = (event) => this.onMessage(event.data);
   }
 
   onMessage(msg) {
     if (msg.type === "audio") this.enqueue(msg.turnId, new Int16Array(msg.pcm));
     else if (msg.type === "flush") this.flush();
+    else if (msg.type === "seek") this.playedByTurn[msg.turnId] = msg.samples;
   }
 
   enqueue(turnId, pcm) {
@@ -40,10 +50,19 @@ class PlaybackProcessor extends AudioWorkletProcessor {
   }
 
   flush() {
-    const dropped = this.written - this.consumed;
-    this.readPos = this.written;
-    this.consumed = this.written;
-    this.segments = [];
+    // Audio queued from now on (a resumed reply) is kept: only what is queued now is dropped.
+    if (this.fadeOut) this.fadeOut.to = this.written;
+    else this.fadeOut = { left: this.fadeSamples, to: this.written };
+  }
+
+  finishFlush() {
+    const to = this.fadeOut.to;
+    this.fadeOut = null;
+    const dropped = Math.max(0, to - this.consumed);
+    if (this.readPos < to) this.readPos = to;
+    this.consumed = Math.max(this.consumed, Math.floor(this.readPos));
+    while (this.segments.length && this.segments[0].end <= to) this.segments.shift();
+    this.fadeIn = this.fadeSamples;
     this.port.postMessage({ type: "flushed", played: { ...this.playedByTurn }, dropped });
   }
 
@@ -58,17 +77,27 @@ class PlaybackProcessor extends AudioWorkletProcessor {
   process(_inputs, outputs) {
     const out = outputs[0][0];
     for (let i = 0; i < out.length; i++) {
+      if (this.fadeOut && this.fadeOut.left <= 0) this.finishFlush();
       const base = Math.floor(this.readPos);
       // Interpolation needs the sample after `base`; if it has not arrived, output silence
       // and wait (an underrun between sentences), without moving the read position.
       if (base + 1 >= this.written) {
+        if (this.fadeOut) this.finishFlush(); // nothing left to fade
         out[i] = 0;
         continue;
       }
       const frac = this.readPos - base;
       const a = this.ring[base % CAPACITY];
       const b = this.ring[(base + 1) % CAPACITY];
-      out[i] = a + (b - a) * frac;
+      let gain = 1;
+      if (this.fadeOut) {
+        gain = this.fadeOut.left / this.fadeSamples;
+        this.fadeOut.left -= 1;
+      } else if (this.fadeIn > 0) {
+        gain = 1 - this.fadeIn / this.fadeSamples;
+        this.fadeIn -= 1;
+      }
+      out[i] = (a + (b - a) * frac) * gain;
       this.readPos += this.step;
       while (this.consumed < Math.floor(this.readPos)) this.countPlayed(this.consumed++);
     }
