@@ -194,10 +194,12 @@ async def test_barge_in_with_the_real_models_stops_the_reply_and_answers_the_new
 
 
 async def _talk_over_a_reply(server, overlap: bytes, *, then_text: str | None = None, responses: int = 1):
-    """A typed question; 0.5 s into its reply's audio, ``overlap`` from the live microphone
-    (silence before and after it). Returns the session id and everything received, up to the
-    ``response.done`` of the ``responses``-th response (and of the answer to ``then_text``, typed
-    once the first response is done, if given)."""
+    """A typed question; once its reply's audio has played 0.5 s and its text has stopped coming
+    for 0.7 s (the LLM is done: on a busy machine its generation would slow the transcription
+    that decides), ``overlap`` from the live microphone (silence before and after it). Returns
+    the session id and everything received, up to the ``response.done`` of the
+    ``responses``-th response (and of the answer to ``then_text``, typed once the first
+    response is done, if given)."""
     silence_20ms = bytes(640)
     speak_now = trio.Event()
 
@@ -219,17 +221,21 @@ async def _talk_over_a_reply(server, overlap: bytes, *, then_text: str | None = 
             assert isinstance(p.parse_server_event(await ws.get_message()), p.SessionUpdated)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(microphone, ws)
-                question = {"type": "input_text", "text": "Tell me about the Moon in three sentences."}
+                question = {"type": "input_text", "text": "Tell me about the Moon in four sentences."}
                 await ws.send_message(json.dumps(question))
                 first_audio_at = None
+                last_delta_at = trio.current_time()
                 expected = responses
                 while True:
                     message = await ws.get_message()
                     event = message if isinstance(message, bytes) else p.parse_server_event(message)
                     log.append(event)
+                    now = trio.current_time()
+                    if isinstance(event, p.ResponseTextDelta):
+                        last_delta_at = now
                     if isinstance(event, bytes) and first_audio_at is None:
-                        first_audio_at = trio.current_time()
-                    if first_audio_at is not None and trio.current_time() - first_audio_at >= 0.5:
+                        first_audio_at = now
+                    if first_audio_at is not None and now - first_audio_at >= 0.5 and now - last_delta_at >= 0.7:
                         speak_now.set()
                     if isinstance(event, p.ResponseDone):
                         if event.turn_id == "turn_1" and then_text is not None:
