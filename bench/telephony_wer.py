@@ -47,6 +47,26 @@ SYNTHETIC: list[str | tuple[str, str]] = [
     "Could you repeat that more slowly, please?",
     "Yes, that is correct, thank you very much.",
     ("My flight number is BA two eight seven from London.", "My flight number is BA287 from London."),
+    "I am calling about the bill I received last month.",
+    "Is the pharmacy open on Sunday afternoon?",
+    "I would like to speak to someone in customer service.",
+    "My name is Sarah Johnson and I live on Baker Street.",
+    "The internet has been down since this morning.",
+    "Can I pay by credit card over the phone?",
+    "I want to move my delivery to next Wednesday.",
+    "How long will the repair take?",
+    "Please send the confirmation to my email address.",
+    "I think there is a mistake on my last invoice.",
+    "Do you have any tables available for tonight?",
+    "My son has a fever and a sore throat.",
+    "I lost my card and I need a new one.",
+    "What time does the last bus leave the station?",
+    "Could you check whether my order has shipped?",
+    "I would like to cancel my subscription, please.",
+    "The heating in our apartment is not working.",
+    "Can you transfer me to the billing department?",
+    ("We are expecting about twenty guests on Saturday.", "We are expecting about 20 guests on Saturday."),
+    "Thank you, that was very helpful, goodbye.",
 ]
 
 
@@ -108,8 +128,10 @@ def main() -> None:
         " | WER all | decode s |"
     )
     print("| --- | --- | --- | --- | --- | --- |")
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     for beam, condition, real, synthetic, total, elapsed in rows:
         print(f"| {beam} | {condition} | {real:.1f} % | {synthetic:.1f} % | {total:.1f} % | {elapsed:.1f} |")
+    print(f"(load average at the end: {load})")
 
 
 if __name__ == "__main__":
