@@ -862,3 +862,13 @@ def test_assistant_and_system_messages_go_into_the_history_after_the_user_texts_
     create("user", "input_text", "What is my name?")
     [turn], _ = link.client({"type": "response.create"})
     assert turn == p.InputText(text="What is my name?")
+
+
+def test_an_update_the_session_refuses_for_a_tool_name_leaves_the_echo_of_the_next_one():
+    link = Link()
+    link.client({"type": "session.update", "session": {"tools": [WEATHER], "audio": {"output": {"voice": "ash"}}}})
+    link.client({"type": "session.update", "session": {"audio": {"output": {"voice": "coral"}}}})
+    [error] = link.session(p.Error(code="tool_name_taken", message="the server has tools named ['get_weather']"))
+    assert error["error"]["code"] == "tool_name_taken"
+    [updated] = link.session(p.SessionUpdated(session=p.SessionConfig(instructions="Be brief.")))
+    assert updated["session"]["audio"]["output"]["voice"] == "coral"

@@ -742,6 +742,8 @@ class RealtimeTranslator:
             case p.Error(turn_id=None, code=code, message=text):
                 if code == "input_audio_buffer_empty":
                     self._commit_unclaimed = False  # that commit made no turn
+                if code == "tool_name_taken" and self._echo_pending:
+                    self._echo_pending.popleft()  # that update was refused: no session.updated comes
                 info = ev.ErrorInfo(type="invalid_request_error", code=_UPSTREAM_CODES.get(code, code), message=text)
                 self._emit(frames, ev.Error, error=info)
             case p.Error(turn_id=turn_id, code=code, message=text):

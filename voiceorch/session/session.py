@@ -473,8 +473,8 @@ class Session:
                 taken = {tool.name for tool in config.tools} & self._server_tool_names()
                 if taken:
                     await self._error(
-                        "invalid_event",
-                        f"invalid 'session.update' event: the server has tools named {sorted(taken)} already",
+                        "tool_name_taken",
+                        f"'session.update' refused: the server has tools named {sorted(taken)} already",
                     )
                     return
                 self.config = config
