@@ -87,6 +87,7 @@ async def serve_http(server: MCPServer, port: int) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
+    sock.listen(128)  # before "port: N" is printed: a client may connect at once (uvicorn listens again, harmlessly)
     config = uvicorn.Config(server.streamable_http_app(), log_level="warning", lifespan="on")
     print(f"port: {sock.getsockname()[1]}", flush=True)
     await uvicorn.Server(config).serve(sockets=[sock])
