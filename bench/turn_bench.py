@@ -109,8 +109,15 @@ def _p(values: list[float], q: float) -> float | None:
 def summary(results: list[dict], items: list[dict]) -> list[dict]:
     rows = []
     with_pause = [i for i, u in enumerate(items) if u["pause"]]
+    # The utterances every mode answered whole: the voice-to-voice figures to compare.
+    whole = [
+        i
+        for i, r in enumerate(results)
+        if all(r[m]["voice_to_voice_ms"] is not None and not r[m]["cut"] for m in MODES)
+    ]
     for mode in MODES:
         samples = [r[mode] for r in results]
+        both = [samples[i]["voice_to_voice_ms"] for i in whole]
         cut = sum(samples[i]["cut"] for i in with_pause)
         commits = [s["commit_ms"] for s in samples if s["commit_ms"] is not None and not s["cut"]]
         v2v = [s["voice_to_voice_ms"] for s in samples if s["voice_to_voice_ms"] is not None and not s["cut"]]
@@ -122,6 +129,8 @@ def summary(results: list[dict], items: list[dict]) -> list[dict]:
                 "v2v_p50_ms": _p(v2v, 0.5),
                 "v2v_p90_ms": _p(v2v, 0.9),
                 "v2v_n": len(v2v),
+                "v2v_both_p50_ms": _p(both, 0.5),
+                "both_n": len(both),
                 "unanswered": sum(not s["answered"] for s in samples),
             }
         )
@@ -133,13 +142,13 @@ def table(rows: list[dict], header: str) -> str:
         header,
         "",
         "| mode | cut-off rate (pause utterances) | commit latency p50 ms | voice-to-voice p50 ms | p90 ms | n "
-        "| unanswered |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| v2v p50 ms, utterances both modes answered whole (n) | unanswered |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['mode']} | {r['cut_off']} | {r['commit_p50_ms']} | {r['v2v_p50_ms']} | {r['v2v_p90_ms']} "
-            f"| {r['v2v_n']} | {r['unanswered']} |"
+            f"| {r['v2v_n']} | {r['v2v_both_p50_ms']} ({r['both_n']}) | {r['unanswered']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -171,7 +180,13 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="only this many pause utterances (and half as many complete)")
     parser.add_argument("--transcribe-pieces", action="store_true", help="serve --transcribe-pieces")
     parser.add_argument("--url", help="a server you run (ws://.../v1/voice) instead of starting one")
+    parser.add_argument("--report", type=Path, help="print the table of an earlier run's JSON and stop")
     args = parser.parse_args()
+    if args.report is not None:
+        raw = json.loads(args.report.read_text())
+        pause = raw.get("pause") or [n.startswith(("pause_", "jfk")) for n in raw["items"]]
+        print(table(summary(raw["results"], [{"pause": flag} for flag in pause]), f"# {args.report.name}"))
+        return
     items = utterances(args.limit)
     results_dir = Path(__file__).parent / "results"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -204,7 +219,13 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     results_dir.mkdir(parents=True, exist_ok=True)
-    raw = {"items": [u["name"] for u in items], "results": results, "summary": rows, "load": [load_before, load_after]}
+    raw = {
+        "items": [u["name"] for u in items],
+        "pause": [u["pause"] for u in items],
+        "results": results,
+        "summary": rows,
+        "load": [load_before, load_after],
+    }
     (results_dir / f"turn_bench-{stamp}.json").write_text(json.dumps(raw, indent=1, default=str))
 
 

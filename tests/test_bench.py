@@ -281,4 +281,10 @@ def test_the_turn_bench_counts_cut_offs_over_the_pause_utterances_and_latency_of
     assert (rows[server]["v2v_p50_ms"], rows[server]["v2v_n"]) == (1200, 1)  # the cut turns do not count
     assert (rows[semantic]["commit_p50_ms"], rows[semantic]["v2v_n"]) == (300, 2)
     assert rows[server]["unanswered"] == 1
+    # Compared on the utterances both modes answered whole: only the third.
+    assert (rows[server]["v2v_both_p50_ms"], rows[semantic]["v2v_both_p50_ms"], rows[semantic]["both_n"]) == (
+        1200,
+        1000,
+        1,
+    )
     assert "| semantic_vad (auto) | 1/2 (50 %) |" in table(list(rows.values()), "# t")
