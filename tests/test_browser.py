@@ -2,7 +2,9 @@
 embedded models.
 
 Chromium's fake microphone plays a WAV we build (it loops it): silence, a sentence with the word
-"folder", a pause long enough for the reply to start, then other speech over the reply (barge-in).
+"folder", a pause long enough for the reply to start, a spoken "mm-hmm" over the reply (it
+pauses, then resumes: a backchannel; a hum would not do here, the browser's noise suppression
+takes it out), then other speech over the reply (it pauses, then is interrupted).
 The page is driven only through its buttons; the test reads the page's DOM and
 ``window.voiceorchStats``.
 """
@@ -65,7 +67,9 @@ def make_microphone_wav(path: Path) -> Path:
         _silence(1.5)
         + _frames(DATA / "hotwords_16k.wav")  # "... into your comfy eye folder again ..."
         + _silence(3.0)  # the turn ends and the reply starts playing
-        + _frames(DATA / "jfk_16k.wav", 2.5)  # speech over the reply: barge-in
+        + _frames(DATA / "mmhm_espeak_16k.wav")  # a backchannel over the reply: paused, then resumed
+        + _silence(2.0)
+        + _frames(DATA / "jfk_16k.wav", 2.5)  # speech over the reply: paused, then interrupted
         + _silence(4.0)
     )
     with wave.open(str(path), "wb") as w:
@@ -150,7 +154,7 @@ def stats(page) -> dict:
     return page.evaluate("({...window.voiceorchStats})")
 
 
-def test_hands_free_conversation_with_barge_in(server, browser_page):
+def test_hands_free_conversation_with_a_resumed_pause_and_a_barge_in(server, browser_page):
     page_url, _voice_url, _log_path = server
     page = browser_page
     page.goto(page_url)
@@ -158,8 +162,12 @@ def test_hands_free_conversation_with_barge_in(server, browser_page):
 
     page.click("#handsfree")
     page.wait_for_function("window.voiceorchStats.lastEvent !== null", timeout=15_000)
+    # Long replies; and the verdict on speech over a reply comes from its transcript even on a
+    # slow machine (not from the 2 s limit).
     page.evaluate(
-        "(text) => window.voiceorchSend({type: 'session.update', session: {instructions: text}})", LONG_REPLIES
+        "(text) => window.voiceorchSend({type: 'session.update', session: {instructions: text,"
+        " turn_detection: {interrupt_decision_ms: 10000}}})",
+        LONG_REPLIES,
     )
     page.wait_for_function("window.voiceorchStats.framesSent > 25", timeout=15_000)  # 0.5 s of microphone
 
@@ -178,7 +186,15 @@ def test_hands_free_conversation_with_barge_in(server, browser_page):
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "browser-conversation.png"), full_page=True)
 
-        # The second utterance lands over the reply: barge-in.
+        # The "mm-hmm" lands over the reply: it pauses, then resumes; the page shows it.
+        page.wait_for_function("window.voiceorchStats.resumed >= 1", timeout=60_000)
+        page.wait_for_selector(".status.resumed", timeout=5_000)
+        played_at_resume = stats(page)["samplesPlayed"]
+        # The resumed reply plays on (its audio reaches the worklet's output again).
+        page.wait_for_function(
+            f"window.voiceorchStats.samplesPlayed > {played_at_resume} + 16000 * 0.3", timeout=30_000
+        )
+        # The second utterance lands over the reply: paused, then interrupted (real words).
         page.wait_for_function("window.voiceorchStats.interrupted >= 1", timeout=60_000)
         # The interrupted response is closed and the user's second turn gets its own reply.
         page.wait_for_function("window.voiceorchStats.turnsDone >= 2", timeout=120_000)
@@ -192,6 +208,7 @@ def test_hands_free_conversation_with_barge_in(server, browser_page):
     final = stats(page)
     assert final["framesSent"] > 100
     assert final["interrupted"] >= 1
+    assert final["paused"] >= 2 and final["resumed"] >= 1  # the mm-hmm's pause, and the words'
     assert page.locator(".status.interrupted").count() >= 1
     # The page told the server how much of the interrupted reply it really played.
     positions = [m for m in page.evaluate("window.__sentText") if m["type"] == "playback.position"]

@@ -50,6 +50,13 @@ def test_classify_each_kind_of_overlap(transcript, expected):
     assert classify(transcript, backchannels=BACKCHANNELS) is expected
 
 
+def test_a_transcript_faster_than_speech_is_noise():
+    # Whisper's repetition loop on a 0.6 s hummed "mm-hm", heard through a browser's processing.
+    assert classify("And And And And And And And And And", backchannels=BACKCHANNELS, speech_ms=600) is Overlap.NOISE
+    assert classify("And so my fellow Americans", backchannels=BACKCHANNELS, speech_ms=1900) is Overlap.WORDS
+    assert classify("No, no, no.", backchannels=BACKCHANNELS, speech_ms=300) is Overlap.WORDS
+
+
 def test_classify_counts_the_words_that_are_not_backchannels_against_min_words():
     assert classify("yeah stop", backchannels=BACKCHANNELS, min_words=2) is Overlap.TOO_FEW_WORDS
     assert classify("no stop", backchannels=BACKCHANNELS, min_words=2) is Overlap.WORDS

@@ -438,7 +438,7 @@ def test_real_words_interrupt_and_are_the_next_turn_with_their_transcript():
     s = Script()
     first = confirmed_turn(s)
     s.machine.response_transcribed(first)  # (else its audio would lead the next turn's, untranscribed)
-    s.feed("SSSSSSS")
+    s.feed("S" * 60)  # 1.9 s: time enough for its six words
     (ask,) = s.feed("_____")
     actions = s.machine.overlap_transcript(ask.ticket, "Wait, stop. What time is it?", s.now)
     # Interrupted, and the speech (in its pause) answered speculatively with the known words.
@@ -480,3 +480,12 @@ def test_the_deadline_passes_by_the_clock_when_the_audio_stops():
     assert s.machine.deadline() == pytest.approx(s.now + 0.5, abs=0.04)
     assert s.machine.tick(s.now + 0.1) == []
     assert kinds(s.machine.tick(s.machine.deadline())) == ["Interrupt"] and first.cancelled
+
+
+def test_more_words_than_the_speech_could_hold_are_a_hallucination_and_resume():
+    s = Script()
+    first = confirmed_turn(s)
+    s.feed("S" * 19)  # 0.6 s of voiced sound
+    (ask,) = s.feed("_____")
+    actions = s.machine.overlap_transcript(ask.ticket, "And And And And And And And And And", s.now)
+    assert kinds(actions) == ["Resume"] and actions[0].overlap == "noise" and not first.cancelled

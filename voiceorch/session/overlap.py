@@ -9,7 +9,10 @@ once; :class:`OverlapDecision` then follows that stretch of speech to a :class:`
   next pause);
 - a transcript of the audio up to a pause decides (:func:`classify`): at least ``min_words``
   words that are not backchannels interrupt the reply; no words (a cough, a door, the reply's
-  own echo), only backchannels ("mm-hm", "yeah") or fewer other words resume it;
+  own echo), only backchannels ("mm-hm", "yeah") or fewer other words resume it. A transcript
+  with more words than the speech could hold (over ``2 + WORDS_PER_S`` a second of voiced
+  speech) is Whisper's hallucination on a sound that is not speech ("And And And And ..." for a
+  hummed "mm-hm" that lasted 0.6 s): it counts as noise;
 - at the deadline without a verdict, the reply is interrupted: the user is still talking, or
   the transcript is late, and the reply stays stopped, as under ``immediate``. The deadline is
   ``interrupt_decision_ms`` after the pause, moved to ``interrupt_decision_ms`` after each
@@ -25,6 +28,9 @@ import enum
 import re
 
 import attrs
+
+#: Faster than anyone speaks (fast speech is 3-4 words a second).
+WORDS_PER_S = 5.0
 
 
 class Overlap(enum.Enum):
@@ -46,11 +52,14 @@ def words(text: str) -> list[str]:
     return [_REPEATS.sub(r"\1", w.strip("'")) for w in _NOT_LETTER.split(text) if w.strip("'")]
 
 
-def classify(transcript: str, *, backchannels: tuple[str, ...] | list[str], min_words: int = 1) -> Overlap:
-    """What ``transcript`` (of speech over a reply) was. Backchannel phrases are matched whole,
-    longest first, wherever they are; the words left over are the real ones."""
+def classify(
+    transcript: str, *, backchannels: tuple[str, ...] | list[str], min_words: int = 1, speech_ms: float | None = None
+) -> Overlap:
+    """What ``transcript`` (of speech over a reply, ``speech_ms`` of it voiced, if known) was.
+    Backchannel phrases are matched whole, longest first, wherever they are; the words left over
+    are the real ones."""
     said = words(transcript)
-    if not said:
+    if not said or (speech_ms is not None and len(said) > 2 + WORDS_PER_S * speech_ms / 1000):
         return Overlap.NOISE
     phrases = sorted({tuple(words(b)) for b in backchannels if words(b)}, key=len, reverse=True)
     rest, i = 0, 0
@@ -88,13 +97,14 @@ class OverlapDecision:
     verdict: Verdict | None = None
     _speaking: bool = True
     _asked: int = 0  # transcripts asked for so far; each request's number is its ticket
+    _speech_ms: float | None = None  # the voiced length of the speech of the latest request
 
     @classmethod
     def start(cls, now: float, *, decision_ms: float, backchannels: tuple[str, ...], min_words: int):
         decision_s = decision_ms / 1000
         return cls(now, now + decision_s, backchannels, min_words=min_words, decision_s=decision_s)
 
-    def on_pause(self, now: float) -> int | None:
+    def on_pause(self, now: float, speech_ms: float | None = None) -> int | None:
         """The speech paused (or stopped) at ``now``: returns the ticket of a transcript to make
         of the audio so far, or None (decided, or asked already for this pause). The deadline
         moves to ``decision_ms`` from now."""
@@ -102,6 +112,7 @@ class OverlapDecision:
             return None  # decided, or already asked since the user last spoke
         self._speaking = False
         self._asked += 1
+        self._speech_ms = speech_ms
         self.deadline = now + self.decision_s
         return self._asked
 
@@ -113,7 +124,7 @@ class OverlapDecision:
         """The transcript of request ``ticket``: the verdict, if it decides one."""
         if self.verdict is not None or self._speaking or ticket != self._asked:
             return None
-        overlap = classify(text, backchannels=self.backchannels, min_words=self.min_words)
+        overlap = classify(text, backchannels=self.backchannels, min_words=self.min_words, speech_ms=self._speech_ms)
         self.verdict = Verdict(interrupt=overlap is Overlap.WORDS, overlap=overlap, transcript=text)
         return self.verdict
 

@@ -90,6 +90,18 @@ class _Overlap:
     decision: OverlapDecision
     responses: list[Response]
     speech_stopped: bool = False  # the speech ended: its audio is held for the verdict
+    speech_ms: float = 0.0  # its voiced length so far (all its utterances)
+    _base_ms: float = 0.0  # the voiced length of its utterances before the current one
+
+    def heard(self, detector: SpeechDetector) -> None:
+        """Note the voiced length of the speech so far."""
+        if detector.in_speech:
+            self.speech_ms = max(self.speech_ms, self._base_ms + detector.speech_ms)
+
+    def speech_again(self) -> None:
+        """A new utterance of the same speech begins (before the verdict)."""
+        self._base_ms = self.speech_ms
+        self.speech_stopped = False
 
 
 @attrs.define(eq=False)
@@ -368,6 +380,8 @@ class TurnTaking:
         actions = self._judge_by_deadline(now)
         if barge_in:
             actions += self._barge_in() if immediate else self._pause_responses(now)
+        if self._overlap is not None:
+            self._overlap.heard(detector)
         for decision in decisions:
             actions += self._on_decision(detector, decision, now)
         actions += self._decide_end(now)
@@ -515,7 +529,7 @@ class TurnTaking:
         """A pause in the speech being judged (or its end): transcribe it so far."""
         assert self._overlap is not None
         decision = self._overlap.decision
-        ticket = decision.on_pause(now)
+        ticket = decision.on_pause(now, self._overlap.speech_ms)
         return [] if ticket is None else [Transcribe(ticket, bytes(self._input), decision.deadline)]
 
     def _judge_by_deadline(self, now: float) -> list[Action]:
@@ -583,7 +597,7 @@ class TurnTaking:
         match decision:
             case SpeechStarted(audio_ms=at) if self._overlap is not None:
                 # Speech again before the verdict on the speech before it: judged as one.
-                self._overlap.speech_stopped = False
+                self._overlap.speech_again()
                 self._overlap.decision.on_speech_resumed()
                 return [Emit(p.SpeechStartedEvent(audio_ms=at))]
             case SpeechStarted(audio_ms=at):
