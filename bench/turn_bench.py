@@ -7,7 +7,8 @@ llama.cpp child, Piper, Silero, Smart Turn v3.2), then, for every utterance of t
 (``bench.corpus.make_corpus``: 24 sentences with a 0.6-1.5 s pause where they are plainly
 unfinished, 12 complete ones; espeak-ng variants and Piper joe) and the two real clips of
 tests/data, one fresh session per mode, the modes back to back for each utterance (so both see
-the same load): ``server_vad`` (500 ms, the default) and ``semantic_vad`` (eagerness auto). Each
+the same load; each goes first on every other utterance): ``server_vad`` (500 ms, the default)
+and ``semantic_vad`` (eagerness auto). Each
 session streams the utterance like a microphone (20 ms frames at real time, then silence) and
 waits for the first reply audio after the utterance's speech has ended.
 
@@ -159,15 +160,18 @@ async def run(url: str, items: list[dict]) -> list[dict]:
         pcm = read_as_wire_pcm(item["path"])
         _, speech_end = speech_span(pcm)
         row = {}
-        for mode, patch in MODES.items():
+        # Each mode goes first on every other utterance: the one that follows another session
+        # may meet the end of its cancelled work.
+        order = list(MODES.items()) if k % 2 == 0 else list(MODES.items())[::-1]
+        for mode, patch in order:
             row[mode] = await measure(url, pcm, speech_end, patch)
             await trio.sleep(1.0)  # the cancelled reply's work winds down
         results.append(row)
         print(
             f"[{k + 1}/{len(items)}] {item['name']}: "
             + "; ".join(
-                f"{m}: {'CUT ' if r['cut'] else ''}commit {r['commit_ms']} v2v {r['voice_to_voice_ms']}"
-                for m, r in row.items()
+                f"{m}: {'CUT ' if row[m]['cut'] else ''}commit {row[m]['commit_ms']} v2v {row[m]['voice_to_voice_ms']}"
+                for m in MODES
             ),
             flush=True,
         )
