@@ -169,7 +169,7 @@ async def _outcome(s: BenchSession, sample: dict, turn: str, start: int, speech_
         else:
             sample["outcome"] = "ended"
         return
-    sample["outcome"] = "timeout"
+    sample["outcome"] = "ignored"  # nothing stopped the reply in 15 s
 
 
 def summarize(samples: list[dict]) -> dict:

@@ -55,6 +55,10 @@ def test_a_transcript_faster_than_speech_is_noise():
     assert classify("And And And And And And And And And", backchannels=BACKCHANNELS, speech_ms=600) is Overlap.NOISE
     assert classify("And so my fellow Americans", backchannels=BACKCHANNELS, speech_ms=1900) is Overlap.WORDS
     assert classify("No, no, no.", backchannels=BACKCHANNELS, speech_ms=300) is Overlap.WORDS
+    # A loop of a backchannel ("Okay" said once, 0.5 s) is still a backchannel.
+    assert classify("Okay... Okay... Okay... Okay... Okay", backchannels=BACKCHANNELS, speech_ms=500) is (
+        Overlap.BACKCHANNEL
+    )
 
 
 def test_classify_counts_the_words_that_are_not_backchannels_against_min_words():

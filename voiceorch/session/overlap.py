@@ -59,9 +59,21 @@ def classify(
     Backchannel phrases are matched whole, longest first, wherever they are; the words left over
     are the real ones."""
     said = words(transcript)
-    if not said or (speech_ms is not None and len(said) > 2 + WORDS_PER_S * speech_ms / 1000):
+    if not said:
         return Overlap.NOISE
     phrases = sorted({tuple(words(b)) for b in backchannels if words(b)}, key=len, reverse=True)
+    if speech_ms is not None and len(said) > 2 + WORDS_PER_S * speech_ms / 1000:
+        # A hallucination: a backchannel if its loop is of one ("Okay... Okay... Okay..."), else noise.
+        looped = [w for i, w in enumerate(said) if i == 0 or w != said[i - 1]]
+        return Overlap.BACKCHANNEL if _rest(looped, phrases) == 0 else Overlap.NOISE
+    rest = _rest(said, phrases)
+    if rest == 0:
+        return Overlap.BACKCHANNEL
+    return Overlap.WORDS if rest >= min_words else Overlap.TOO_FEW_WORDS
+
+
+def _rest(said: list[str], phrases: list[tuple[str, ...]]) -> int:
+    """How many of ``said`` are not in the backchannel ``phrases``."""
     rest, i = 0, 0
     while i < len(said):
         for phrase in phrases:
@@ -71,9 +83,7 @@ def classify(
         else:
             rest += 1
             i += 1
-    if rest == 0:
-        return Overlap.BACKCHANNEL
-    return Overlap.WORDS if rest >= min_words else Overlap.TOO_FEW_WORDS
+    return rest
 
 
 @attrs.frozen
