@@ -323,3 +323,28 @@ def test_a_session_update_sets_the_backchannels_and_the_mode():
     assert config.turn_detection.backchannels == ("mm-hm", "yep")
     assert config.turn_detection.interruption == "immediate"
     assert config.turn_detection.interrupt_min_words == 1  # the rest keeps its value
+
+
+def test_the_overlap_bench_counts_false_interruptions_per_mode():
+    from bench.overlap import summarize
+
+    samples = [
+        {"mode": "immediate", "kind": "noise", "outcome": "interrupted", "audio_stop_ms": 220.0, "decision_ms": 220.0},
+        {"mode": "immediate", "kind": "backchannel", "outcome": "ignored"},
+        {"mode": "immediate", "kind": "words", "outcome": "interrupted", "audio_stop_ms": 230.0, "decision_ms": 230.0},
+        {
+            "mode": "pause_and_decide",
+            "kind": "noise",
+            "outcome": "resumed",
+            "audio_stop_ms": 225.0,
+            "decision_ms": 900.0,
+        },
+        {"mode": "pause_and_decide", "kind": "backchannel", "outcome": "interrupted", "decision_ms": 800.0},
+        {"mode": "pause_and_decide", "kind": "words", "outcome": "resumed", "decision_ms": 700.0, "repeat_ms": 60.0},
+    ]
+    summary = summarize(samples)
+    assert summary["immediate"]["false_interruption_rate"] == 0.5
+    assert summary["immediate"]["real_interruptions_missed"] == 0
+    assert summary["pause_and_decide"]["false_interruptions"] == 1
+    assert summary["pause_and_decide"]["real_interruptions_missed"] == 1
+    assert summary["pause_and_decide"]["speech_to_decision_ms"] == {"p50": 800.0, "max": 900.0, "n": 3}
