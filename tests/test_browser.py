@@ -163,7 +163,7 @@ def test_hands_free_conversation_with_a_resumed_pause_and_a_barge_in(server, bro
     page.click("#handsfree")
     page.wait_for_function("window.voiceorchStats.lastEvent !== null", timeout=15_000)
     # Long replies; and the verdict on speech over a reply comes from its transcript even on a
-    # slow machine (not from the 2 s limit).
+    # slow machine (not from the 4 s limit).
     page.evaluate(
         "(text) => window.voiceorchSend({type: 'session.update', session: {instructions: text,"
         " turn_detection: {interrupt_decision_ms: 10000}}})",

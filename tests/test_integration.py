@@ -215,7 +215,7 @@ async def _talk_over_a_reply(server, overlap: bytes, *, then_text: str | None = 
         async with await _connect(server) as ws:
             created = await _created(ws, vad=True)
             assert created.session.turn_detection.interruption == "pause_and_decide"  # the default
-            # The verdict is to come from the transcript, even on a slow machine (not the 2 s limit).
+            # The verdict is to come from the transcript, even on a slow machine (not the 4 s limit).
             update = {"type": "session.update", "session": {"turn_detection": {"interrupt_decision_ms": 10_000}}}
             await ws.send_message(json.dumps(update))
             assert isinstance(p.parse_server_event(await ws.get_message()), p.SessionUpdated)

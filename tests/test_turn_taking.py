@@ -427,7 +427,7 @@ def test_speech_over_a_response_pauses_it_and_a_backchannel_resumes_it_and_is_no
     assert kinds(speech) == ["speech_started", "Pause"] and speech[1].response is first and first.paused
     assert s.machine.judging and not first.cancelled
     (ask,) = s.feed("_____")  # the speech pauses: transcribe it so far
-    assert isinstance(ask, tt.Transcribe) and ask.deadline == pytest.approx(s.now + 2.0)  # 2 s from this pause
+    assert isinstance(ask, tt.Transcribe) and ask.deadline == pytest.approx(s.now + 4.0)  # 4 s from this pause
     actions = s.machine.overlap_transcript(ask.ticket, "Mm-hmm.", s.now)
     assert kinds(actions) == ["Resume"] and actions[0].overlap == "backchannel" and not first.paused
     assert kinds(s.feed("_" * 12)) == ["speech_stopped"]  # ignored: no turn

@@ -117,7 +117,7 @@ class TurnDetection:
     interruption: InterruptionMode = "pause_and_decide"
     interrupt_min_words: int = attrs.field(default=1, validator=[attrs.validators.ge(1), attrs.validators.le(20)])
     interrupt_decision_ms: int = attrs.field(
-        default=2000, validator=[attrs.validators.ge(100), attrs.validators.le(10_000)]
+        default=4000, validator=[attrs.validators.ge(100), attrs.validators.le(10_000)]
     )
     backchannels: tuple[str, ...] = attrs.field(default=DEFAULT_BACKCHANNELS, validator=_phrases)
 
