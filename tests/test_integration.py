@@ -247,7 +247,7 @@ async def _talk_over_a_reply(server, overlap: bytes, *, then_text: str | None = 
     return created.session_id, log
 
 
-@pytest.mark.parametrize("overlap", ["hum_16k.wav", "mmhm_espeak_16k.wav"])
+@pytest.mark.parametrize("overlap", ["hum_16k.wav", "mmhm_yeah_espeak_16k.wav"])
 async def test_a_noise_or_a_backchannel_over_a_reply_pauses_and_resumes_it(server, overlap):
     session_id, log = await _talk_over_a_reply(
         server, read_as_wire_pcm(DATA / overlap), then_text="Thank you. Say it again in one sentence."

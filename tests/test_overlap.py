@@ -54,6 +54,10 @@ def test_a_transcript_faster_than_speech_is_noise():
     # Whisper's repetition loop on a 0.6 s hummed "mm-hm", heard through a browser's processing.
     assert classify("And And And And And And And And And", backchannels=BACKCHANNELS, speech_ms=600) is Overlap.NOISE
     assert classify("And so my fellow Americans", backchannels=BACKCHANNELS, speech_ms=1900) is Overlap.WORDS
+    # Real words looped by Whisper are still words (it heard them from 1.9 s of speech).
+    looped = "And so my fellow Americans. And so my fellow Americans. And so"
+    assert classify(looped, backchannels=BACKCHANNELS, speech_ms=1900) is Overlap.WORDS
+    assert classify("one two three four five six seven", backchannels=BACKCHANNELS, speech_ms=300) is Overlap.NOISE
     assert classify("No, no, no.", backchannels=BACKCHANNELS, speech_ms=300) is Overlap.WORDS
     # A loop of a backchannel ("Okay" said once, 0.5 s) is still a backchannel.
     assert classify("Okay... Okay... Okay... Okay... Okay", backchannels=BACKCHANNELS, speech_ms=500) is (

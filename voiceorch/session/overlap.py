@@ -11,8 +11,10 @@ once; :class:`OverlapDecision` then follows that stretch of speech to a :class:`
   words that are not backchannels interrupt the reply; no words (a cough, a door, the reply's
   own echo), only backchannels ("mm-hm", "yeah") or fewer other words resume it. A transcript
   with more words than the speech could hold (over ``2 + WORDS_PER_S`` a second of voiced
-  speech) is Whisper's hallucination on a sound that is not speech ("And And And And ..." for a
-  hummed "mm-hm" that lasted 0.6 s): it counts as noise;
+  speech) is Whisper looping: one phrase said over and over counts once ("And so my fellow
+  Americans. And so my fellow Americans. And so"), but a loop of one word that is not a
+  backchannel ("And And And And ...", for a hummed "mm-hm" of 0.6 s), or an excess that is no
+  loop, is its hallucination on a sound: noise;
 - at the deadline without a verdict, the reply is interrupted: the user is still talking, or
   the transcript is late, and the reply stays stopped, as under ``immediate``. The deadline is
   ``interrupt_decision_ms`` after the pause, moved to ``interrupt_decision_ms`` after each
@@ -25,6 +27,7 @@ No awaits and no clock of its own: the session feeds it times and transcripts.
 from __future__ import annotations
 
 import enum
+import math
 import re
 
 import attrs
@@ -62,14 +65,27 @@ def classify(
     if not said:
         return Overlap.NOISE
     phrases = sorted({tuple(words(b)) for b in backchannels if words(b)}, key=len, reverse=True)
-    if speech_ms is not None and len(said) > 2 + WORDS_PER_S * speech_ms / 1000:
-        # A hallucination: a backchannel if its loop is of one ("Okay... Okay... Okay..."), else noise.
-        looped = [w for i, w in enumerate(said) if i == 0 or w != said[i - 1]]
-        return Overlap.BACKCHANNEL if _rest(looped, phrases) == 0 else Overlap.NOISE
+    credible = 2 + WORDS_PER_S * speech_ms / 1000 if speech_ms is not None else math.inf
+    if len(said) > credible:  # Whisper looping, or making words of a sound
+        loop = _loop(said)
+        if loop is None or len(loop) > credible:
+            return Overlap.NOISE
+        if len(loop) == 1:  # "And And And And ...": its signature on a hum; "Okay... Okay... Okay..."
+            return Overlap.BACKCHANNEL if _rest(loop, phrases) == 0 else Overlap.NOISE
+        said = loop  # real words, looped: "And so my fellow Americans. And so my fellow Americans. And so"
     rest = _rest(said, phrases)
     if rest == 0:
         return Overlap.BACKCHANNEL
     return Overlap.WORDS if rest >= min_words else Overlap.TOO_FEW_WORDS
+
+
+def _loop(said: list[str]) -> list[str] | None:
+    """The words ``said`` repeats, if it is one phrase said over and over (at least twice; the
+    last time may be cut short), else None."""
+    for period in range(1, len(said) // 2 + 1):
+        if all(said[i] == said[i % period] for i in range(len(said))):
+            return said[:period]
+    return None
 
 
 def _rest(said: list[str], phrases: list[tuple[str, ...]]) -> int:
