@@ -58,6 +58,8 @@ def test_a_transcript_faster_than_speech_is_noise():
     looped = "And so my fellow Americans. And so my fellow Americans. And so"
     assert classify(looped, backchannels=BACKCHANNELS, speech_ms=1900) is Overlap.WORDS
     assert classify("one two three four five six seven", backchannels=BACKCHANNELS, speech_ms=300) is Overlap.NOISE
+    # A looped word that is not one Whisper makes of sounds is a word ("Wait," 0.3 s into "Wait, stop.").
+    assert classify("wait... wait... wait... wait...", backchannels=BACKCHANNELS, speech_ms=300) is Overlap.WORDS
     assert classify("No, no, no.", backchannels=BACKCHANNELS, speech_ms=300) is Overlap.WORDS
     # A loop of a backchannel ("Okay" said once, 0.5 s) is still a backchannel.
     assert classify("Okay... Okay... Okay... Okay... Okay", backchannels=BACKCHANNELS, speech_ms=500) is (

@@ -12,9 +12,9 @@ once; :class:`OverlapDecision` then follows that stretch of speech to a :class:`
   own echo), only backchannels ("mm-hm", "yeah") or fewer other words resume it. A transcript
   with more words than the speech could hold (over ``2 + WORDS_PER_S`` a second of voiced
   speech) is Whisper looping: one phrase said over and over counts once ("And so my fellow
-  Americans. And so my fellow Americans. And so"), but a loop of one word that is not a
-  backchannel ("And And And And ...", for a hummed "mm-hm" of 0.6 s), or an excess that is no
-  loop, is its hallucination on a sound: noise;
+  Americans. And so my fellow Americans. And so", "Wait... wait... wait..."), but a loop of one
+  of the words it makes of sounds (``HALLUCINATED_WORDS``: "And And And And ...", for a hummed
+  "mm-hm" of 0.6 s), or an excess that is no loop, is its hallucination on a sound: noise;
 - at the deadline without a verdict, the reply is interrupted: the user is still talking, or
   the transcript is late, and the reply stays stopped, as under ``immediate``. The deadline is
   ``interrupt_decision_ms`` after the pause, moved to ``interrupt_decision_ms`` after each
@@ -34,6 +34,8 @@ import attrs
 
 #: Faster than anyone speaks (fast speech is 3-4 words a second).
 WORDS_PER_S = 5.0
+#: What Whisper makes of a sound that is not speech, when it loops on one word.
+HALLUCINATED_WORDS = frozenset({"and", "you", "so", "the", "a", "i", "thank", "thanks"})
 
 
 class Overlap(enum.Enum):
@@ -70,9 +72,9 @@ def classify(
         loop = _loop(said)
         if loop is None or len(loop) > credible:
             return Overlap.NOISE
-        if len(loop) == 1:  # "And And And And ...": its signature on a hum; "Okay... Okay... Okay..."
-            return Overlap.BACKCHANNEL if _rest(loop, phrases) == 0 else Overlap.NOISE
-        said = loop  # real words, looped: "And so my fellow Americans. And so my fellow Americans. And so"
+        if loop[0] in HALLUCINATED_WORDS and len(loop) == 1:  # "And And And ...": a hum, to Whisper
+            return Overlap.NOISE
+        said = loop  # words looped: "Okay... Okay... Okay...", "Wait... wait... wait...", "And so my fellow ..."
     rest = _rest(said, phrases)
     if rest == 0:
         return Overlap.BACKCHANNEL
