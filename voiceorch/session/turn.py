@@ -417,7 +417,7 @@ async def _speak_step(
     its calls collected in ``step``; returns once its audio has played."""
     log_event(log, "llm.request", messages=len(messages), tools=len(tools.specs))
     if log.isEnabledFor(logging.DEBUG):  # the message list is only built when it is logged
-        log_event(log, "llm.request.messages", logging.DEBUG, messages=[attrs.asdict(m) for m in messages])
+        log_event(log, "llm.request.messages", logging.DEBUG, messages=[_loggable(m) for m in messages])
     deltas_send, deltas_recv = trio.open_memory_channel[ReplyDelta](8)
     # The whole reply waits here for synthesis (up to the bound), so the LLM's stream, and its
     # request slot, end when generation ends rather than when the audio has nearly played.
@@ -609,3 +609,9 @@ async def _send_audio(
                 transcript=transcript,
             )
         )
+
+
+def _loggable(message: ChatMessage) -> dict:
+    """A message as logged: its fields that are not at their defaults (a plain text message is
+    just its role and content, as before tool calls existed)."""
+    return attrs.asdict(message, filter=lambda field, value: value != field.default)
