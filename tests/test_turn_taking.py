@@ -489,3 +489,14 @@ def test_more_words_than_the_speech_could_hold_are_a_hallucination_and_resume():
     (ask,) = s.feed("_____")
     actions = s.machine.overlap_transcript(ask.ticket, "And And And And And And And And And", s.now)
     assert kinds(actions) == ["Resume"] and actions[0].overlap == "noise" and not first.cancelled
+
+
+def test_speech_over_a_response_cancelled_before_it_could_pause_it_is_a_turn():
+    # (The soak found it: response.cancel right after the speech began, then no turn at all.)
+    s = Script()
+    first = confirmed_turn(s)
+    s.feed("SSSSS")  # speech starts over the response...
+    s.machine.cancel_response()  # ...which the client cancels
+    s.machine.response_ended(first)
+    assert kinds(s.feed("SSSS")) == []  # long enough to barge in: nothing to pause
+    assert kinds(s.feed("_" * 16))[-2:] == ["committed", "ConfirmResponse"]

@@ -514,6 +514,9 @@ class TurnTaking:
             return []
         paused = [r for r in self._responses if not r.speculative and not r.cancelled and not r.paused]
         if not paused:
+            # The responses it began over have ended (cancelled meanwhile): as under
+            # ``immediate``, speech long enough to barge in is the user's turn.
+            self._over_response = False
             return []
         vad = self.turn_detection
         decision = OverlapDecision.start(
