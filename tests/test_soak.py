@@ -208,7 +208,9 @@ def traced_now(engines) -> tuple[int, int]:
     The fakes record every call they get (for tests that check what was asked): that record
     is dropped first, as it is the fakes' memory, not the server's."""
     engines.stt.calls.clear()
+    engines.stt.prompts.clear()
     engines.llm.requests.clear()
+    engines.llm.tools.clear()
     engines.tts.texts.clear()
     gc.collect()
     snapshot = tracemalloc.take_snapshot()
