@@ -183,6 +183,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "baselines" / "turn_bench.md")
     parser.add_argument("--limit", type=int, help="only this many pause utterances (and half as many complete)")
     parser.add_argument("--transcribe-pieces", action="store_true", help="serve --transcribe-pieces")
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra argument of the started serve, repeatable (e.g. --serve-arg=--speculate-after-ms=64)",
+    )
     parser.add_argument("--url", help="a server you run (ws://.../v1/voice) instead of starting one")
     parser.add_argument("--report", type=Path, help="print the table of an earlier run's JSON and stop")
     args = parser.parse_args()
@@ -196,7 +203,7 @@ def main() -> None:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     server = None
     if args.url is None:
-        extra = ["--workers", "1"] + (["--transcribe-pieces"] if args.transcribe_pieces else [])
+        extra = ["--workers", "1"] + (["--transcribe-pieces"] if args.transcribe_pieces else []) + args.serve_arg
         server = ServerProcess.start(*extra, log_path=results_dir / f"turn_bench-{stamp}-logs" / "server.log")
     load_before = os.getloadavg()
     started = time.monotonic()
@@ -213,7 +220,8 @@ def main() -> None:
         f"({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)\n\n"
         f"{len(items)} utterances ({sum(u['pause'] for u in items)} with a mid-sentence pause), one session per "
         f"utterance and mode, modes interleaved; embedded models, `serve --workers 1"
-        f"{' --transcribe-pieces' if args.transcribe_pieces else ''}`; {os.cpu_count()} cores; "
+        f"{' --transcribe-pieces' if args.transcribe_pieces else ''}{''.join(' ' + a for a in args.serve_arg)}`; "
+        f"{os.cpu_count()} cores; "
         f"load average (1 min) {load_before[0]:.1f} before, {min(loads):.1f}-{max(loads):.1f} during, "
         f"{load_after[0]:.1f} after; {time.monotonic() - started:.0f} s. Latencies of turns not cut off, from the "
         f"frame carrying the utterance's last speech sample."

@@ -18,6 +18,11 @@ from piper import PiperVoice, SynthesisConfig
 from .base import SAMPLE_RATE, EngineError, TextToSpeech
 from .pcm import float_to_pcm
 
+#: onnxruntime intra-op threads of a synthesis. One: the first sentence is synthesised while the
+#: LLM still generates the next on the other core, and there one thread took 309 ms against 423
+#: with two (p50, quiet machine; ``python -m bench.thread_eval``, bench/baselines/thread_eval.md).
+PIPER_THREADS = 1
+
 
 @attrs.define(kw_only=True)
 class PiperTTS(TextToSpeech):
@@ -38,9 +43,18 @@ class PiperTTS(TextToSpeech):
     terminated: int = 0
 
     @classmethod
-    def load(cls, model_path: str | PathLike[str], *, length_scale: float | None = None) -> PiperTTS:
-        """Load the voice (``model_path`` with its ``.json`` beside it); blocking, call it once."""
+    def load(
+        cls, model_path: str | PathLike[str], *, length_scale: float | None = None, threads: int = PIPER_THREADS
+    ) -> PiperTTS:
+        """Load the voice (``model_path`` with its ``.json`` beside it) with ``threads`` onnxruntime
+        intra-op threads; blocking, call it once."""
         voice = PiperVoice.load(model_path)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        voice.session = onnxruntime.InferenceSession(
+            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
         return cls(voice=voice, syn_config=SynthesisConfig(length_scale=length_scale))
 
     async def synthesize(self, text: str) -> bytes:

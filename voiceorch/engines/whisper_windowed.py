@@ -57,6 +57,12 @@ class WorkCancelled(Exception):
     """The call was cancelled: the thread stops before its next unit."""
 
 
+#: CTranslate2 threads of a transcription. One was faster than two on this 2-core machine, alone
+#: (p50 72 vs 87 ms over 13 utterances x 3, quiet) and beside a generating LLM (188 vs 210 ms;
+#: bench/baselines/thread_eval.md), and it leaves the other core to the LLM and the other sessions.
+WHISPER_THREADS = 1
+
+
 @attrs.define
 class WorkUnits:
     """One call's cancellation flag, checked by the worker thread before each unit of work."""
@@ -128,7 +134,9 @@ class WindowedWhisperSTT(SpeechToText):
     _calls: itertools.count = attrs.field(factory=itertools.count, init=False)
 
     @classmethod
-    def load(cls, model_dir, *, compute_type: str = "int8", cpu_threads: int = 2, **options) -> WindowedWhisperSTT:
+    def load(
+        cls, model_dir, *, compute_type: str = "int8", cpu_threads: int = WHISPER_THREADS, **options
+    ) -> WindowedWhisperSTT:
         """Load the CTranslate2 model (blocking; once at start-up)."""
         model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=cpu_threads)
         return cls(model=model, **options)
