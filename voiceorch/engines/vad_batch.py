@@ -141,16 +141,10 @@ def batcher() -> VADBatcher:
         return found
 
 
-def batched(stream: object) -> bool:
-    """Whether :func:`probabilities` judges ``stream`` off the event loop, in a batch (its answer
-    takes a thread hop), rather than inline."""
-    return hasattr(stream, "probabilities")
-
-
 async def probabilities(stream: object, chunks: list[bytes]) -> list[float]:
     """Each chunk's speech probability from ``stream``: batched off the event loop when the
     stream can (``probabilities``), else inline (``probability``, cheap streams such as the
     fakes). A checkpoint either way only when batched. Cancellable (see :class:`VADBatcher`)."""
-    if batched(stream):
+    if hasattr(stream, "probabilities"):
         return await batcher().probabilities(stream, chunks)  # type: ignore[arg-type]
     return [stream.probability(chunk) for chunk in chunks]  # type: ignore[attr-defined]

@@ -3,8 +3,7 @@
 - The **reader** drains the client promptly (it never waits on a model). Every decision about
   the user's turns is made by the sans-I/O :class:`~voiceorch.session.turn_taking.TurnTaking`
   machine: the reader gives it the audio frames, the speech probabilities it asks for (judged
-  in ``vad_batch`` while the reader goes on taking audio), the client's controls and the
-  passing of time, and carries out what it
+  in ``vad_batch``), the client's controls and the passing of time, and carries out what it
   decides (events, a :class:`~voiceorch.session.turn.Turn` queued for the responder, a response
   cancelled, confirmed or interrupted by barge-in). Control events are handled at once.
 - The **responder** answers queued turns one at a time with :func:`run_turn`, each inside the
@@ -102,8 +101,6 @@ class Session:
         # decisions are carried out in the order it made them.
         self._told: list[Callable[[float], list[tt.Action]]] = []
         self._receiving: trio.CancelScope | None = None  # the reader's wait for the client
-        self._speech_queue: list[tt.DetectSpeech] = []  # for the detector's model: see _detect
-        self._judging_speech = False
         self._unfinished: list[Turn] = []  # queued or in progress, oldest first
         self._turn_of: dict[tt.Response, Turn] = {}
         self._overlap_stt: trio.CancelScope | None = None  # transcribing speech over paused responses
@@ -328,9 +325,8 @@ class Session:
         confirmations are synchronous: they happen before anything later is emitted."""
         for action in actions:
             match action:
-                case tt.DetectSpeech(detector=detector, chunks=chunks) if vad_batch.batched(detector.stream):
-                    self._detect(action)  # judged while the reader goes on taking audio
-                case tt.DetectSpeech(detector=detector, chunks=chunks):  # cheap and inline (the fakes)
+                case tt.DetectSpeech(detector=detector, chunks=chunks):
+                    # Judged off the event loop for a model that blocks (``vad_batch``).
                     probabilities = await vad_batch.probabilities(detector.stream, chunks)
                     await self._act(self._turns.vad(action, probabilities, trio.current_time()))
                 case tt.Emit(event=event):
@@ -362,37 +358,6 @@ class Session:
                         self._overlap_stt.cancel()  # (moot: the user spoke on)
                     self._overlap_stt = trio.CancelScope(deadline=deadline)
                     self._nursery.start_soon(self._transcribe_overlap, self._overlap_stt, ticket, audio)
-
-    def _detect(self, asked: tt.DetectSpeech) -> None:
-        """Queue ``asked`` for the speech detector's model (Silero, judged in ``vad_batch``'s
-        thread). One task judges what is queued, all of it in one request, and gives the
-        machine each answer through the reader, in order; meanwhile the reader takes in the
-        client's next frames, so a slow batch delays the decisions by one batch, never the
-        reading (one request per frame would put the session behind real time as soon as a
-        batch took longer than a frame). Not a checkpoint."""
-        self._speech_queue.append(asked)
-        if not self._judging_speech:
-            self._judging_speech = True
-            self._nursery.start_soon(self._judge_speech)
-
-    async def _judge_speech(self) -> None:
-        """Judge the queued chunks until none is left (see :meth:`_detect`); consecutive requests
-        of one detector go together. Cancelled with the session."""
-        try:
-            while self._speech_queue:
-                detector = self._speech_queue[0].detector
-                same = next((i for i, a in enumerate(self._speech_queue) if a.detector is not detector), None)
-                taken = self._speech_queue[:same]
-                del self._speech_queue[: len(taken)]
-                asked = tt.DetectSpeech(
-                    detector,
-                    [chunk for a in taken for chunk in a.chunks],
-                    tuple(frame for a in taken for frame in a.frames),
-                )
-                probabilities = await vad_batch.probabilities(detector.stream, asked.chunks)
-                self._tell(partial(self._turns.vad, asked, probabilities))
-        finally:
-            self._judging_speech = False
 
     def _tell(self, event: Callable[[float], list[tt.Action]]) -> None:
         """Give the machine ``event`` (called with the time) from the reader, woken now. Not a checkpoint."""

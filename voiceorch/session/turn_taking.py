@@ -32,7 +32,6 @@ is tested alone with scripted probabilities and a clock value. Nothing here bloc
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable
 
@@ -125,8 +124,6 @@ class DetectSpeech:
 
     detector: SpeechDetector
     chunks: list[bytes]
-    #: Per input frame these chunks came from, in order: (its chunks, its bytes kept in the input).
-    frames: tuple[tuple[int, int], ...] = ()
 
 
 @attrs.frozen
@@ -278,10 +275,6 @@ class TurnTaking:
     _policy: SemanticPolicy | None = None  # under semantic_vad
     _pause: _Pause | None = None  # under semantic_vad, the pause in progress
     _input: bytearray = attrs.field(factory=bytearray)
-    #: Bytes at the end of the input asked about (``DetectSpeech``) and not yet judged: the
-    #: session may take in more audio while the detector's model judges (the trims of the input
-    #: count from where the detector has got to, not from the newest audio).
-    _unjudged: int = 0
     _overflowed: bool = False
     _over_response: bool = False  # the current utterance began over a response in progress
     _speculative: Response | None = None  # started in the current pause, not yet confirmed
@@ -372,10 +365,7 @@ class TurnTaking:
             self._input += data
         self._audio_at = now
         if self.detector is not None:  # it hears everything, so silence still ends the turn
-            chunks = self.detector.chunks(data)
-            kept = 0 if self._overflowed else len(data)
-            self._unjudged += kept
-            actions.append(DetectSpeech(self.detector, chunks, ((len(chunks), kept),)))
+            actions.append(DetectSpeech(self.detector, self.detector.chunks(data)))
         return actions
 
     def vad(self, asked: DetectSpeech, probabilities: list[float], now: float) -> list[Action]:
@@ -383,17 +373,7 @@ class TurnTaking:
         detector = self.detector
         if asked.detector is not detector or detector is None:
             return []  # turned off or reset (input_audio.clear) meanwhile: this audio was before it
-        # Each decision with the audio taken in after its frame: the turn it ends holds the
-        # audio up to the end of that frame (as if judged frame by frame), the rest stays.
-        decisions: list[tuple[Decision, int]] = []
-        left, judged = self._unjudged, iter(probabilities)
-        for count, kept in asked.frames or ((len(probabilities), 0),):
-            left = max(0, left - kept)
-            for probability in itertools.islice(judged, count):
-                decision = detector.feed_probability(probability)
-                if decision is not None:
-                    decisions.append((decision, left))
-        self._unjudged = left
+        decisions = [d for d in map(detector.feed_probability, probabilities) if d is not None]
         vad = self.turn_detection
         barge_in = detector.in_speech and vad.interrupt_response and detector.speech_ms >= vad.interrupt_min_speech_ms
         immediate = vad.interruption == "immediate"
@@ -402,10 +382,8 @@ class TurnTaking:
             actions += self._barge_in() if immediate else self._pause_responses(now)
         if self._overlap is not None:
             self._overlap.heard(detector)
-        for decision, unjudged in decisions:
-            self._unjudged = unjudged
+        for decision in decisions:
             actions += self._on_decision(detector, decision, now)
-        self._unjudged = left
         actions += self._decide_end(now)
         if barge_in and immediate:
             self._over_response = False
@@ -415,7 +393,7 @@ class TurnTaking:
                 self._pieces, self._cut, self._voiced_after_cut, self._deltas_sent = [], 0, False, 0
             # Outside speech keep only what a speech start could still need as its prefix.
             keep_ms = vad.prefix_padding_ms + vad.min_speech_duration_ms + 2 * CHUNK_MS
-            self._keep_judged(keep_ms)
+            del self._input[: max(0, len(self._input) - int(keep_ms) * p.BYTES_PER_MS)]
         return actions
 
     def tick(self, now: float) -> list[Action]:
@@ -449,7 +427,6 @@ class TurnTaking:
         """``input_audio.clear``: forget the audio of the turn in progress and any speech in progress."""
         cleared_ms = p.audio_ms(len(self._input))
         actions = self._drop_speculation() + self._drop_pieces()
-        self._unjudged = 0  # all of it goes, judged or not
         self._clear_input()
         if self.detector is not None:
             self.detector = None
@@ -629,7 +606,7 @@ class TurnTaking:
             case SpeechStarted(audio_ms=at):
                 # Keep the prefix padding before the speech, drop what came before it.
                 keep_ms = vad.prefix_padding_ms + (detector.fed_ms - at)
-                self._keep_judged(keep_ms)
+                del self._input[: max(0, len(self._input) - int(keep_ms) * p.BYTES_PER_MS)]
                 self._over_response = any(not r.cancelled for r in self._responses)
                 self._overlap_settled = False
                 return [Emit(p.SpeechStartedEvent(audio_ms=at))]
@@ -812,25 +789,13 @@ class TurnTaking:
     # --- the input buffer and the detector --------------------------------------------------
 
     def _turn_audio(self) -> bytes:
-        """The audio of the turn now ending: any carried over, then the input buffer up to the
-        detector's position (what follows it, not yet judged, may be the next turn's)."""
+        """The audio of the turn now ending: any carried over, then the input buffer."""
         carried = b"".join(r.audio or b"" for r in self._carried if not r.transcribed)
-        return carried + self._input[: self._judged_bytes()]
-
-    def _judged_bytes(self) -> int:
-        """How much of the input buffer the detector has judged (all of it but the newest audio
-        while the session's model is still judging that)."""
-        return max(0, len(self._input) - self._unjudged)
-
-    def _keep_judged(self, keep_ms: float) -> None:
-        """Drop the input audio older than ``keep_ms`` before the detector's position (the audio
-        not yet judged after it is kept as well)."""
-        del self._input[: max(0, self._judged_bytes() - int(keep_ms) * p.BYTES_PER_MS)]
+        return carried + self._input
 
     def _clear_input(self) -> None:
-        """Forget the turn's audio (its pieces, if any, go with the response made of it); the
-        audio after the detector's position, not yet judged, stays for the next turn."""
-        del self._input[: self._judged_bytes()]
+        """Forget the turn's audio (its pieces, if any, go with the response made of it)."""
+        self._input.clear()
         self._overflowed = False
         self._carried.clear()
         self._pieces, self._cut, self._voiced_after_cut, self._deltas_sent = [], 0, False, 0
@@ -839,12 +804,11 @@ class TurnTaking:
 
     def _cut_piece(self) -> list[Action]:
         """A pause began: the speech since the last cut becomes a piece, transcribed at once."""
-        judged = self._judged_bytes()
-        if not self.transcribe_pieces or judged <= self._cut or self._overflowed:
+        if not self.transcribe_pieces or len(self._input) <= self._cut or self._overflowed:
             return []
-        piece = Piece(bytes(self._input[self._cut : judged]), earlier=tuple(self._pieces))
+        piece = Piece(bytes(self._input[self._cut :]), earlier=tuple(self._pieces))
         self._pieces.append(piece)
-        self._cut, self._voiced_after_cut = judged, False
+        self._cut, self._voiced_after_cut = len(self._input), False
         return [TranscribePiece(piece)]
 
     def _pieces_and_rest(self) -> tuple[tuple[Piece, ...], bytes]:
@@ -852,8 +816,7 @@ class TurnTaking:
         from an interrupted turn is transcribed whole with the rest (no pieces)."""
         if not self._pieces or any(not r.transcribed for r in self._carried) or self._overflowed:
             return (), b""
-        rest = bytes(self._input[self._cut : self._judged_bytes()]) if self._voiced_after_cut else b""
-        return tuple(self._pieces), rest
+        return tuple(self._pieces), bytes(self._input[self._cut :]) if self._voiced_after_cut else b""
 
     def _drop_pieces(self) -> list[Action]:
         """The utterance's pieces will never be used (no turn is made of it)."""
@@ -864,10 +827,10 @@ class TurnTaking:
         self._pause = None
         if vad.type == "none":
             actions = self._drop_speculation()
-            self.detector, self._policy, self._unjudged = None, None, 0
+            self.detector, self._policy = None, None
             return actions
         if self.detector is None:
-            self.detector, self._unjudged = SpeechDetector(self.new_vad_stream()), 0
+            self.detector = SpeechDetector(self.new_vad_stream())
         self.detector.threshold = vad.threshold
         self.detector.min_speech_ms = vad.min_speech_duration_ms
         if vad.type == "semantic_vad":
