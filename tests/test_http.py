@@ -7,6 +7,7 @@ server in-process (``run_server`` with fake engines), with the real voice WebSoc
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import re
 import socket
@@ -258,3 +259,18 @@ async def test_the_supervisor_restarts_a_failed_http_server_on_the_same_port(mon
             assert response.status_code == 200
             assert attempts == [0, port]
             nursery.cancel_scope.cancel()
+
+
+async def test_the_server_freezes_its_start_up_heap_while_it_runs():
+    """Once ready, what start-up made is out of later garbage collections (``gc.freeze``) until
+    the server stops; ``freeze_heap_when_ready=False`` (``serve --no-freeze-heap``) leaves the
+    collector alone."""
+    gc.unfreeze()
+    try:
+        async with running_server(freeze_heap_when_ready=False):
+            assert gc.get_freeze_count() == 0
+        async with running_server():
+            assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()

@@ -407,6 +407,15 @@ def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
     )
     option(
         s,
+        "--no-freeze-heap",
+        "freeze_heap_when_ready",
+        dest="freeze_heap_when_ready",
+        action="store_false",
+        help="leave the garbage collector as it is; by default, once ready, what start-up made (models, "
+        "engines, modules) is moved out of later collections (gc.freeze), which shortens their pauses",
+    )
+    option(
+        s,
         "--shutdown-grace",
         "shutdown_grace_s",
         type=float,

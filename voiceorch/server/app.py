@@ -104,6 +104,11 @@ class ServerConfig:
     worker_index: int | None = None
     session: SessionSettings = SessionSettings()
     access: AccessPolicy = AccessPolicy()
+    #: Once ready, move what start-up made (modules, models, engines) out of every later garbage
+    #: collection (``gc.freeze``) until the server stops, so that a full one walks only what the
+    #: sessions made: it stopped the loop for 32-46 ms at 80 sessions before, 13-32 ms after
+    #: (bench/README.md).
+    freeze_heap_when_ready: bool = True
 
 
 def _url_host(host: str) -> str:
@@ -307,9 +312,10 @@ async def run_server(
     config: ServerConfig, *, task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run until cancelled; ``task_status.started`` gets the :class:`RunningServer` once
-    sessions are served."""
+    sessions are served (and, with ``config.freeze_heap_when_ready``, the start-up heap frozen
+    until this returns)."""
     async with trio.open_nursery() as nursery:
-        close = None
+        close, frozen = None, False
         try:
             tools = None
             async with trio.open_nursery() as loading:  # the tool servers start while models load
@@ -364,17 +370,18 @@ async def run_server(
                 else:
                     _say(f"page: http://{_url_host(http_host)}:{http_port}/")
                     _say(f"metrics: http://{_url_host(http_host)}:{http_port}/metrics")
-            # What start-up made (modules, models, engines) lives as long as the process: out of
-            # every later collection, so that a full one walks only what the sessions made (it
-            # stopped the loop for 32-46 ms at 80 sessions before, 13-32 ms after; bench/README.md).
-            gc.collect()
-            gc.freeze()
+            if config.freeze_heap_when_ready:
+                gc.collect()
+                gc.freeze()
+                frozen = True
             nursery.start_soon(watch_loop_lag)  # from now on: model loading would skew it
             log_event(log, "server.ready", port=port, http_port=http_port)
             _say(f"ready: ws://{config.host}:{port}{VOICE_PATH}")  # printed last: tests wait for it
             task_status.started(RunningServer(voice_port=port, http_port=http_port, voice=server))
             await trio.sleep_forever()
         finally:
+            if frozen:  # the process's collector as it was (what start-up made can go now)
+                gc.unfreeze()
             if close is not None:  # (it waits for a transcription that a cancelled turn left running)
                 with trio.CancelScope(shield=True), trio.move_on_after(10):
                     await close()
