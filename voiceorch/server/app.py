@@ -34,6 +34,7 @@ from ..session import SessionSettings
 from .access import AccessPolicy
 from .http import DEFAULT_HTTP_PORT, HttpApp, run_http_server
 from .loop_lag import watch_loop_lag
+from .readiness import watch_engines
 from .shared_listener import WorkerTable
 from .voice_ws import VOICE_PATH, VoiceServer, serve_voice
 
@@ -348,6 +349,8 @@ async def run_server(
             )
             port = server.port
             watch_engine_limiters(engines)
+            if config.worker_table_fd is not None:  # a worker steps aside while its engines cannot serve
+                nursery.start_soon(watch_engines, engines, server.engines_status)
             http_port = None
             if config.http_port is not None:
                 http_host = config.http_host or config.host

@@ -41,14 +41,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..engines.base import Engines
 from ..logs import log_event
 from ..supervise import Backoff, run_with_restarts
+from .readiness import engine_problem
 from .voice_ws import VOICE_PATH
 
 log = logging.getLogger(__name__)
 
 PAGE_DIR = Path(__file__).parent / "page"
 DEFAULT_HTTP_PORT = 8766
-#: How long ``/readyz`` waits for the LLM's answer.
-READY_TIMEOUT_S = 3.0
 
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -172,20 +171,7 @@ class HttpApp:
         refusal = self.refusal_reason()
         if refusal is not None:
             return refusal
-        engines = [("LLM", self.engines.llm), ("STT", self.engines.stt), ("TTS", self.engines.tts)]
-        if self.engines.tools is not None:
-            engines.append(("tool servers", self.engines.tools))
-        for name, engine in engines:
-            try:
-                with trio.fail_after(READY_TIMEOUT_S):
-                    reason = await engine.check_ready()
-            except trio.TooSlowError:
-                reason = f"the {name} did not answer within {READY_TIMEOUT_S:g} s"
-            except Exception as exc:  # a health check reports, it does not crash
-                reason = f"the {name} check failed: {exc!r}"
-            if reason is not None:
-                return reason
-        return None
+        return await engine_problem(self.engines)
 
     async def _metrics(self, path: str):
         return 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], generate_latest()

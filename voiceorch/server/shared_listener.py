@@ -4,7 +4,7 @@ The parent binds and listens; every worker inherits the socket and accepts on it
 keeps one accept queue for all of them and each connection goes to the worker whose ``accept``
 comes first. Which one that is, is steered through a small table in shared memory
 (:class:`WorkerTable`: each worker's session count, or -1 while it takes none: starting,
-draining, gone), so that the sessions are spread like a least-connections balancer would:
+draining, gone, or its engines cannot serve), so that the sessions are spread like a least-connections balancer would:
 
 - a worker with more sessions than the least busy worker waits :data:`BALANCE_S` before it
   tries, so the least busy one takes the connection;

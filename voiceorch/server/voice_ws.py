@@ -79,6 +79,9 @@ class VoiceServer:
     admission: Admission
     sessions: set[Session] = attrs.field(factory=set)
     draining: bool = False
+    #: Why the engines cannot serve now (a worker's :func:`~.readiness.watch_engines`), or None.
+    #: A worker with a problem takes no connection from the shared socket while another can.
+    engines_problem: str | None = None
     #: Set when the last session has gone (replaced when one starts).
     _no_sessions: trio.Event = attrs.field(factory=trio.Event)
 
@@ -90,6 +93,13 @@ class VoiceServer:
         if self.admission.active >= self.admission.max_sessions:
             return f"full: {self.admission.active} of {self.admission.max_sessions} sessions"
         return None
+
+    def engines_status(self, problem: str | None) -> None:
+        """The engines' problem now (None: they can serve); a change is published to the other
+        workers at once. Not a checkpoint."""
+        if problem != self.engines_problem:
+            self.engines_problem = problem
+            self.admission.on_change()
 
     def add(self, session: Session) -> None:
         self.sessions.add(session)
@@ -227,6 +237,8 @@ async def serve_voice(
     if listen_fds:
 
         def load() -> tuple[int, int]:
+            if server.engines_problem is not None:  # as if full: another worker takes it if it can
+                return admission.max_sessions, admission.max_sessions
             return admission.active, admission.max_sessions
 
         inner_listeners = [SharedSocketListener.from_fd(fd, load=load, table=worker_table) for fd in listen_fds]
@@ -245,7 +257,8 @@ async def serve_voice(
     if worker_table is not None:
 
         def publish() -> None:
-            worker_table.publish(NOT_ACCEPTING if server.draining else admission.active)
+            taking = not server.draining and server.engines_problem is None
+            worker_table.publish(admission.active if taking else NOT_ACCEPTING)
 
         admission.on_change = publish
         publish()

@@ -5,7 +5,9 @@ The parent binds the voice port and starts N workers (``python -m voiceorch serv
 models and llama.cpp child, or clients of remote engines), its own ``--max-sessions`` and its
 own HTTP side on a private loopback port. They all accept on the parent's listening socket,
 inherited (:mod:`voiceorch.server.shared_listener`): one port, one accept queue, and a full
-worker lets the others take new connections. A session lives in the worker that accepted it.
+worker, or one whose engines cannot serve (its llama.cpp child down: it asks them every 2 s,
+:mod:`voiceorch.server.readiness`), lets the others take new connections. A session lives in the
+worker that accepted it.
 
 The parent serves the public HTTP port itself (:class:`FrontApp`): the page, ``/healthz``,
 ``/readyz`` (ready while any worker takes new sessions; each worker's answer in ``workers``)
@@ -44,7 +46,8 @@ from prometheus_client.samples import Sample
 
 from ..logs import log_event
 from ..supervise import Backoff
-from .http import READY_TIMEOUT_S, HttpApp, run_http_server
+from .http import HttpApp, run_http_server
+from .readiness import READY_TIMEOUT_S
 from .shared_listener import NOT_ACCEPTING, WorkerTable
 from .voice_ws import VOICE_PATH
 
