@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from functools import partial
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -13,7 +15,7 @@ import onnxruntime
 import outcome
 import soxr
 import trio
-from piper import PiperVoice, SynthesisConfig
+from piper import PiperConfig, PiperVoice, SynthesisConfig
 
 from .base import SAMPLE_RATE, EngineError, TextToSpeech
 from .pcm import float_to_pcm
@@ -48,12 +50,15 @@ class PiperTTS(TextToSpeech):
     ) -> PiperTTS:
         """Load the voice (``model_path`` with its ``.json`` beside it) with ``threads`` onnxruntime
         intra-op threads; blocking, call it once."""
-        voice = PiperVoice.load(model_path)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        voice.session = onnxruntime.InferenceSession(
-            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        # As PiperVoice.load builds it, but with these options (it has no argument for them).
+        voice = PiperVoice(
+            session=onnxruntime.InferenceSession(
+                str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            ),
+            config=PiperConfig.from_dict(json.loads(Path(f"{model_path}.json").read_text(encoding="utf-8"))),
         )
         return cls(voice=voice, syn_config=SynthesisConfig(length_scale=length_scale))
 
