@@ -27,6 +27,7 @@ def fake_engines(**kwargs) -> Engines:
         vad=kwargs.pop("vad", FakeVAD()),
         tools=kwargs.pop("tools", None),
         end_of_turn=kwargs.pop("end_of_turn", None),
+        text_end_of_turn=kwargs.pop("text_end_of_turn", None),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from voiceorch.session.end_of_turn_policy import FixedSilencePolicy, SemanticPolicy, transcript_unfinished
@@ -68,3 +69,18 @@ def test_transcript_unfinished(text, unfinished) -> None:
 
 def test_fixed_silence_is_server_vad() -> None:
     assert run(FixedSilencePolicy(silence_ms=500), lambda s: 1.0) == 512
+
+
+def test_a_low_text_score_overrides_a_complete_audio_verdict() -> None:
+    """The text end-of-turn model's score, when given, holds the turn below ``text_threshold``."""
+    policy = SemanticPolicy.for_eagerness("high")
+    held = policy.step(224, 0.99, 224, "Call my sister until her that.", text_probability=0.004)
+    assert (held.action, held.reason) == ("wait", "incomplete")
+    assert policy.step(224, 0.99, 224, "What time is it?", text_probability=0.6).action == "end"
+    assert policy.step(224, 0.99, 224, "What time is it?", text_probability=None).action == "end"  # no score
+    # The threshold is the policy's; the audio verdict still has its say.
+    assert policy.step(224, 0.99, 224, "Play music.", text_probability=0.04).action == "wait"
+    assert attrs.evolve(policy, text_threshold=0.03).step(224, 0.99, 224, "Play music.", 0.04).action == "end"
+    assert policy.step(224, 0.1, 224, "What time is it?", text_probability=0.9).action == "wait"
+    # The cap ends the turn whatever the words score.
+    assert policy.step(1024, 0.99, 640, "Call my sister until her that.", 0.0).action == "end"

@@ -10,7 +10,8 @@ from test_barge_in import stream
 from test_realtime_session import realtime_connected
 from test_realtime_session import stream as stream24
 from voiceorch import protocol as p
-from voiceorch.engines.fakes import FakeEndOfTurn, FakeSTT
+from voiceorch.engines.base import EngineError
+from voiceorch.engines.fakes import FakeEndOfTurn, FakeSTT, FakeTextEndOfTurn
 from voiceorch.session import SessionSettings
 
 SEMANTIC = SessionSettings(turn_detection=p.TurnDetection(type="semantic_vad"))
@@ -114,3 +115,38 @@ async def test_semantic_vad_in_the_realtime_dialect(autojump_clock):
     assert done["response"]["status"] == "completed"
     assert committed["item_id"] == client.of_type("input_audio_buffer.speech_started")[0]["item_id"]
     assert len(model.judged) == 1
+
+
+async def test_words_written_as_finished_are_held_by_the_text_model(autojump_clock):
+    """tiny.en writes a cut sentence as a finished one ("Call my sister."), and the audio model
+    agrees; the text end-of-turn model's low score of those words holds the turn."""
+    parts = [("speech", 600), ("silence", 1200), ("speech", 600), ("silence", 1500)]
+    texts = ["Call my sister.", "Call my sister and tell her I will be late."]
+
+    def engines(text_model):
+        return fake_engines(
+            stt=FakeSTT(texts=list(texts), delay=0.1),
+            end_of_turn=FakeEndOfTurn([0.95]),
+            text_end_of_turn=text_model,
+        )
+
+    text_model = FakeTextEndOfTurn(scores={"Call my sister.": 0.01}, default=0.6)
+    held, client = await commit_times(engines(text_model), SEMANTIC, parts)
+    assert len(held) == 1 and held[0] > 2.4  # one turn, after the second half (it ends at 2.4 s)
+    assert [e.text for e in client.events("transcript.final")] == [texts[1]]
+    assert text_model.asked == texts  # the words of each pause were scored
+    # Without the text model the same speech is cut in the pause.
+    cut, client = await commit_times(engines(None), SEMANTIC, parts)
+    assert cut[0] < 1.8 and client.events("transcript.final")[0].text == "Call my sister."
+
+
+async def test_a_text_model_that_fails_leaves_the_words_to_the_rule(autojump_clock):
+    text_model = FakeTextEndOfTurn(error=EngineError("turn_model_failed", "boom"))
+    engines = fake_engines(
+        stt=FakeSTT(text="What time is it?", delay=0.05), end_of_turn=FakeEndOfTurn([0.9]), text_end_of_turn=text_model
+    )
+    committed, client = await commit_times(engines, SEMANTIC, [("speech", 600), ("silence", 1500)])
+    assert len(committed) == 1 and committed[0] - 0.6 < 0.4  # ended early all the same
+    assert text_model.asked == ["What time is it?"]
+    assert client.events("response.done")[0].status == "completed"
+    assert client.events("error") == []  # the model's failure is the server's to log, not the client's

@@ -189,6 +189,17 @@ class EndOfTurnModel(Protocol):
         ...
 
 
+class TextEndOfTurnModel(Protocol):
+    async def probability(self, text: str) -> float:
+        """Probability (0-1) that ``text``, the transcript of the turn so far, is a finished
+        sentence. Runs off the Trio thread; cancellable (it may wait out a call in progress)."""
+        ...
+
+    async def warm_up(self) -> None:
+        """One judgement, so the first real one is not slowed by the model's set-up."""
+        ...
+
+
 @attrs.frozen(kw_only=True)
 class Engines:
     """The engines one process shares among all its sessions (models are loaded once)."""
@@ -203,3 +214,6 @@ class Engines:
     #: The audio end-of-turn model of ``semantic_vad`` (:mod:`voiceorch.engines.end_of_turn`);
     #: None: ``semantic_vad`` judges by the transcript alone.
     end_of_turn: EndOfTurnModel | None = None
+    #: The text end-of-turn model of ``semantic_vad`` (:mod:`voiceorch.engines.text_end_of_turn`):
+    #: it scores the transcript of the turn so far; None: the transcript rule alone judges the words.
+    text_end_of_turn: TextEndOfTurnModel | None = None

@@ -188,6 +188,29 @@ class FakeEndOfTurn:
 
 
 @attrs.define
+class FakeTextEndOfTurn:
+    """A fake text end-of-turn model: ``scores`` maps a transcript to its probability (``default``
+    for any other), after ``delay`` seconds; it records the texts it was asked about. ``error``,
+    if set, is raised instead."""
+
+    scores: dict[str, float] = attrs.field(factory=dict)
+    default: float = 0.5
+    delay: float = 0.05
+    error: Exception | None = None
+    asked: list[str] = attrs.field(factory=list)
+
+    async def probability(self, text: str) -> float:
+        self.asked.append(text)
+        await trio.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        return self.scores.get(text, self.default)
+
+    async def warm_up(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@attrs.define
 class FakeVAD:
     """Speech is any chunk whose mean absolute sample is at least ``level`` (silence is zeros)."""
 

@@ -161,6 +161,9 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
             loading.start_soon(load, "tts", f"loading text-to-speech (Piper, {voice})", PiperTTS.load, voice)
         loading.start_soon(load, "vad", "loading speech detection (Silero VAD v6)", SileroVAD.load)
         loading.start_soon(load, "end_of_turn", "loading the end-of-turn model (Smart Turn v3.2)", _load_smart_turn)
+        loading.start_soon(
+            load, "text_end_of_turn", "loading the text end-of-turn model (SmolLM2-135M)", _load_text_turn_model
+        )
         if llm_url is None:
             gguf = config.llm_gguf or embedded.smollm2_gguf_path()
             llama = LlamaServerConfig(model_path=gguf, log_path=config.llm_log)
@@ -187,7 +190,12 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
     )
     loaded["llm"] = llm
     engines = Engines(
-        stt=loaded["stt"], llm=llm, tts=loaded["tts"], vad=loaded["vad"], end_of_turn=loaded["end_of_turn"]
+        stt=loaded["stt"],
+        llm=llm,
+        tts=loaded["tts"],
+        vad=loaded["vad"],
+        end_of_turn=loaded["end_of_turn"],
+        text_end_of_turn=loaded["text_end_of_turn"],
     )
     if config.warm_up:
         await _timed("warming up the models", _warm_up, engines)
@@ -208,6 +216,19 @@ def _load_smart_turn() -> object | None:
         return SmartTurn.load()
     except FileNotFoundError as exc:
         _say(f"warning: {exc}; semantic_vad will judge the end of turn by the transcript alone")
+        return None
+
+
+def _load_text_turn_model() -> object | None:
+    """The text end-of-turn model of ``semantic_vad`` (blocking; the embedded SmolLM2 GGUF, in
+    this process), or None with a warning if it cannot load (then the transcript rule alone
+    judges the words)."""
+    from ..engines.text_end_of_turn import TextTurnModel
+
+    try:
+        return TextTurnModel.load()
+    except (FileNotFoundError, ImportError, ValueError) as exc:
+        _say(f"warning: the text end-of-turn model did not load ({exc}); semantic_vad will not score the words")
         return None
 
 
@@ -237,6 +258,8 @@ async def _warm_up(engines: Engines) -> None:
     await engines.tts.warm_up()
     if engines.end_of_turn is not None:
         await engines.end_of_turn.warm_up()
+    if engines.text_end_of_turn is not None:
+        await engines.text_end_of_turn.warm_up()
     try:
         await engines.llm.warm_up()
     except EngineError as exc:

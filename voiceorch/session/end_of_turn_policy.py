@@ -11,7 +11,10 @@ given silence length and ask again.
 - incomplete -> keep listening; judge again every :attr:`rejudge_every_ms` of silence; end at the
   eagerness cap (:attr:`cap_ms`, 1-3 s) whatever the verdict;
 - a transcript whose last word cannot end an English sentence ("the", "to", "for", "and", ...)
-  counts as incomplete whatever the audio model says.
+  counts as incomplete whatever the audio model says;
+- so does a transcript the text end-of-turn model (:mod:`voiceorch.engines.text_end_of_turn`)
+  scores below :attr:`text_threshold` (the probability that its words are a finished sentence),
+  when the caller has that score.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ class SemanticPolicy:
     """End-of-turn decisions from the silence length, the model's verdict and the transcript."""
 
     threshold: float = 0.5
+    #: Below this text probability (when given) the words are unfinished: chosen by
+    #: ``python -m bench.turn_eval`` (finished sentences score 0.1-0.9, cut ones 0.00-0.05).
+    text_threshold: float = 0.05
     complete_silence_ms: int = 200
     cap_ms: int = 2000
     rejudge_every_ms: int = 400
@@ -65,9 +71,13 @@ class SemanticPolicy:
         """The policy of an OpenAI-style ``eagerness`` ("low" | "medium" | "high" | "auto")."""
         return cls(cap_ms=EAGERNESS_CAP_MS[eagerness], **overrides)
 
-    def complete(self, probability: float | None, transcript: str | None = None) -> bool:
-        """Whether the verdict (and the transcript, when used) says the turn is finished."""
+    def complete(
+        self, probability: float | None, transcript: str | None = None, text_probability: float | None = None
+    ) -> bool:
+        """Whether the verdict (and the transcript and its text score, when used) says the turn is finished."""
         if self.use_transcript and transcript_unfinished(transcript):
+            return False
+        if self.use_transcript and text_probability is not None and text_probability < self.text_threshold:
             return False
         if not self.use_model:
             return True
@@ -79,6 +89,7 @@ class SemanticPolicy:
         probability: float | None = None,
         judged_at_ms: int | None = None,
         transcript: str | None = None,
+        text_probability: float | None = None,
     ) -> Step:
         """The decision at ``silence_ms`` into the pause, given the last verdict (made at ``judged_at_ms``).
 
@@ -92,7 +103,7 @@ class SemanticPolicy:
             return Step("wait", self.complete_silence_ms)
         if judged_at_ms is None or (self.use_model and silence_ms - judged_at_ms >= self.rejudge_every_ms):
             return Step("judge")
-        if self.complete(probability, transcript):
+        if self.complete(probability, transcript, text_probability):
             return Step("end", reason="complete")
         next_judge = judged_at_ms + self.rejudge_every_ms if self.use_model else self.cap_ms
         return Step("wait", min(next_judge, self.cap_ms), reason="incomplete")
@@ -104,7 +115,9 @@ class FixedSilencePolicy:
 
     silence_ms: int = 500
 
-    def step(self, silence_ms: int, probability=None, judged_at_ms=None, transcript=None) -> Step:
+    def step(
+        self, silence_ms: int, probability=None, judged_at_ms=None, transcript=None, text_probability=None
+    ) -> Step:  # noqa: E501
         if silence_ms >= self.silence_ms:
             return Step("end", reason="silence")
         return Step("wait", self.silence_ms)

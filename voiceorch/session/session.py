@@ -93,6 +93,7 @@ class Session:
             max_input_audio_ms=settings.max_input_audio_ms,
             max_pending_turns=settings.max_pending_turns,
             end_of_turn_model=engines.end_of_turn is not None,
+            text_end_of_turn_model=engines.text_end_of_turn is not None,
             transcribe_pieces=settings.transcribe_pieces,
         )
         self._piece_jobs: weakref.WeakKeyDictionary[tt.Piece, _PieceJob] = weakref.WeakKeyDictionary()
@@ -343,6 +344,8 @@ class Session:
                     self._turn_of[response].confirm()
                 case tt.Judge():
                     self._nursery.start_soon(self._judge, action)
+                case tt.ScoreWords():
+                    self._nursery.start_soon(self._score_words, action)
                 case tt.TranscribePiece(piece=piece):
                     job = self._piece_jobs[piece] = _PieceJob()
                     self._nursery.start_soon(self._transcribe_piece, piece, job)
@@ -424,6 +427,17 @@ class Session:
             log_event(log, "end_of_turn.failed", logging.WARNING, code=exc.code, reason=exc.message)
             probability = 1.0
         self._tell(partial(self._turns.verdict, asked, probability))
+
+    async def _score_words(self, asked: tt.ScoreWords) -> None:
+        """Run the text end-of-turn model (off the event loop) and tell the machine its score. A
+        model that fails gives no score (the words are judged by the rule alone)."""
+        assert self.engines.text_end_of_turn is not None
+        probability: float | None = None
+        try:
+            probability = await self.engines.text_end_of_turn.probability(asked.text)
+        except EngineError as exc:
+            log_event(log, "text_end_of_turn.failed", logging.WARNING, code=exc.code, reason=exc.message)
+        self._tell(partial(self._turns.words_scored, asked, probability))
 
     async def _transcribe_overlap(self, scope: trio.CancelScope, ticket: int, audio: bytes) -> None:
         """Transcribe speech over paused responses for the turn-taking machine's verdict, by the

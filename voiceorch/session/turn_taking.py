@@ -17,7 +17,9 @@ order:
   :class:`Interrupt` (barge-in), :class:`CancelResponse`, :class:`ConfirmResponse`, and under
   ``interruption`` ``pause_and_decide``: :class:`Pause` (speech over a response: stop its audio),
   :class:`Transcribe` (the speech so far, then call :meth:`~TurnTaking.overlap_transcript`) and
-  :class:`Resume` (it was no interruption: go on).
+  :class:`Resume` (it was no interruption: go on); under ``semantic_vad``: :class:`Judge` (the
+  audio end-of-turn model, then :meth:`~TurnTaking.verdict`) and :class:`ScoreWords` (the text
+  end-of-turn model on the speculation's transcript, then :meth:`~TurnTaking.words_scored`).
 
 **Pause and decide.** Speech over a response pauses it (where ``immediate`` interrupts it); the
 speech is then judged (:mod:`.overlap`) from its transcript at each of its pauses: real words
@@ -178,6 +180,15 @@ class Judge:
     silence_ms: float
 
 
+@attrs.frozen(eq=False)
+class ScoreWords:
+    """Ask the text end-of-turn model whether ``text`` (the transcript of the turn so far) is a
+    finished sentence, off the event loop, and give the answer to :meth:`TurnTaking.words_scored`
+    (None: no score). A score that comes after the pause ended is ignored."""
+
+    text: str
+
+
 @attrs.frozen
 class TranscribePiece:
     """Transcribe ``piece`` (after its earlier pieces, with their words as the prompt) and give
@@ -229,6 +240,7 @@ Action = (
     | CancelResponse
     | ConfirmResponse
     | Judge
+    | ScoreWords
     | TranscribePiece
     | CancelPiece
     | Pause
@@ -248,6 +260,8 @@ class _Pause:
     probability: float | None = None
     judged_at_ms: float | None = None  # the silence the last verdict was judged at
     transcript: str | None = None  # the speculation's words (the audio up to the pause)
+    scoring: ScoreWords | None = None  # the words' score asked, not answered yet
+    text_probability: float | None = None  # the text model's score of the words
     until_ms: float | None = None  # the policy waits until this silence
 
 
@@ -265,6 +279,9 @@ class TurnTaking:
     max_pending_turns: int = 4
     #: An end-of-turn model can judge (``Judge``); without one ``semantic_vad`` uses the transcript alone.
     end_of_turn_model: bool = False
+    #: A text end-of-turn model can score the transcript (``ScoreWords``); without one the
+    #: transcript rule alone judges the words.
+    text_end_of_turn_model: bool = False
     #: Transcribe the utterance in pieces cut at the speaker's pauses, while they speak.
     transcribe_pieces: bool = False
     detector: SpeechDetector | None = None
@@ -466,8 +483,24 @@ class TurnTaking:
         ``semantic_vad`` the words of a speculation are the transcript of the turn so far."""
         if self._pause is None or response is not self._speculative:
             return []
-        self._pause.transcript = text
-        log_event(log, "speech.pause_transcript", logging.DEBUG, unfinished_words=transcript_unfinished(text))
+        pause, policy = self._pause, self._policy
+        pause.transcript = text
+        unfinished = transcript_unfinished(text)
+        log_event(log, "speech.pause_transcript", logging.DEBUG, unfinished_words=unfinished)
+        wanted = policy is not None and policy.use_transcript and text.strip() and not unfinished
+        if self.text_end_of_turn_model and wanted:
+            pause.scoring = ScoreWords(text)
+            return [pause.scoring, *self._decide_end(now)]
+        return self._decide_end(now)
+
+    def words_scored(self, asked: ScoreWords, probability: float | None, now: float) -> list[Action]:
+        """The text end-of-turn model's answer to ``asked``: the probability that the words are a
+        finished sentence (None: the model failed; the words are judged by the rule alone)."""
+        pause = self._pause
+        if pause is None or pause.scoring is not asked:
+            return []  # the pause it was about is over
+        pause.scoring, pause.text_probability = None, probability
+        log_event(log, "speech.words_scored", logging.DEBUG, probability=probability)
         return self._decide_end(now)
 
     def piece_transcribed(self, piece: Piece, text: str) -> list[Action]:
@@ -656,7 +689,9 @@ class TurnTaking:
             return []
         lag_s = max(0.0, now - self._audio_at - AUDIO_STOPPED_MARGIN_S)
         silence = detector.quiet_ms + lag_s * 1000
-        step = policy.step(int(silence), pause.probability, pause.judged_at_ms, pause.transcript)
+        step = policy.step(
+            int(silence), pause.probability, pause.judged_at_ms, pause.transcript, pause.text_probability
+        )
         pause.until_ms = step.until_ms
         if step.action == "judge":
             if not (self.end_of_turn_model and policy.use_model):
@@ -677,13 +712,17 @@ class TurnTaking:
             silence_ms=round(silence),
             probability=pause.probability,
             unfinished_words=transcript_unfinished(pause.transcript),
+            text_probability=pause.text_probability,
         )
         decision = detector.assume_silence()
         return [] if decision is None else self._on_decision(detector, decision, now)
 
     def _transcript_coming(self) -> bool:
-        """A running speculation will soon tell the words of the turn so far."""
+        """A running speculation will soon tell the words of the turn so far (or the text model
+        their score)."""
         spec, pause = self._speculative, self._pause
+        if pause is not None and pause.scoring is not None:
+            return True
         return (
             self._policy is not None
             and self._policy.use_transcript
