@@ -96,7 +96,11 @@ async def attacked_server(max_sessions: int):
                 assert (await typed_turn(bystander, "before"))["status"] == "completed"
                 baseline = count_tasks()
                 yield Attacked(server, bystander)
-                await tasks_settle_at(baseline)
+                # Within the server's own bound on a handshake (plus a margin): a connection whose
+                # reset the server did not see ends at that bound at the latest, by design; one
+                # that outlived it would be a leak. (A settle window equal to the bound failed
+                # once on 3.13 in the full suite.)
+                await tasks_settle_at(baseline, within=voice_ws.HANDSHAKE_TIMEOUT_S + 5)
                 assert server.admission.active == 1  # only the bystander's slot is taken
                 assert (await typed_turn(bystander, "after"))["status"] == "completed"
             nursery.cancel_scope.cancel()
