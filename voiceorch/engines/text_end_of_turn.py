@@ -14,7 +14,8 @@ the user's message in the model's chat template. Finished questions and requests
 0.1-0.9; sentences cut at "... the way to", "... a table for", "... my fellow Americans" score
 0.00-0.05 (``python -m bench.turn_eval`` measures it on the pause corpus).
 
-A call costs 25-60 ms of one core here (one thread, a prompt of 10-30 tokens). It is blocking:
+A call costs 40-70 ms of one core here (one thread, a prompt of 10-30 tokens; p50 66 ms in
+``bench.turn_eval``). It is blocking:
 :meth:`TextTurnModel.probability` runs it in a worker thread under the model's own
 ``CapacityLimiter(1)`` (one llama.cpp context per process, not safe to share between threads).
 """
@@ -100,7 +101,7 @@ class TextTurnModel:
         """Probability (0-1) that ``text`` (a transcript of the turn so far) is a finished sentence.
 
         Runs in a worker thread under :attr:`limiter`. Not abandoned on cancel: a cancelled
-        caller waits for the call in progress (25-60 ms), so the context is never used by two
+        caller waits for the call in progress (tens of ms), so the context is never used by two
         threads at once."""
         return await trio.to_thread.run_sync(partial(self.probability_sync, text), limiter=self.limiter)
 

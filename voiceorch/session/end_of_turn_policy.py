@@ -117,7 +117,7 @@ class FixedSilencePolicy:
 
     def step(
         self, silence_ms: int, probability=None, judged_at_ms=None, transcript=None, text_probability=None
-    ) -> Step:  # noqa: E501
+    ) -> Step:
         if silence_ms >= self.silence_ms:
             return Step("end", reason="silence")
         return Step("wait", self.silence_ms)
