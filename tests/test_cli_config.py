@@ -72,7 +72,7 @@ def test_options_land_in_their_fields() -> None:
         "--port", "9000", "--http-port", "-1", "--llm-url", "http://a/v1", "--llm-url", "http://b/v1",
         "--llm-concurrency", "3", "--llm-timeout", "4", "--max-audio-ahead-ms", "0", "--speculate-after-ms", "0",
         "--max-sessions", "5", "--allowed-origin", "https://x.example", "--auth-token", "t0k", "--no-warm-up",
-        "--stt-timeout", "7",
+        "--stt-timeout", "7", "--no-text-end-of-turn",
     )  # fmt: skip
     config = cli.server_config(args, targets)
     assert config.port == 9000 and config.http_port is None
@@ -82,6 +82,7 @@ def test_options_land_in_their_fields() -> None:
     assert config.session.stt_timeout_s == 7
     assert config.access == AccessPolicy(token="t0k", allowed_origins=frozenset({"https://x.example"}), max_sessions=5)
     assert config.warm_up is False
+    assert config.text_end_of_turn is False and ServerConfig().text_end_of_turn is True
 
 
 def test_mcp_servers_land_in_the_order_given() -> None:

@@ -168,6 +168,16 @@ def _serve_parser(sub: argparse._SubParsersAction) -> ConfigArgs:
     )
     option(
         models,
+        "--no-text-end-of-turn",
+        "text_end_of_turn",
+        dest="text_end_of_turn",
+        action="store_false",
+        help="do not load the text end-of-turn model (SmolLM2-135M in this process, ~120 MB resident) that "
+        "semantic_vad asks whether the words so far are a finished sentence; without it the words' last "
+        "word alone is checked (more cut-offs, less CPU per pause)",
+    )
+    option(
+        models,
         "--stt-url",
         "remote_stt",
         type=_engine_url("stt"),

@@ -70,6 +70,8 @@ class ServerConfig:
     llm_gguf: Path | None = None
     llm_log: Path | None = None
     stt_model: Path | None = None
+    #: Load the text end-of-turn model of ``semantic_vad`` (the embedded SmolLM2, in this process).
+    text_end_of_turn: bool = True
     tts_voice: Path | None = None
     #: Remote STT/TTS servers (``--stt-url``/``--tts-url``); None keeps the embedded model.
     remote_stt: RemoteEngineSpec | None = None
@@ -161,9 +163,10 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
             loading.start_soon(load, "tts", f"loading text-to-speech (Piper, {voice})", PiperTTS.load, voice)
         loading.start_soon(load, "vad", "loading speech detection (Silero VAD v6)", SileroVAD.load)
         loading.start_soon(load, "end_of_turn", "loading the end-of-turn model (Smart Turn v3.2)", _load_smart_turn)
-        loading.start_soon(
-            load, "text_end_of_turn", "loading the text end-of-turn model (SmolLM2-135M)", _load_text_turn_model
-        )
+        if config.text_end_of_turn:
+            loading.start_soon(
+                load, "text_end_of_turn", "loading the text end-of-turn model (SmolLM2-135M)", _load_text_turn_model
+            )
         if llm_url is None:
             gguf = config.llm_gguf or embedded.smollm2_gguf_path()
             llama = LlamaServerConfig(model_path=gguf, log_path=config.llm_log)
@@ -195,7 +198,7 @@ async def _real_engines(config: ServerConfig, nursery: trio.Nursery) -> tuple[En
         tts=loaded["tts"],
         vad=loaded["vad"],
         end_of_turn=loaded["end_of_turn"],
-        text_end_of_turn=loaded["text_end_of_turn"],
+        text_end_of_turn=loaded.get("text_end_of_turn"),
     )
     if config.warm_up:
         await _timed("warming up the models", _warm_up, engines)
