@@ -506,13 +506,19 @@ def scored(actions: list[tt.Action]) -> list[tt.ScoreWords]:
     return [a for a in actions if isinstance(a, tt.ScoreWords)]
 
 
+def speech_then_pause(s: Script, verdict: float, speech: str = "SSSSSSSSSS") -> tt.Response:
+    """Speech, then 160 ms of silence: the speculation starts and the audio model says ``verdict``."""
+    s.feed(speech)
+    (asked,) = judges(s.feed("_____"))
+    spec = s.started[-1]
+    s.machine.response_started(spec)
+    assert s.machine.verdict(asked, verdict, s.now) == []
+    return spec
+
+
 def test_semantic_the_words_are_scored_and_a_low_score_waits_up_to_the_cap():
     s = semantic(turn_detection=attrs.evolve(SEMANTIC, eagerness="high"), text_end_of_turn_model=True)
-    s.feed("SSSSSSSSSS")
-    (asked,) = judges(s.feed("_____"))
-    spec = s.started[0]
-    s.machine.response_started(spec)
-    assert s.machine.verdict(asked, 0.95, s.now) == []
+    spec = speech_then_pause(s, 0.95)
     (score,) = scored(s.machine.response_transcript(spec, "Call my sister until her that.", s.now))
     assert score.text == "Call my sister until her that."
     assert s.feed("____") == []  # 288 ms: finished by the audio, but the score is not in yet
@@ -524,11 +530,7 @@ def test_semantic_the_words_are_scored_and_a_low_score_waits_up_to_the_cap():
 
 def test_semantic_a_high_score_ends_the_turn_when_it_comes():
     s = semantic(text_end_of_turn_model=True)
-    s.feed("SSSSSSSSSS")
-    (asked,) = judges(s.feed("_____"))
-    spec = s.started[0]
-    s.machine.response_started(spec)
-    s.machine.verdict(asked, 0.9, s.now)
+    spec = speech_then_pause(s, 0.9)
     (score,) = scored(s.machine.response_transcript(spec, "What time is it?", s.now))
     assert s.feed("__") == []  # 224 ms
     end = s.machine.words_scored(score, 0.8, s.now)
@@ -537,19 +539,11 @@ def test_semantic_a_high_score_ends_the_turn_when_it_comes():
 
 def test_semantic_words_the_rule_already_holds_or_a_failed_score_or_a_stale_one():
     s = semantic(text_end_of_turn_model=True)
-    s.feed("SSSSSSSSSS")
-    (asked,) = judges(s.feed("_____"))
-    spec = s.started[0]
-    s.machine.response_started(spec)
-    s.machine.verdict(asked, 0.9, s.now)
+    spec = speech_then_pause(s, 0.9)
     # Words that cannot end a sentence are not scored: the rule holds them already.
     assert scored(s.machine.response_transcript(spec, "a table for", s.now)) == []
     # Speech resumes: the next pause's score is asked anew and the old one is ignored.
-    s.feed("SSS")
-    (asked,) = judges(s.feed("_____"))
-    spec = s.started[1]
-    s.machine.response_started(spec)
-    s.machine.verdict(asked, 0.9, s.now)
+    spec = speech_then_pause(s, 0.9, speech="SSS")
     (score,) = scored(s.machine.response_transcript(spec, "a table for four.", s.now))
     assert s.machine.words_scored(tt.ScoreWords("a table for four."), 0.0, s.now) == []  # not the one asked
     # A failed score (None) leaves the words to the rule and the audio verdict: the turn ends.
@@ -560,11 +554,7 @@ def test_semantic_words_the_rule_already_holds_or_a_failed_score_or_a_stale_one(
 
 def test_semantic_without_a_text_model_nothing_is_scored():
     s = semantic()
-    s.feed("SSSSSSSSSS")
-    (asked,) = judges(s.feed("_____"))
-    spec = s.started[0]
-    s.machine.response_started(spec)
-    s.machine.verdict(asked, 0.9, s.now)
+    spec = speech_then_pause(s, 0.9)
     s.feed("__")
     end = s.machine.response_transcript(spec, "Call my sister until her that.", s.now)
     assert kinds(end) == ["speech_stopped", "committed", "ConfirmResponse"]  # cut: no text model
