@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The two commands of the README:
 #   ./run.sh serve [voiceorch serve options]   set up .venv, then start the server with the embedded models
-#   ./run.sh test  [pytest options]            set up .venv with the test extras, then run the test suite
+#   ./run.sh test  [pytest options]            set up .venv with the test extras (and Debian's chromium and
+#                                              nginx-light, when missing and apt-get may), then run the test suite
 # Any other first word runs inside the venv: ./run.sh voiceorch talk --text "hi", ./run.sh python bench/run.py ...
 #   ./run.sh lock [uv lock options]            re-resolve uv.lock after editing pyproject.toml's dependencies
 #
@@ -100,6 +101,29 @@ setup() {
   fi
 }
 
+# The system tools some tests drive: Debian's chromium (the page in a real headless browser) and
+# nginx-light (two instances behind a load balancer). Installed with apt-get when missing and
+# this user may (root, or sudo without a password); otherwise those tests are skipped, unless
+# VOICEORCH_REQUIRE_BROWSER / VOICEORCH_REQUIRE_NGINX make a missing one a failure (as in CI).
+ensure_test_tools() {
+  local missing=()
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local as_root=()
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then as_root=(sudo -n); else as_root=(none); fi
+  fi
+  if ! command -v apt-get >/dev/null || [ "${as_root[*]}" = none ]; then
+    log "not installing ${missing[*]} (needs apt-get as root): the tests that use them are skipped"
+    return 0
+  fi
+  log "installing Debian's ${missing[*]} for the browser and load-balancer tests"
+  if ! { "${as_root[@]}" apt-get update -qq && "${as_root[@]}" apt-get install -y -qq "${missing[@]}"; } >/dev/null; then
+    log "could not install ${missing[*]}: the tests that use them are skipped"
+  fi
+}
+
 cmd=${1:-}
 [ -n "$cmd" ] || { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 shift
@@ -111,7 +135,7 @@ setup
 export PATH="$VENV/bin:$PATH"
 case "$cmd" in
   serve) exec voiceorch serve "$@" ;;
-  test)  exec python -m pytest "$@" ;;
+  test)  ensure_test_tools; exec python -m pytest "$@" ;;
   setup) exit 0 ;;
   *)     exec "$cmd" "$@" ;;
 esac

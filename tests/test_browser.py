@@ -40,8 +40,9 @@ WebSocket.prototype.send = function (data) {
 };
 """
 
-# Without Debian's Chromium the browser tests are skipped on a developer's machine; CI installs
-# it and sets VOICEORCH_REQUIRE_BROWSER=1, so there a missing browser fails instead.
+# Without Debian's Chromium (./run.sh test installs it where apt-get may) the browser tests are
+# skipped on a developer's machine; CI sets VOICEORCH_REQUIRE_BROWSER=1, so there a missing
+# browser fails instead.
 pytestmark = [
     pytest.mark.models,
     pytest.mark.skipif(

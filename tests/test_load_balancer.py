@@ -37,7 +37,7 @@ def _nginx() -> str:
     found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if found is None:
         if os.environ.get("VOICEORCH_REQUIRE_NGINX"):
-            pytest.fail("nginx is required here (Debian's nginx-light; .ci/run installs it)")
+            pytest.fail("nginx is required here (Debian's nginx-light; ./run.sh test installs it where apt-get may)")
         pytest.skip("nginx is not installed (apt-get install nginx-light)")
     return found
 
