@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 import pytest
 
-from voiceorch.session.end_of_turn_policy import FixedSilencePolicy, SemanticPolicy, transcript_unfinished
+from voiceorch.session.end_of_turn_policy import FixedSilencePolicy, SemanticPolicy, Step, transcript_unfinished
 
 
 def run(policy, verdicts, transcript=None, limit_ms=5000) -> int | None:
@@ -33,10 +33,19 @@ def test_an_incomplete_verdict_waits_and_rejudges_as_silence_grows() -> None:
 
     def verdicts(s: int) -> float:
         asked.append(s)
-        return 0.9 if s >= 1000 else 0.1
+        return 0.9 if s >= 900 else 0.1
 
-    assert run(SemanticPolicy(rejudge_every_ms=400), verdicts) == 1056
-    assert asked == [224, 640, 1056]
+    assert run(SemanticPolicy(rejudge_every_ms=400), verdicts) == 992
+    assert asked == [160, 576, 992]
+
+
+def test_the_audio_is_first_judged_at_judge_after_ms_however_early_the_pause_was_noticed() -> None:
+    """Speculation may notice the pause sooner (e.g. 64 ms): the model still first hears 160 ms of silence."""
+    policy = SemanticPolicy(judge_after_ms=160)
+    assert policy.step(64) == policy.step(128) == Step("wait", 160)
+    assert policy.step(160) == Step("judge")
+    assert policy.step(160, 0.9, 160).until_ms == 200  # complete, but not before complete_silence_ms
+    assert run(attrs.evolve(policy, judge_after_ms=320), lambda s: 0.9) == 320
 
 
 @pytest.mark.parametrize(("eagerness", "cap"), [("high", 1000), ("medium", 2000), ("low", 3000)])

@@ -258,6 +258,21 @@ def test_semantic_a_finished_turn_ends_after_a_short_silence():
     assert end[0].event.audio_ms == 10 * 32  # dated at the start of the silence
 
 
+def test_semantic_speculation_may_start_before_the_first_judgement():
+    """Speculation at 64 ms of silence (its words come sooner); the audio is still judged at 160 ms."""
+    s = semantic(speculate_after_ms=64)
+    s.feed("SSSSSSSSSS")
+    assert kinds(s.feed("__")) == ["StartResponse"]  # 64 ms: the answer starts, nothing judged
+    spec = s.started[0]
+    s.machine.response_started(spec)
+    assert s.machine.response_transcript(spec, "What time is it?", s.now) == []  # words, no verdict yet
+    assert s.feed("__") == []  # 128 ms
+    (asked,) = judges(s.feed("__"))  # 160 ms: judged; 192 ms
+    assert asked.silence_ms == 160 and asked.audio.startswith(spec.audio)  # and the silence since
+    assert s.machine.verdict(asked, 0.9, s.now) == []  # finished, but not 200 ms of silence yet
+    assert kinds(s.feed("_")) == ["speech_stopped", "committed", "ConfirmResponse"]  # 224 ms
+
+
 def test_semantic_waits_for_the_speculations_words_before_ending():
     s = semantic()
     s.feed("SSSSSSSSSS")

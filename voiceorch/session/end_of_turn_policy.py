@@ -6,6 +6,8 @@ judged on the audio up to some silence length), and optionally the transcript so
 answers with one :class:`Step`: end the turn now, ask for a (new) judgement now, or wait until a
 given silence length and ask again.
 
+- the audio is first judged at :attr:`judge_after_ms` of silence (160 ms), whenever the caller
+  noticed the pause (its speculative answer may have started earlier);
 - complete (probability >= :attr:`threshold`, transcript not plainly unfinished) -> end once the
   silence reaches :attr:`complete_silence_ms` (~200 ms);
 - incomplete -> keep listening; judge again every :attr:`rejudge_every_ms` of silence; end at the
@@ -60,6 +62,8 @@ class SemanticPolicy:
     #: Below this text probability (when given) the words are unfinished: chosen by
     #: ``python -m bench.turn_eval`` (finished sentences score 0.1-0.9, cut ones 0.00-0.05).
     text_threshold: float = 0.05
+    #: The first judgement of the audio: the model hears the speech's end and this much silence.
+    judge_after_ms: int = 160
     complete_silence_ms: int = 200
     cap_ms: int = 2000
     rejudge_every_ms: int = 400
@@ -94,11 +98,13 @@ class SemanticPolicy:
         """The decision at ``silence_ms`` into the pause, given the last verdict (made at ``judged_at_ms``).
 
         ``"judge"`` asks the caller to judge the audio so far (and transcribe it, when the
-        transcript is used) and call again with the result; nothing is judged before
-        :attr:`complete_silence_ms` of silence.
+        transcript is used) and call again with the result. The audio is first judged at
+        :attr:`judge_after_ms` of silence; the turn does not end before :attr:`complete_silence_ms`.
         """
         if silence_ms >= self.cap_ms:
             return Step("end", reason="cap")
+        if judged_at_ms is None and self.use_model:
+            return Step("judge") if silence_ms >= self.judge_after_ms else Step("wait", self.judge_after_ms)
         if silence_ms < self.complete_silence_ms:
             return Step("wait", self.complete_silence_ms)
         if judged_at_ms is None or (self.use_model and silence_ms - judged_at_ms >= self.rejudge_every_ms):

@@ -248,10 +248,6 @@ Action = (
     | Transcribe
 )
 
-#: Under ``semantic_vad`` with speculation off, the end-of-turn model is still asked this far into a pause.
-JUDGE_AFTER_MS = 160
-
-
 @attrs.define
 class _Pause:
     """What ``semantic_vad`` knows of the current pause."""
@@ -648,11 +644,8 @@ class TurnTaking:
             case PauseStarted() if not (self._over_response and vad.interrupt_response):
                 actions = self._cut_piece()
                 actions += self._speculate()
-                if self._policy is not None:  # semantic_vad: judge the turn so far at once
+                if self._policy is not None:  # semantic_vad: the policy judges it (vad() asks it next)
                     self._pause = _Pause()
-                    if self.end_of_turn_model and self._policy.use_model:
-                        self._pause.judging = Judge(self._turn_audio(), detector.quiet_ms or 0.0)
-                        actions.append(self._pause.judging)
                 return actions
             case SpeechResumed():
                 self._pause = None
@@ -875,7 +868,9 @@ class TurnTaking:
         if vad.type == "semantic_vad":
             self._policy = SemanticPolicy.for_eagerness(vad.eagerness, use_model=self.end_of_turn_model)
             self.detector.silence_ms = self._policy.cap_ms  # the detector itself ends the turn at the cap
-            self.detector.pause_ms = self.speculate_after_ms if self.speculate_after_ms is not None else JUDGE_AFTER_MS
+            # The pause is noticed when speculation starts, or (without it) at the first judgement.
+            spec_ms = self.speculate_after_ms
+            self.detector.pause_ms = spec_ms if spec_ms is not None else self._policy.judge_after_ms
         else:
             self._policy = None
             self.detector.silence_ms = vad.silence_duration_ms
