@@ -203,8 +203,9 @@ async def settled(expected: int) -> int:
     return count_tasks()
 
 
-def traced_now(engines) -> tuple[int, int]:
-    """(all traced memory, the part allocated by Trio's cancel scopes and deadline heap).
+def traced_now(engines, dump: Path) -> tuple[int, int]:
+    """(all traced memory, the part allocated by Trio's cancel scopes and deadline heap); the
+    snapshot is written to ``dump`` (not kept in memory, where the next snapshot would count it).
 
     The fakes record every call they get (for tests that check what was asked): that record
     is dropped first, as it is the fakes' memory, not the server's."""
@@ -222,7 +223,14 @@ def traced_now(engines) -> tuple[int, int]:
     gc.collect()
     snapshot = tracemalloc.take_snapshot()
     trio_part = sum(stat.size for stat in snapshot.filter_traces(TRIO_DEADLINES).statistics("filename"))
+    snapshot.dump(dump)
     return sum(stat.size for stat in snapshot.statistics("filename")), trio_part
+
+
+def grown_most(before: Path, after: Path, top: int = 8) -> list[str]:
+    """Where the traced memory grew most between two dumped snapshots (for a failure's message)."""
+    diff = tracemalloc.Snapshot.load(after).compare_to(tracemalloc.Snapshot.load(before), "lineno")
+    return [str(stat) for stat in diff[:top]]
 
 
 class _Problems(logging.Handler):
@@ -234,7 +242,7 @@ class _Problems(logging.Handler):
         self.records.append(record)
 
 
-async def test_many_sessions_many_turns_barge_ins_and_disconnects_leave_nothing_behind():
+async def test_many_sessions_many_turns_barge_ins_and_disconnects_leave_nothing_behind(tmp_path: Path):
     engines = fake_engines(
         stt=FakeSTT(delay=0.05),
         llm=FakeLLM(first_delay=0.05, delta_delay=0.01),
@@ -252,12 +260,12 @@ async def test_many_sessions_many_turns_barge_ins_and_disconnects_leave_nothing_
                 warm = Stats()
                 await phase(server.port, WARM_UP_S, 1, warm)
                 assert await settled(idle_tasks) == idle_tasks
-                after_warm_up = traced_now(engines)
+                after_warm_up = traced_now(engines, tmp_path / "after_warm_up")
 
                 stats = Stats()
                 await phase(server.port, MEASURED_S, 2, stats)
                 assert await settled(idle_tasks) == idle_tasks, "tasks left running after the soak"
-                after_soak = traced_now(engines)
+                after_soak = traced_now(engines, tmp_path / "after_soak")
                 nursery.cancel_scope.cancel()
     finally:
         tracemalloc.stop()
@@ -282,7 +290,10 @@ async def test_many_sessions_many_turns_barge_ins_and_disconnects_leave_nothing_
     assert turns >= 100 and stats.sessions >= 20
     assert stats.statuses["completed"] >= 30 and stats.statuses["interrupted"] >= 10
     assert stats.statuses["cancelled"] >= 5 and stats.resets >= 5
-    assert growth - trio_growth < MEMORY_BOUND, f"traced memory grew by {growth - trio_growth} bytes outside Trio"
+    assert growth - trio_growth < MEMORY_BOUND, (
+        f"traced memory grew by {growth - trio_growth} bytes outside Trio",
+        grown_most(tmp_path / "after_warm_up", tmp_path / "after_soak"),
+    )
     assert growth < MEMORY_BOUND + TRIO_DEADLINE_SLACK, f"traced memory grew by {growth} bytes"
 
 
