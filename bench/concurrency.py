@@ -82,7 +82,7 @@ def limits() -> dict:
     return {"open_files_soft": soft, "open_files_hard": hard, "somaxconn": somaxconn}
 
 
-_VAD_PROBE = "from voiceorch.server import app; print(type(app._fake_engines().vad).__name__)"
+_VAD_PROBE = "from voiceorch.server import app; print(type(app._fake_engines(app.ServerConfig()).vad).__name__)"
 
 
 def fake_server_vad(tree: Path | None = None) -> str:
@@ -100,7 +100,7 @@ def fake_server_vad(tree: Path | None = None) -> str:
             return probe.stdout.strip().splitlines()[-1] if probe.returncode == 0 else "unknown"
         from voiceorch.server import app
 
-        return type(app._fake_engines().vad).__name__
+        return type(app._fake_engines(app.ServerConfig()).vad).__name__
     except Exception:  # noqa: BLE001 (the server's internals may change; then assume Silero)
         return "unknown"
 

@@ -52,7 +52,7 @@ def test_concurrency_against_the_fake_engine_server(tmp_path):
     assert results["machine"]["cpu_count"] == os.cpu_count()
     assert "samples" not in results  # no real-model scenario was asked for
     concurrency = results["concurrency"]
-    assert concurrency["vad"]
+    assert concurrency["vad"] == "SileroVAD"  # the real detector, named (not "unknown": a probe that broke)
     # Each level once per worker count, side by side.
     assert [(level["sessions"], level["workers"]) for level in concurrency["levels"]] == [
         (1, 1),
