@@ -214,3 +214,80 @@ async def test_a_spoken_turn_ending_while_shutting_down_is_refused_before_it_is_
         await wait_all_tasks_blocked()
     assert refused.code == "server_shutting_down"
     assert client.events("input_audio.committed") == [] and client.events("response.created") == []
+
+
+# --- a reader that fell behind takes the frames already received in one go --------------------
+
+
+@attrs.define
+class _CountingVADStream:
+    """A batchable VAD stream (as Silero's): every chunk is silence; records each request's size."""
+
+    requests: list[int]
+
+    def probabilities(self, chunks: list[bytes]) -> list[float]:
+        self.requests.append(len(chunks))
+        return [0.0] * len(chunks)
+
+
+@attrs.define
+class _CountingVAD:
+    requests: list[int] = attrs.field(factory=list)
+
+    def new_stream(self) -> _CountingVADStream:
+        return _CountingVADStream(self.requests)
+
+
+class _ReadyTransport:
+    """A memory transport that, like ``WebSocketTransport``, tells the messages already received."""
+
+    def __init__(self, inbound: trio.MemoryReceiveChannel, outbound: trio.MemorySendChannel) -> None:
+        self._inbound, self._outbound = inbound, outbound
+
+    async def receive(self):
+        try:
+            return await self._inbound.receive()
+        except trio.ClosedResourceError:
+            raise trio.EndOfChannel from None
+
+    def receive_ready(self):
+        try:
+            return self._inbound.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return None
+
+    async def send(self, message) -> None:
+        await self._outbound.send(message)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self._outbound.aclose()
+
+
+async def test_frames_waiting_in_the_transport_are_taken_in_together_each_checked_and_in_order():
+    vad = _CountingVAD()
+    to_server, server_inbox = trio.open_memory_channel(32)
+    to_client, client_inbox = trio.open_memory_channel(math.inf)
+    session = Session(_ReadyTransport(server_inbox, to_client), fake_engines(vad=vad), SessionSettings())
+    frame = bytes(640)  # 20 ms of silence
+    events: list[str] = []
+    cleared = trio.Event()
+
+    async def client() -> None:
+        async for message in client_inbox:
+            events.append(p.parse_server_event(message).TYPE)
+            if events[-1] == "input_audio.cleared":
+                cleared.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(session.run)
+        nursery.start_soon(client)
+        await wait_all_tasks_blocked()
+        # All at once, before the reader runs: 5 frames, a malformed one, 5 more, then a control message.
+        for message in [frame] * 5 + [b"\x00" * 3] + [frame] * 5 + ['{"type": "input_audio.clear"}']:
+            to_server.send_nowait(message)
+        with trio.fail_after(5):
+            await cleared.wait()
+        await to_server.aclose()
+    assert events == ["session.created", "error", "input_audio.cleared"]  # the bad frame's error, then the clear
+    # The 10 good frames (200 ms) went to speech detection together: 6 whole 32 ms chunks, one request.
+    assert vad.requests == [6]

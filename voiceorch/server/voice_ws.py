@@ -38,6 +38,10 @@ VOICE_PATH = "/v1/voice"
 #: A connection that has not completed a WebSocket handshake after this long is closed (a
 #: garbage or half-sent request holds its task until then; trio-websocket's default is 60 s).
 HANDSHAKE_TIMEOUT_S = 10.0
+#: Messages trio-websocket's reader may hold for a session beyond the one it is taking (default 1):
+#: a session that fell behind takes the audio frames waiting in one go. At most this many more
+#: messages of up to 1 MiB each are held per connection.
+READ_AHEAD_MESSAGES = 4
 
 
 class StoppableListener(trio.abc.Listener[trio.SocketStream]):
@@ -264,7 +268,11 @@ async def serve_voice(
         publish()
     handler = partial(_handle, engines=engines, settings=settings, policy=policy, admission=admission, server=server)
     websocket_server = trio_websocket.WebSocketServer(
-        handler, listeners, max_message_size=1 << 20, connect_timeout=HANDSHAKE_TIMEOUT_S
+        handler,
+        listeners,
+        max_message_size=1 << 20,
+        message_queue_size=READ_AHEAD_MESSAGES,
+        connect_timeout=HANDSHAKE_TIMEOUT_S,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(websocket_server.run)

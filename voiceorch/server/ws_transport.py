@@ -36,6 +36,15 @@ class WebSocketTransport:
             log_event(log, "session.connection_closed", code=closed.reason.code, reason=closed.reason.reason)
             raise trio.EndOfChannel from None
 
+    def receive_ready(self) -> Message | None:
+        """A message the connection has already read (trio-websocket's reader task runs up to its
+        ``message_queue_size`` ahead), or None: none is waiting, or the connection is ending
+        (``receive`` then tells). Not a checkpoint. Reads trio-websocket's private queue (pinned)."""
+        try:
+            return self._ws._recv_channel.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return None
+
     async def send(self, message: Message | TransportReply) -> None:
         """Send one message (or each frame of a reply, in order). Raises
         ``trio.BrokenResourceError`` when the client connection is closed or closing. Not

@@ -5,7 +5,9 @@
   machine: the reader gives it the audio frames, the speech probabilities it asks for (judged
   in ``vad_batch``), the client's controls and the passing of time, and carries out what it
   decides (events, a :class:`~voiceorch.session.turn.Turn` queued for the responder, a response
-  cancelled, confirmed or interrupted by barge-in). Control events are handled at once.
+  cancelled, confirmed or interrupted by barge-in). Control events are handled at once. Audio
+  frames the transport has already received (``receive_ready``) are taken in together, each
+  checked on its own, so a reader that fell behind catches up in one speech-detection call.
 - The **responder** answers queued turns one at a time with :func:`run_turn`, each inside the
   turn's own cancel scope (there live the STT, LLM, TTS and audio-sender tasks).
 - The **writer** owns the sending side of the transport. It takes from an
@@ -46,7 +48,7 @@ from .input_pace import InputPace, Pace
 from .outbox import Outbox
 from .settings import SessionSettings
 from .tool_calls import ToolOffer, client_specs
-from .transport import MessageTransport, TransportReply
+from .transport import Message, MessageTransport, TransportReply
 from .turn import Turn, run_turn
 
 log = logging.getLogger(__name__)
@@ -227,12 +229,30 @@ class Session:
                 self._close = (CLOSE_NORMAL, "idle timeout")
                 return
             self._quiet_since = trio.current_time()
-            if isinstance(message, TransportReply):
-                await self._outbox.send_control(message)  # the transport's own answer, via the writer
-            elif isinstance(message, bytes):
-                await self._on_audio(message)
-            else:
-                await self._on_control(message)
+            await self._on_message(message)
+
+    async def _on_message(self, message: Message | TransportReply) -> None:
+        if isinstance(message, TransportReply):
+            await self._outbox.send_control(message)  # the transport's own answer, via the writer
+        elif isinstance(message, bytes):
+            # Audio frames the transport has already read are taken in at once: a reader that
+            # fell behind (a burst of work) catches up in one speech-detection call, not one per chunk.
+            frames, following = [message], None
+            while (waiting := self._receive_ready()) is not None:
+                if not isinstance(waiting, bytes):
+                    following = waiting
+                    break
+                frames.append(waiting)
+            await self._on_audio(frames)
+            if following is not None:
+                await self._on_message(following)
+        else:
+            await self._on_control(message)
+
+    def _receive_ready(self) -> Message | TransportReply | None:
+        """A message the transport has already received, if it can tell (``receive_ready``), else None."""
+        ready = getattr(self.transport, "receive_ready", None)
+        return None if ready is None else ready()
 
     async def _respond(self) -> None:
         async for turn in self._turns_recv:
@@ -300,24 +320,32 @@ class Session:
         metrics.ERRORS.labels(code=code).inc()
         await self._emit(p.Error(code=code, message=message))
 
-    async def _on_audio(self, data: bytes) -> None:
-        try:
-            p.check_audio_frame(data)
-        except p.ProtocolError as exc:
-            await self._error(exc.code, exc.message)
+    async def _on_audio(self, frames: list[bytes]) -> None:
+        """Audio frames received in this order: each is checked and paced on its own, and those
+        taken are given to the turn-taking machine together (as one longer frame)."""
+        taken = []
+        for data in frames:
+            try:
+                p.check_audio_frame(data)
+            except p.ProtocolError as exc:
+                await self._error(exc.code, exc.message)
+                continue
+            if self._pace is not None:
+                pace = self._pace.admit(trio.current_time(), p.audio_ms(len(data)))
+                if pace is Pace.DROPPING:
+                    bound, speed = self.settings.max_audio_ahead_ms, self.settings.max_audio_speed
+                    pace_of = "real time" if speed == 1 else f"{speed:g} times real time"
+                    await self._error(
+                        "input_audio_too_fast",
+                        f"audio ran more than {bound} ms ahead of {pace_of}; frames are dropped "
+                        f"until it is back within {bound // 2} ms",
+                    )
+                if pace is not Pace.ACCEPTED:
+                    continue
+            taken.append(data)
+        if not taken:
             return
-        if self._pace is not None:
-            pace = self._pace.admit(trio.current_time(), p.audio_ms(len(data)))
-            if pace is Pace.DROPPING:
-                bound, speed = self.settings.max_audio_ahead_ms, self.settings.max_audio_speed
-                pace_of = "real time" if speed == 1 else f"{speed:g} times real time"
-                await self._error(
-                    "input_audio_too_fast",
-                    f"audio ran more than {bound} ms ahead of {pace_of}; frames are dropped "
-                    f"until it is back within {bound // 2} ms",
-                )
-            if pace is not Pace.ACCEPTED:
-                return
+        data = taken[0] if len(taken) == 1 else b"".join(taken)
         metrics.AUDIO_IN_SECONDS.inc(len(data) / p.BYTES_PER_MS / 1000)
         await self._act(self._turns.audio(data, trio.current_time()))
 

@@ -248,6 +248,7 @@ Action = (
     | Transcribe
 )
 
+
 @attrs.define
 class _Pause:
     """What ``semantic_vad`` knows of the current pause."""
