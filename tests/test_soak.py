@@ -63,6 +63,10 @@ MEMORY_BOUND = 40_000
 #: What Trio's deadline heap may hold in stale entries before it prunes them.
 TRIO_DEADLINE_SLACK = 1000 * 250
 TRIO_DEADLINES = [tracemalloc.Filter(True, "*/trio/_timeouts.py"), tracemalloc.Filter(True, "*/trio/_core/_run.py")]
+#: Not counted: the standard library's caches of compiled patterns (bounded by design). The
+#: filters above compile theirs into them while a snapshot is read, and in a long test run, where
+#: ``re``'s cache is full and has dropped them, compile them again: +18 kB once in the full suite.
+PATTERN_CACHES = [tracemalloc.Filter(False, "*/re/*"), tracemalloc.Filter(False, "*/fnmatch.py")]
 
 
 @attrs.define
@@ -221,7 +225,7 @@ def traced_now(engines, dump: Path) -> tuple[int, int]:
     # first, the snapshot holds only what is really kept. (Trio's internal API; trio is pinned.)
     trio._core._run.GLOBAL_RUN_CONTEXT.runner.deadlines._prune()
     gc.collect()
-    snapshot = tracemalloc.take_snapshot()
+    snapshot = tracemalloc.take_snapshot().filter_traces(PATTERN_CACHES)
     trio_part = sum(stat.size for stat in snapshot.filter_traces(TRIO_DEADLINES).statistics("filename"))
     snapshot.dump(dump)
     return sum(stat.size for stat in snapshot.statistics("filename")), trio_part
@@ -290,10 +294,8 @@ async def test_many_sessions_many_turns_barge_ins_and_disconnects_leave_nothing_
     assert turns >= 100 and stats.sessions >= 20
     assert stats.statuses["completed"] >= 30 and stats.statuses["interrupted"] >= 10
     assert stats.statuses["cancelled"] >= 5 and stats.resets >= 5
-    assert growth - trio_growth < MEMORY_BOUND, (
-        f"traced memory grew by {growth - trio_growth} bytes outside Trio",
-        grown_most(tmp_path / "after_warm_up", tmp_path / "after_soak"),
-    )
+    print("grew most:", *grown_most(tmp_path / "after_warm_up", tmp_path / "after_soak"), sep="\n  ")
+    assert growth - trio_growth < MEMORY_BOUND, f"traced memory grew by {growth - trio_growth} bytes outside Trio"
     assert growth < MEMORY_BOUND + TRIO_DEADLINE_SLACK, f"traced memory grew by {growth} bytes"
 
 
