@@ -53,6 +53,9 @@ def test_classify_each_kind_of_overlap(transcript, expected):
 def test_a_transcript_faster_than_speech_is_noise():
     # Whisper's repetition loop on a 0.6 s hummed "mm-hm", heard through a browser's processing.
     assert classify("And And And And And And And And And", backchannels=BACKCHANNELS, speech_ms=600) is Overlap.NOISE
+    # The same hum within what 0.6 s could hold (5 words): still a hum (a browser test's espeak "mm-hmm").
+    assert classify("And, and, and, and, and,", backchannels=BACKCHANNELS, speech_ms=600) is Overlap.NOISE
+    assert classify("and and", backchannels=BACKCHANNELS) is Overlap.NOISE
     assert classify("And so my fellow Americans", backchannels=BACKCHANNELS, speech_ms=1900) is Overlap.WORDS
     # Real words looped by Whisper are still words (it heard them from 1.9 s of speech).
     looped = "And so my fellow Americans. And so my fellow Americans. And so"

@@ -14,7 +14,8 @@ once; :class:`OverlapDecision` then follows that stretch of speech to a :class:`
   speech) is Whisper looping: one phrase said over and over counts once ("And so my fellow
   Americans. And so my fellow Americans. And so", "Wait... wait... wait..."), but a loop of one
   of the words it makes of sounds (``HALLUCINATED_WORDS``: "And And And And ...", for a hummed
-  "mm-hm" of 0.6 s), or an excess that is no loop, is its hallucination on a sound: noise;
+  "mm-hm" of 0.6 s), or an excess that is no loop, is its hallucination on a sound: noise. A loop
+  of one of those words is noise at any length ("And, and, and, and, and," fits 0.6 s);
 - at the deadline without a verdict, the reply is interrupted: the user is still talking, or
   the transcript is late, and the reply stays stopped, as under ``immediate``. The deadline is
   ``interrupt_decision_ms`` after the pause, moved to ``interrupt_decision_ms`` after each
@@ -68,11 +69,11 @@ def classify(
         return Overlap.NOISE
     phrases = sorted({tuple(words(b)) for b in backchannels if words(b)}, key=len, reverse=True)
     credible = 2 + WORDS_PER_S * speech_ms / 1000 if speech_ms is not None else math.inf
+    loop = _loop(said)
+    if loop is not None and len(loop) == 1 and loop[0] in HALLUCINATED_WORDS:
+        return Overlap.NOISE  # "And, and, and ...": a hum, to Whisper, however many times it says it
     if len(said) > credible:  # Whisper looping, or making words of a sound
-        loop = _loop(said)
         if loop is None or len(loop) > credible:
-            return Overlap.NOISE
-        if loop[0] in HALLUCINATED_WORDS and len(loop) == 1:  # "And And And ...": a hum, to Whisper
             return Overlap.NOISE
         said = loop  # words looped: "Okay... Okay... Okay...", "Wait... wait... wait...", "And so my fellow ..."
     rest = _rest(said, phrases)
