@@ -162,7 +162,9 @@ async def _wait_for_stage(client, stage: str) -> None:
     elif stage == "mid_llm":
         await client.until("response.text.delta")
     elif stage == "mid_synthesis":
-        await client.until("response.text.delta", delta=" Here")  # "Sure thing." is being spoken
+        # "Sure thing." is being spoken (the deltas written in the pause come joined)
+        while " Here" not in "".join(d.delta for d in client.events("response.text.delta")):
+            await client.until("response.text.delta")
     elif stage in ("mid_playback", "sentence_boundary"):
         while not isinstance(await client.next(), bytes):
             pass
@@ -353,6 +355,27 @@ async def test_work_starts_inside_the_silence_window_and_waits_for_the_turn_to_e
     assert done.metrics.ttfb_ms < 300
     assert done.status == "completed" and done.text == REPLY
     assert client.events("transcript.final")[0].text == "a question"
+
+
+async def test_the_deltas_a_speculation_held_back_go_out_joined(autojump_clock):
+    # The whole reply is written in the pause (STT 50 ms, LLM 10 ms a word): its 11 deltas are
+    # held until the window closes, then go to the client as one delta, before the audio.
+    engines = fake_engines(stt=FakeSTT(text="a question", delay=0.05), llm=FakeLLM(first_delay=0.01, delta_delay=0.01))
+    async with connected(engines, VAD) as client:
+        await stream(client, ("speech", 1000), ("silence", 800))
+        done = await client.until("response.done")
+        # The next reply is not speculated (typed): its deltas come one by one as written.
+        await client.send({"type": "input_text", "text": "again"})
+        await client.until("response.done")
+    assert done.status == "completed"
+    kinds = [e if isinstance(e, bytes) else e.TYPE for e in client.log]
+    first, second = [e for e in client.log if getattr(e, "TYPE", "") == "response.created"]
+    deltas = client.events("response.text.delta")
+    assert [d.delta for d in deltas if d.turn_id == first.turn_id] == [REPLY]
+    assert "".join(d.delta for d in deltas if d.turn_id == second.turn_id) == REPLY
+    assert len([d for d in deltas if d.turn_id == second.turn_id]) == len(REPLY.split(" "))
+    first_audio = next(i for i, e in enumerate(kinds) if isinstance(e, bytes))
+    assert kinds.index("response.text.delta") < first_audio
 
 
 async def test_speech_resuming_in_the_pause_drops_the_speculative_turn_without_a_trace(autojump_clock):

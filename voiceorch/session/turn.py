@@ -186,15 +186,36 @@ class _Gate:
         await self.open()
 
     async def open(self) -> None:
-        """Send what was held back (in order), then let everything through.
+        """Send what was held back (in order, consecutive text deltas joined into one), then
+        let everything through.
 
         Cancellation leaves what was not sent yet held (a memory channel's send either
         delivers or not), so a later call sends it: the turn's ``response.created`` is never
         lost to a cancel that lands while the writer is busy."""
+        self._held = joined_text_deltas(self._held)
         while self._held:
             await self.outbox.send(self._held[0])
             del self._held[0]
         self.opened.set()
+
+
+def joined_text_deltas(events: list[p.ServerEvent]) -> list[p.ServerEvent]:
+    """``events`` with each run of consecutive ``response.text.delta`` of one turn joined into
+    one delta (the same text). A speculation holds back a delta per LLM token; each one handed
+    to the writer is a wait for it, which a busy server pays between the end of the user's turn
+    and the first reply audio."""
+    joined: list[p.ServerEvent] = []
+    for event in events:
+        last = joined[-1] if joined else None
+        if (
+            isinstance(event, p.ResponseTextDelta)
+            and isinstance(last, p.ResponseTextDelta)
+            and last.turn_id == event.turn_id
+        ):
+            joined[-1] = attrs.evolve(last, delta=last.delta + event.delta)
+        else:
+            joined.append(event)
+    return joined
 
 
 @attrs.define
