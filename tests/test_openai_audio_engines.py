@@ -296,7 +296,9 @@ async def test_real_local_tts_speaks_wav_and_pcm_that_whisper_hears(
         for engine in (wav_tts, pcm_tts, stt):
             await engine.aclose()
     assert 1.0 < len(from_wav) / 2 / SAMPLE_RATE < 6.0
-    assert abs(len(from_pcm) - len(from_wav)) / len(from_wav) < 0.1  # the same speech, either way
+    # The same speech either way: Piper draws its phoneme durations at random (12 % apart seen
+    # once), while a wrong rate (22.05 against 16 kHz) would make them 27 % apart.
+    assert abs(len(from_pcm) - len(from_wav)) / len(from_wav) < 0.2
     assert "country" in heard.lower()
 
 
